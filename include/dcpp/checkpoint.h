@@ -1,0 +1,102 @@
+// Saving and loading checkpoints in PyTorch DCP's format.
+//
+//   dcpp::Value sd;
+//   sd["model"]["weight"] = dcpp::Tensor::Borrow(dcpp::MakeView(ptr, dcpp::DType::kFloat32, {4096, 4096}));
+//   sd["step"] = 1000;
+//   auto md = dcpp::Save(sd, "/ckpt/step_1000");          // torch.distributed.checkpoint.save
+//   dcpp::Status s = dcpp::Load(sd, "/ckpt/step_1000");   // in place, like dcp.load
+//   auto all = dcpp::LoadAll("/ckpt/step_1000");          // allocate everything from .metadata
+//
+// A checkpoint is a directory: data files `__{rank}_{n}.distcp` and a
+// `.metadata` file written last (its appearance is the commit). PyTorch's
+// dcp.load reads what Save writes and Load reads what dcp.save writes.
+//
+// Thread safety: calls are independent; do not mutate a state dict while a
+// call is using it. Errors name the file, FQN or rank involved.
+#ifndef DCPP_CHECKPOINT_H_
+#define DCPP_CHECKPOINT_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dcpp/metadata.h"
+#include "dcpp/status.h"
+#include "dcpp/value.h"
+
+namespace dcpp {
+
+// Reported while a long operation runs. Called from dcpp's I/O threads, one
+// call at a time; keep it cheap and do not call back into dcpp.
+struct Progress {
+  std::string_view phase;  // "write", "read"
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  size_t items_done = 0;
+  size_t items_total = 0;
+};
+using ProgressCallback = std::function<void(const Progress&)>;
+
+struct SaveOptions {
+  // I/O threads, and with single_file_per_rank the number of data files per
+  // rank (DCP's FileSystemWriter thread_count). Must be >= 1.
+  int thread_count = 1;
+  // true: thread_count files per rank; false: one file per item.
+  bool single_file_per_rank = true;
+  // fsync data files and the metadata, and the directory after the commit.
+  bool sync_files = true;
+  // Replace an existing checkpoint at the path. The replacement is atomic:
+  // the old checkpoint stays intact and loadable until the new .metadata
+  // replaces it, then its unreferenced data files are removed. false: fail
+  // with AlreadyExists if the directory holds a checkpoint.
+  bool overwrite = true;
+  // CRC-32 of each record in the torch.save archives (as torch writes);
+  // `dcpp verify` checks them. Costs about one pass over the data.
+  bool checksums = true;
+  ProgressCallback progress;
+};
+
+struct LoadOptions {
+  // Parallel readers; 0 picks min(8, hardware threads).
+  int thread_count = 0;
+  // DCP's allow_partial_load: keys of the state dict missing from the
+  // checkpoint are left untouched instead of failing with NotFound.
+  bool allow_partial_load = false;
+  ProgressCallback progress;
+};
+
+struct LoadAllOptions {
+  int thread_count = 0;
+  // Only entries whose FQN equals a key, or whose path from the root joined
+  // by "." starts with a key followed by "." (DCP's _EmptyStateDictLoadPlanner
+  // keys). Empty = everything.
+  std::vector<std::string> keys;
+  ProgressCallback progress;
+};
+
+// Saves `state_dict` (a dict) to the directory `checkpoint_dir` (created if
+// needed) and returns the metadata written. Tensors are read straight from
+// their memory; they must not change until Save returns. On failure nothing
+// that looks like a checkpoint is left behind and an existing checkpoint at
+// the path is untouched.
+Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir,
+                      const SaveOptions& options = {});
+
+// Loads into `state_dict` in place (DCP's dcp.load): every tensor leaf is
+// filled from the checkpoint (its dtype and shape must match the saved ones:
+// InvalidArgument otherwise); every other leaf is replaced by the saved value.
+// A key missing from the checkpoint is NotFound unless allow_partial_load.
+Status Load(Value& state_dict, const std::string& checkpoint_dir, const LoadOptions& options = {});
+
+// Loads the whole checkpoint (or the entries selected by options.keys) into
+// new memory, rebuilding the nesting from the metadata's planner_data.
+Result<Value> LoadAll(const std::string& checkpoint_dir, const LoadAllOptions& options = {});
+
+// Reads and validates `checkpoint_dir/.metadata` only.
+Result<Metadata> ReadMetadata(const std::string& checkpoint_dir);
+
+}  // namespace dcpp
+
+#endif  // DCPP_CHECKPOINT_H_

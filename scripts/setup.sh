@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what dcpp needs on a fresh Debian machine (run as root), then
+# builds it into build/. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends \
+    g++ make ninja-build pkg-config zlib1g-dev libzstd-dev libgtest-dev libgmock-dev \
+    libopenmpi-dev openmpi-bin
+fi
+command -v cmake >/dev/null || python3 -m pip install -q cmake
+command -v ninja >/dev/null || python3 -m pip install -q ninja
+# torch==2.13.0 is the CPU build the interop tests compare against; pin it.
+python3 -m pip install -q torch==2.13.0 numpy pytest zstandard
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build

@@ -1,0 +1,302 @@
+// dcpp::Load / LoadAll / ReadMetadata: plan which saved chunks each
+// requested tensor needs (box intersection, so any saved sharding loads),
+// read each needed chunk once, in parallel, and copy the overlaps into place.
+#include <mutex>
+#include <unordered_map>
+
+#include "dcpp/base/thread_pool.h"
+#include "dcpp/checkpoint.h"
+#include "dcpp/format/torch_pickle.h"
+#include "dcpp/io/dcp_layout.h"
+#include "dcpp/io/file.h"
+#include "dcpp/plan/flatten.h"
+#include "dcpp/plan/reshard.h"
+
+namespace dcpp {
+namespace {
+
+using format::zip::Bytes;
+
+std::string Quoted(std::string_view fqn) { return "'" + std::string(fqn) + "'"; }
+
+// Where a loaded tensor goes: a view of memory and the global box it covers.
+struct TensorTarget {
+  TensorView view;
+  plan::Box box;
+};
+
+// One saved chunk to read, and the targets it feeds.
+struct ChunkTask {
+  const EntryMeta* entry;
+  size_t chunk;
+  std::vector<TensorTarget> targets;
+};
+
+// One BYTE_IO value to read into `slot`.
+struct BytesTask {
+  const EntryMeta* entry;
+  Value* slot;
+};
+
+// Reads the stored bytes of one item, after checking the recorded range
+// against the file (metadata is untrusted: never allocate what the file
+// cannot hold).
+Result<std::string> ReadStored(const std::string& dir, const StorageInfo& s, std::string_view fqn) {
+  if (!s.transform_descriptors.empty()) {
+    std::string list;
+    for (const auto& d : s.transform_descriptors) list += (list.empty() ? "" : ", ") + d;
+    return UnimplementedError(Quoted(fqn) + " is stored through stream transforms [" + list +
+                              "], which this build of dcpp cannot undo (known transforms: none)");
+  }
+  DCPP_ASSIGN_OR_RETURN(std::string path, io::ResolveDataPath(dir, s.relative_path));
+  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::OpenForRead(path));
+  DCPP_ASSIGN_OR_RETURN(uint64_t size, file.Size());
+  if (s.offset > size || s.length > size - s.offset)
+    return DataLossError(Quoted(fqn) + " is stored at bytes [" + std::to_string(s.offset) + ", " +
+                         std::to_string(s.offset + s.length) + ") of " + path + ", which has only " +
+                         std::to_string(size) + " bytes (truncated file?)");
+  std::string buf(s.length, '\0');
+  DCPP_RETURN_IF_ERROR(file.ReadAt(
+      s.offset, std::span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), buf.size())));
+  return buf;
+}
+
+Status RunChunkTask(const std::string& dir, const ChunkTask& task) {
+  const EntryMeta& e = *task.entry;
+  const ChunkMeta& c = e.chunks[task.chunk];
+  const std::string where = Quoted(e.fqn) + " chunk at offsets " + ShapeToString(c.offsets) +
+                            " (" + c.storage.relative_path + ")";
+  DCPP_ASSIGN_OR_RETURN(std::string blob, ReadStored(dir, c.storage, e.fqn));
+  auto decoded = format::DecodeTensorArchive(format::zip::AsBytes(blob));
+  if (!decoded.ok()) return decoded.status().WithContext(where);
+  if (decoded->dtype != e.properties.dtype || decoded->shape != c.sizes)
+    return DataLossError(where + ": stored tensor is " + std::string(TorchName(decoded->dtype)) +
+                         " " + ShapeToString(decoded->shape) + " but the metadata says " +
+                         std::string(TorchName(e.properties.dtype)) + " " +
+                         ShapeToString(c.sizes));
+  TensorView src;
+  src.dtype = decoded->dtype;
+  src.shape = decoded->shape;
+  src.strides = decoded->strides;
+  src.data = const_cast<uint8_t*>(decoded->storage.data()) +
+             decoded->storage_offset * static_cast<int64_t>(ElementSize(src.dtype));
+  const plan::Box chunk_box{c.offsets, c.sizes};
+  for (const TensorTarget& t : task.targets) {
+    auto overlap = plan::Intersect(chunk_box, t.box);
+    if (!overlap) continue;
+    DCPP_RETURN_IF_ERROR(CopyTensor(plan::SubView(src, chunk_box, *overlap),
+                                    plan::SubView(t.view, t.box, *overlap))
+                             .WithContext(where));
+  }
+  return Status();
+}
+
+Status RunBytesTask(const std::string& dir, const BytesTask& task) {
+  DCPP_ASSIGN_OR_RETURN(std::string blob, ReadStored(dir, task.entry->storage, task.entry->fqn));
+  auto value = format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(task.entry->fqn));
+  if (!value.ok()) return value.status().WithContext(task.entry->storage.relative_path);
+  *task.slot = std::move(*value);
+  return Status();
+}
+
+// Collects the reads for a load, then runs them.
+class ReadPlan {
+ public:
+  ReadPlan(std::string dir, ProgressCallback progress)
+      : dir_(std::move(dir)), progress_(std::move(progress)) {}
+
+  // Plans filling `target` (covering `box` of the entry's global tensor) from
+  // every saved chunk that overlaps it; DataLoss if the saved chunks leave
+  // part of it uncovered.
+  Status AddTensor(const EntryMeta& e, TensorTarget target) {
+    int64_t covered = 0;
+    for (size_t i = 0; i < e.chunks.size(); ++i) {
+      const ChunkMeta& c = e.chunks[i];
+      if (c.offsets.size() != e.size.size() || c.sizes.size() != e.size.size())
+        return DataLossError(Quoted(e.fqn) + ": chunk rank differs from the tensor's");
+      auto overlap = plan::Intersect({c.offsets, c.sizes}, target.box);
+      if (!overlap) continue;
+      covered += NumElements(overlap->sizes);
+      auto [it, fresh] = chunk_index_.try_emplace({&e, i}, chunks_.size());
+      if (fresh) chunks_.push_back({&e, i, {}});
+      chunks_[it->second].targets.push_back(target);
+    }
+    if (covered != NumElements(target.box.sizes))
+      return DataLossError(Quoted(e.fqn) + ": the checkpoint's chunks cover " +
+                           std::to_string(covered) + " of the " +
+                           std::to_string(NumElements(target.box.sizes)) + " elements requested");
+    return Status();
+  }
+
+  void AddBytes(const EntryMeta& e, Value* slot) { bytes_.push_back({&e, slot}); }
+
+  Status Run(int threads) {
+    uint64_t total = 0;
+    for (const auto& c : chunks_) total += c.entry->chunks[c.chunk].storage.length;
+    for (const auto& b : bytes_) total += b.entry->storage.length;
+    std::mutex mu;
+    Progress p{"read", 0, total, 0, chunks_.size() + bytes_.size()};
+    const size_t n = bytes_.size() + chunks_.size();
+    return ParallelFor(n, threads < 1 ? DefaultThreadCount() : threads, [&](size_t i) -> Status {
+      uint64_t len;
+      if (i < bytes_.size()) {
+        DCPP_RETURN_IF_ERROR(RunBytesTask(dir_, bytes_[i]));
+        len = bytes_[i].entry->storage.length;
+      } else {
+        const ChunkTask& t = chunks_[i - bytes_.size()];
+        DCPP_RETURN_IF_ERROR(RunChunkTask(dir_, t));
+        len = t.entry->chunks[t.chunk].storage.length;
+      }
+      if (progress_) {
+        std::lock_guard<std::mutex> lock(mu);
+        p.bytes_done += len;
+        p.items_done++;
+        progress_(p);
+      }
+      return Status();
+    });
+  }
+
+ private:
+  struct KeyHash {
+    size_t operator()(const std::pair<const EntryMeta*, size_t>& k) const {
+      return std::hash<const void*>()(k.first) * 31 + k.second;
+    }
+  };
+  std::string dir_;
+  ProgressCallback progress_;
+  std::vector<ChunkTask> chunks_;
+  std::unordered_map<std::pair<const EntryMeta*, size_t>, size_t, KeyHash> chunk_index_;
+  std::vector<BytesTask> bytes_;
+};
+
+// A freshly allocated tensor for a whole entry.
+Result<Tensor> AllocateFor(const EntryMeta& e) {
+  auto t = Tensor::Zeros(e.properties.dtype, e.size);
+  if (!t.ok()) return t.status().WithContext(Quoted(e.fqn));
+  return t;
+}
+
+Status CheckDType(const EntryMeta& e, const Tensor& t) {
+  if (t.dtype() == e.properties.dtype) return Status();
+  return InvalidArgumentError(Quoted(e.fqn) + ": dtype mismatch: the checkpoint holds " +
+                              std::string(TorchName(e.properties.dtype)) + ", the state dict has " +
+                              std::string(TorchName(t.dtype())));
+}
+
+std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metadata& md) {
+  std::unordered_map<std::string_view, const EntryMeta*> index;
+  index.reserve(md.entries.size());
+  for (const auto& e : md.entries) index.emplace(e.fqn, &e);
+  return index;
+}
+
+}  // namespace
+
+Result<Metadata> ReadMetadata(const std::string& dir) { return io::ReadCheckpointMetadata(dir); }
+
+Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
+  DCPP_ASSIGN_OR_RETURN(Metadata md, io::ReadCheckpointMetadata(dir));
+  const auto index = IndexEntries(md);
+  DCPP_ASSIGN_OR_RETURN(auto flat, plan::FlattenMutable(state_dict));
+  auto count_missing = [&](const auto& entries) {
+    size_t n = 0;
+    for (const auto& f : entries) n += !index.count(f.fqn);
+    return n;
+  };
+  if (count_missing(flat) > 0) {
+    // Checkpoints written by torch <= 2.3 stored dicts of plain values whole.
+    auto legacy = plan::FlattenMutable(state_dict, plan::Traversal::kV2_3);
+    if (legacy.ok() && count_missing(*legacy) == 0) flat = std::move(*legacy);
+  }
+  std::vector<std::string> missing;
+  ReadPlan plan(dir, o.progress);
+  for (auto& f : flat) {
+    auto it = index.find(f.fqn);
+    if (it == index.end()) {
+      missing.push_back(f.fqn);
+      continue;
+    }
+    const EntryMeta& e = *it->second;
+    Value& leaf = *f.value;
+    if (!e.is_tensor()) {
+      plan.AddBytes(e, &leaf);
+      continue;
+    }
+    if (leaf.is_sharded()) {
+      const ShardedTensor& st = leaf.sharded();
+      if (st.global_shape != e.size)
+        return InvalidArgumentError(Quoted(e.fqn) + ": shape mismatch: the checkpoint holds " +
+                                    ShapeToString(e.size) + ", the sharded tensor's global shape is " +
+                                    ShapeToString(st.global_shape));
+      for (const auto& shard : st.shards) {
+        DCPP_RETURN_IF_ERROR(CheckDType(e, shard.local));
+        DCPP_RETURN_IF_ERROR(plan.AddTensor(e, {shard.local.view(), {shard.offsets, shard.local.shape()}}));
+      }
+      continue;
+    }
+    if (!leaf.is_tensor()) {
+      DCPP_ASSIGN_OR_RETURN(Tensor t, AllocateFor(e));
+      leaf = Value(std::move(t));
+    }
+    const Tensor& t = leaf.tensor();
+    DCPP_RETURN_IF_ERROR(CheckDType(e, t));
+    if (t.shape() != e.size)
+      return InvalidArgumentError(Quoted(e.fqn) + ": shape mismatch: the checkpoint holds " +
+                                  ShapeToString(e.size) + ", the state dict has " +
+                                  ShapeToString(t.shape()));
+    DCPP_RETURN_IF_ERROR(plan.AddTensor(e, {t.view(), {Shape(e.size.size(), 0), e.size}}));
+  }
+  if (!missing.empty() && !o.allow_partial_load) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + Quoted(missing[i]);
+    if (missing.size() > 5) list += ", ...";
+    return NotFoundError("checkpoint " + dir + " lacks " + std::to_string(missing.size()) +
+                         " key(s) of the state dict: " + list +
+                         " (allow_partial_load skips missing keys)");
+  }
+  return plan.Run(o.thread_count).WithContext("loading " + dir);
+}
+
+Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
+  DCPP_ASSIGN_OR_RETURN(Metadata md, io::ReadCheckpointMetadata(dir));
+  auto selected = [&](const EntryMeta& e) {
+    if (o.keys.empty()) return true;
+    for (const auto& k : o.keys)
+      if (k == e.fqn) return true;
+    std::string prefix;
+    for (const auto& part : e.path) {
+      if (!prefix.empty()) prefix += '.';
+      prefix += plan::PathToFqn({part});
+      for (const auto& k : o.keys)
+        if (k == prefix) return true;
+    }
+    return false;
+  };
+  std::vector<const EntryMeta*> entries;
+  for (const auto& e : md.entries)
+    if (selected(e)) entries.push_back(&e);
+  std::vector<Value> values(entries.size());
+  ReadPlan plan(dir, o.progress);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const EntryMeta& e = *entries[i];
+    if (!e.is_tensor()) {
+      plan.AddBytes(e, &values[i]);
+      continue;
+    }
+    DCPP_ASSIGN_OR_RETURN(Tensor t, AllocateFor(e));
+    DCPP_RETURN_IF_ERROR(plan.AddTensor(e, {t.view(), {Shape(e.size.size(), 0), e.size}}));
+    values[i] = Value(std::move(t));
+  }
+  DCPP_RETURN_IF_ERROR(plan.Run(o.thread_count).WithContext("loading " + dir));
+  Value root = Value::EmptyDict();
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const EntryMeta& e = *entries[i];
+    ObjectPath path = e.path.empty() ? ObjectPath{e.fqn} : e.path;
+    DCPP_RETURN_IF_ERROR(plan::SetElement(root, path, std::move(values[i]))
+                             .WithContext("rebuilding " + Quoted(e.fqn)));
+  }
+  return root;
+}
+
+}  // namespace dcpp

@@ -1,0 +1,182 @@
+// Python pickle, read safely and written exactly.
+//
+// Reading: a pickle VM (protocols 2-5) that never executes anything. It builds
+// a graph of inert nodes in an arena: GLOBAL / STACK_GLOBAL produce a kGlobal
+// node only if the (module, name) pair is allow-listed; REDUCE and NEWOBJ
+// record "call `callable` with `args`" without calling; BUILD records the
+// state on the object it applies to. Interpreting the graph (what a
+// torch.Size or a Metadata is) is the job of the codecs built on top
+// (metadata_codec, torch_pickle). Every length, memo index and stack access is
+// checked; size caps bound memory. Any violation is a DataLoss status (or
+// InvalidArgument/Unimplemented for a disallowed global or opcode) and never a
+// crash. Cycles (a list appended to itself through the memo) are possible in
+// hostile input: consumers must bound their recursion depth.
+//
+// Protocols 0 and 1 (text opcodes) are read too. As Python's Unpickler does
+// for protocol < 3 (fix_imports), the Python 2 names `__builtin__` and
+// `copy_reg` (and __builtin__'s renamed members such as `unicode`) are mapped
+// to their Python 3 names before the allow-list policy sees them, so a
+// protocol-2 `c__builtin__\nset\n` is the global builtins.set.
+//
+// Writing: a low-level opcode emitter (protocol 2, the form torch.save uses
+// and torch.load(weights_only=True) accepts).
+#ifndef DCPP_FORMAT_PICKLE_H_
+#define DCPP_FORMAT_PICKLE_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "dcpp/status.h"
+
+namespace dcpp::format::pickle {
+
+using NodeId = uint32_t;
+inline constexpr NodeId kNoNode = 0xFFFFFFFFu;
+
+enum class Kind : uint8_t {
+  kNone,
+  kBool,      // `b`
+  kInt,       // `i` (fits in int64)
+  kBigInt,    // `s` = little-endian two's complement bytes (LONG1/LONG4 beyond int64)
+  kFloat,     // `f`
+  kString,    // `s` (UTF-8 as stored; not validated)
+  kBytes,     // `s` (SHORT_BINBYTES/BINBYTES/BINBYTES8/BYTEARRAY8/SHORT_BINSTRING/BINSTRING)
+  kTuple,     // `items`
+  kList,      // `items`
+  kDict,      // `items` = k0, v0, k1, v1, ... in insertion order (duplicates kept)
+  kSet,       // `items` (EMPTY_SET + ADDITEMS)
+  kFrozenSet, // `items`
+  kGlobal,    // `s` = module, `s2` = qualified name
+  kReduce,    // `items` = {callable, args}; `state` = BUILD state or kNoNode
+  kNewObj,    // `items` = {cls, args} (NEWOBJ; NEWOBJ_EX adds kwargs as 3rd); `state`
+  kPersistentId,  // `items` = {pid} (BINPERSID)
+};
+
+std::string_view KindName(Kind kind);
+
+struct Node {
+  Kind kind = Kind::kNone;
+  bool b = false;
+  int64_t i = 0;
+  double f = 0;
+  std::string s;
+  std::string s2;
+  std::vector<NodeId> items;
+  NodeId state = kNoNode;
+  // kReduce / kNewObj only: what SETITEM(S) and APPEND(S) added to the object
+  // after it was built (Python calls obj[k] = v / obj.append(x) on it), e.g.
+  // an OrderedDict is REDUCE(collections.OrderedDict, ()) followed by
+  // SETITEMS. dict_items = k0, v0, k1, v1, ... in order.
+  std::vector<NodeId> dict_items;
+  std::vector<NodeId> list_items;
+};
+
+// The result of parsing: an arena of nodes and the root (the object STOP
+// returned). Node ids are indices into `nodes`.
+struct Graph {
+  std::vector<Node> nodes;
+  NodeId root = kNoNode;
+
+  const Node& at(NodeId id) const { return nodes[id]; }
+};
+
+struct ParseOptions {
+  // Decides whether GLOBAL/STACK_GLOBAL (module, name) may appear. Required:
+  // a null policy rejects every global.
+  std::function<bool(std::string_view module, std::string_view name)> allow_global;
+  // Whether BINPERSID / PERSID are accepted (torch.save data.pkl uses them).
+  bool allow_persistent_id = false;
+  // Caps against hostile input.
+  size_t max_nodes = size_t{1} << 24;
+  size_t max_string_bytes = size_t{1} << 30;
+  size_t max_memo = size_t{1} << 24;
+  // Entries on the value stack, and separately on the MARK stack (GET and DUP
+  // push without creating nodes, so max_nodes alone does not bound them).
+  size_t max_stack_depth = size_t{1} << 24;
+};
+
+// Parses one pickle from `data`. Trailing bytes after STOP are ignored (as
+// Python does). Errors name the opcode and byte offset, e.g.
+// "DATA_LOSS: pickle: truncated BINUNICODE at offset 17":
+//   DataLoss: truncated or malformed input (stack underflow, missing MARK,
+//     unknown memo key, BUILD on something that is not an object, ...);
+//   InvalidArgument: a global the policy rejects ("pickle: global
+//     'mod.name' is not allowed") or a persistent id when not allowed;
+//   Unimplemented: opcodes outside the supported set (EXT1/2/4,
+//     NEXT_BUFFER, READONLY_BUFFER, INST, OBJ, STRING, unknown bytes) and
+//     protocols above 5;
+//   ResourceExhausted: a cap in `options` was exceeded.
+// Thread-safe (no shared state); `options.allow_global` is called on this
+// thread only.
+Result<Graph> Parse(std::span<const uint8_t> data, const ParseOptions& options);
+inline Result<Graph> Parse(std::string_view data, const ParseOptions& options) {
+  return Parse(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size()),
+               options);
+}
+
+// Emits protocol-2 opcodes into a byte string. Methods append; nothing is
+// validated beyond what the signature enforces: the caller builds a well-formed
+// stack program. Not thread-safe.
+class Writer {
+ public:
+  // Emits PROTO 2.
+  Writer();
+
+  void None();
+  void Bool(bool v);                  // NEWTRUE / NEWFALSE
+  void Int(int64_t v);                // BININT1 / BININT2 / BININT / LONG1
+  void UInt(uint64_t v);              // as Int, for values up to 2^64 - 1
+  void Float(double v);               // BINFLOAT (big-endian double)
+  // BINUNICODE. REQUIRES: utf8.size() < 2^32 (Python cannot pickle longer
+  // strings in protocol 2 either).
+  void String(std::string_view utf8);
+  // Python `bytes` in protocol 2, as Python 3.11 writes it:
+  // _codecs.encode(<latin-1 str>, 'latin1'), memoizing the text, the 'latin1'
+  // string (once per writer; later calls BINGET it) and the argument tuple;
+  // the empty bytes are __builtin__.bytes(). As with String(), the caller
+  // Memoize()s the result where Python would (Python always does).
+  // REQUIRES: bytes.size() < 2^31.
+  void Bytes(std::string_view bytes);
+  // GLOBAL 'module\nname\n'; the first use of a pair is memoized and later uses
+  // emit BINGET, as Python's pickler does.
+  void Global(std::string_view module, std::string_view name);
+  void Mark();
+  void EmptyTuple();
+  // Builds a tuple of the last `n` stack items: TUPLE1/2/3 for n <= 3,
+  // otherwise REQUIRES a Mark() before the items and emits TUPLE.
+  void Tuple(size_t n);
+  void EmptyList();
+  void EmptyDict();
+  void Append();    // APPEND
+  void Appends();   // APPENDS (after Mark + items)
+  void SetItem();   // SETITEM
+  void SetItems();  // SETITEMS (after Mark + key/value pairs)
+  void Reduce();
+  void NewObj();
+  void Build();
+  void BinPersId();
+  // Emits BINPUT/LONG_BINPUT for the top of stack; returns its memo index.
+  uint32_t Memoize();
+  void Get(uint32_t memo_index);  // BINGET / LONG_BINGET
+
+  // Emits STOP and returns the pickle. The writer is spent afterwards.
+  std::string Finish();
+
+  size_t size() const { return out_.size(); }
+
+ private:
+  std::string out_;
+  uint32_t next_memo_ = 0;
+  std::unordered_map<std::string, uint32_t> global_memo_;
+  std::optional<uint32_t> latin1_memo_;
+};
+
+}  // namespace dcpp::format::pickle
+
+#endif  // DCPP_FORMAT_PICKLE_H_

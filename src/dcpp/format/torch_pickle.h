@@ -1,0 +1,124 @@
+// The data.pkl codec of torch.save archives: the bytes DCP stores for each
+// tensor item (a torch.save of one tensor) and for each BYTE_IO item (a
+// torch.save of an arbitrary Python object). See
+// shared/reference/dcp-format.md sections 3.2, 3.3 and 3.6.
+//
+// Writing produces what torch 2.13's torch.save produces: data.pkl byte for
+// byte for a tensor (and for simple values), records in torch's order.
+// Reading never executes anything: the pickle is parsed into inert nodes
+// (format/pickle.h) and only then interpreted. Pure: no I/O.
+#ifndef DCPP_FORMAT_TORCH_PICKLE_H_
+#define DCPP_FORMAT_TORCH_PICKLE_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "dcpp/dtype.h"
+#include "dcpp/status.h"
+#include "dcpp/tensor.h"
+#include "dcpp/value.h"
+#include "dcpp/format/zip.h"
+
+namespace dcpp::format {
+
+// Builds the torch.save archive of one tensor, as DCP writes it for a tensor
+// item: records data.pkl, .format_version ("1"), .storage_alignment ("64"),
+// byteorder ("little"), data/0 (the tensor's bytes), version ("3\n"), under
+// the archive name in `options` ("archive" by default). torch.save's
+// informational .data/serialization_id record is not written; torch.load
+// does not need it.
+//
+// data.pkl is the protocol-2 program torch.save emits for a CPU tensor with
+// these dtype/shape/strides, storage offset 0 and requires_grad False:
+// _rebuild_tensor_v2 over a legacy typed storage (numel in elements), or
+// _rebuild_tensor_v3 over torch.storage.UntypedStorage (numel in bytes) plus
+// the dtype for dtypes without a legacy storage class (uint16/32/64, float8).
+//
+// REQUIRES: view.is_dense() (contiguous or a permutation of contiguous, e.g.
+// a transpose; the storage is then exactly the nbytes() bytes at view.data)
+// and non-negative dims. data/0 borrows view.data when it is at least
+// options.copy_threshold bytes: the memory must then outlive the Layout.
+// Thread-safe (no shared state).
+zip::Layout EncodeTensorArchive(const TensorView& view, const zip::WriteOptions& options = {});
+
+// One tensor read from a tensor archive, pointing into the archive bytes.
+struct DecodedTensor {
+  DType dtype = DType::kFloat32;
+  Shape shape;
+  Shape strides;           // in elements; any non-negative layout torch allows
+  int64_t storage_offset = 0;  // in elements of `dtype`
+  // Where the storage record's data starts, from the start of the archive
+  // (lets a reader that holds only part of the archive find the bytes).
+  uint64_t storage_record_offset = 0;
+  uint64_t storage_nbytes = 0;
+  // The whole storage record, borrowed from the archive passed to
+  // DecodeTensorArchive (same lifetime). Element [0, 0, ...] of the tensor is
+  // at storage.data() + storage_offset * ElementSize(dtype); element idx is at
+  // that position + sum(idx[d] * strides[d]) elements.
+  zip::Bytes storage;
+};
+
+// Parses an in-memory tensor archive written by torch.save (or by
+// EncodeTensorArchive). data.pkl must build exactly one tensor through
+// torch._utils._rebuild_tensor_v2/_v3 (optionally wrapped in
+// _rebuild_parameter); only the globals needed for that are accepted
+// (anything else: InvalidArgument naming the global). Checks:
+//   * a `version` (or `.data/version`) record is present and supported;
+//   * `byteorder` is "little" or absent; "big" is Unimplemented here because
+//     the result borrows the archive bytes and cannot swap them (the value
+//     decoder, which copies, does swap);
+//   * the storage record holds exactly the bytes the persistent id claims
+//     (numel * element size) and the tensor's furthest addressed element,
+//     storage_offset + sum((size[d]-1) * stride[d]), lies inside it (checked
+//     arithmetic); otherwise DataLoss;
+//   * tensor flags torch stores as metadata (conj/neg bits) and quantized or
+//     unknown storage types are Unimplemented.
+// Malformed zip or pickle bytes are DataLoss. Never crashes on any input.
+// Thread-safe.
+Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive);
+
+// Builds the complete torch.save archive (pickle protocol 2, as torch.save
+// writes BYTE_IO items) of the Python object equivalent to `value`:
+//   None/bool/int/float/str -> the same; bytes -> bytes (through
+//   _codecs.encode, which torch.load(weights_only=True) accepts, also for the
+//   empty bytes); list -> list; tuple -> tuple; Dict -> plain dict in
+//   insertion order (keys may be any hashable value: None, bool, int, float,
+//   str, bytes, tuples of those, tensors); Tensor -> a tensor rebuilt like
+//   torch.save's, its bytes in record data/N (N in first-seen order; a
+//   tensor occurring twice, same data/dtype/shape/strides, is pickled once
+//   and referenced, as Python does for one object). Non-dense tensors are
+//   copied into a contiguous storage first.
+// Memoization follows Python's pickler (equal strings share one memo entry,
+// as Python's interned strings do), so simple values come out byte-identical
+// to torch.save's data.pkl and both torch.load(weights_only=False) and
+// torch.load(weights_only=True) return an equal object.
+// Errors: InvalidArgument for an Opaque anywhere (the caller writes an
+// Opaque's blob verbatim instead), a ShardedTensor anywhere (DCP stores its
+// shards as tensor items), a list/dict used as a dict key, a negative dim or
+// stride, or nesting deeper than 200; ResourceExhausted if a tensor copy
+// cannot be allocated. Thread-safe.
+Result<std::string> EncodeValueArchive(const Value& value);
+
+// Reads the torch.save archive of a plain value (a DCP BYTE_IO item). The
+// pickle is parsed with every global allowed (nothing is ever called, so
+// this is safe) and interpreted: dict/list/tuple/str/bytes/int/float/bool/
+// None; collections.OrderedDict -> Dict; _codecs.encode(str, 'latin1') and
+// bytes()/bytearray(...) -> bytes; torch.Size -> tuple of ints; tensors
+// (_rebuild_tensor_v2/_v3, _rebuild_parameter) -> Tensor owning a copy of
+// its storage, honouring strides and storage offset; tensors on one storage
+// share one copy; a big-endian archive is byte-swapped to little-endian.
+//
+// When anything in the object has no Value equivalent (an instance of a user
+// class, a numpy scalar, a set, a complex, a torch.device, an int beyond
+// int64, an unhashable dict key, nesting deeper than 200 or more shared
+// references than can be expanded, ...), the result is
+// Opaque{blob = all of `archive`, description = what it was, e.g.
+// "instance of mymod.MyClass"}: that is not an error.
+// Corrupt or truncated archives, pickles and storage records are DataLoss
+// whose message starts with `fqn_for_errors`. Thread-safe.
+Result<Value> DecodeValueArchive(zip::Bytes archive, std::string_view fqn_for_errors);
+
+}  // namespace dcpp::format
+
+#endif  // DCPP_FORMAT_TORCH_PICKLE_H_

@@ -1,0 +1,258 @@
+// The dcpp command-line tool: parses arguments, calls src/dcpp/tools, prints.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "dcpp/checkpoint.h"
+#include "dcpp/tools/convert.h"
+#include "dcpp/tools/demo.h"
+#include "dcpp/tools/inspect.h"
+#include "dcpp/tools/progress_printer.h"
+
+namespace {
+
+// Exit codes scripts can rely on.
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;  // the operation failed (message on stderr)
+constexpr int kExitUsage = 2;   // bad command line
+
+constexpr const char* kMainHelp = R"(dcpp: PyTorch Distributed Checkpoint (DCP) tools, in C++.
+
+Checkpoints are directories in torch.distributed.checkpoint's format: data
+files __{rank}_{n}.distcp and a .metadata file written last. Everything dcpp
+writes loads with torch.distributed.checkpoint.load, and the reverse.
+
+usage: dcpp <command> [options]
+
+commands:
+  inspect CKPT       list what a checkpoint holds (reads only .metadata)
+  convert SRC DST    rewrite a checkpoint with dcpp's writer and options
+  demo               save a synthetic training state, load it resharded, verify
+
+Run `dcpp <command> --help` for a command's options.
+
+exit codes: 0 success, 1 the operation failed (reason on stderr),
+            2 the command line was wrong
+)";
+
+constexpr const char* kInspectHelp = R"(usage: dcpp inspect CKPT [--json]
+
+Prints one row per entry (flattened state dict key, "FQN"): its type (torch
+dtype, or "bytes" for pickled non-tensor values), global shape, how many
+chunks it was saved in, the bytes stored and the data files holding them;
+then the total per data file. Reads only CKPT/.metadata.
+
+options:
+  --json     print a JSON document instead (fields: path, version, entries
+             [fqn, kind, dtype, shape, requires_grad, chunks [offsets, sizes,
+             file, offset, length, transforms]], total_stored_bytes, files)
+
+example:
+  dcpp inspect /ckpt/step_1000 | head
+)";
+
+constexpr const char* kConvertHelp = R"(usage: dcpp convert SRC DST [options]
+
+Reads every entry of the checkpoint SRC and writes it to DST with dcpp's
+writer. Nothing is dropped or changed: values dcpp cannot represent (pickled
+Python objects) are copied as their original bytes, tensor properties are
+kept. DST loads with torch.distributed.checkpoint.load.
+
+options:
+  --thread-count N         writer threads; with single-file-per-rank also the
+                           number of data files (default 1, like DCP)
+  --file-per-item          one data file per entry instead of per thread
+  --no-sync                skip fsync (faster; not crash-safe)
+  --no-overwrite           fail if DST already holds a checkpoint
+  --no-checksums           write CRC-32 = 0 in the archives (torch accepts it)
+  --quiet                  no progress on stderr
+
+example:
+  dcpp convert /ckpt/torch_step_1000 /ckpt/dcpp_step_1000 --thread-count 4
+)";
+
+constexpr const char* kDemoHelp = R"(usage: dcpp demo [options]
+
+dcpp's main job, end to end: builds a transformer-like training state (bf16
+weights, fp32 Adam moments, step and hyper-parameters), saves it split into
+row shards as DCP does for sharded tensors, loads it back into a different
+sharding (matrices split by columns, so every loaded piece overlaps several
+saved pieces), checks every byte, and prints sizes, times and throughput.
+
+options:
+  --size-mib N       approximate state size (default 256)
+  --save-shards N    pieces each tensor is saved in (default 4)
+  --load-shards M    pieces each tensor is loaded into (default 3)
+  --threads N        I/O threads and data files (default 4)
+  --dir PATH         where to write (default: a new directory under $TMPDIR)
+  --keep             keep the checkpoint (then try: dcpp inspect PATH)
+  --no-sync          skip fsync
+  --quiet            no progress on stderr
+)";
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::string> flags;  // "--x" -> value ("" for switches)
+};
+
+// Parses `argv` against the flags a command accepts (name -> takes a value).
+bool Parse(int argc, char** argv, int first, const std::map<std::string, bool>& accepted,
+           Args& out, std::string& error) {
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0 || a == "--") {
+      out.positional.push_back(a);
+      continue;
+    }
+    std::string value;
+    if (auto eq = a.find('='); eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+    }
+    auto it = accepted.find(a);
+    if (it == accepted.end()) {
+      error = "unknown option " + a;
+      return false;
+    }
+    if (it->second && value.empty()) {
+      if (i + 1 >= argc) {
+        error = a + " needs a value";
+        return false;
+      }
+      value = argv[++i];
+    }
+    out.flags[a] = value;
+  }
+  return true;
+}
+
+int Fail(const dcpp::Status& s) {
+  std::fprintf(stderr, "dcpp: error: %s\n", s.ToString().c_str());
+  return kExitFailed;
+}
+
+int Usage(const char* help, const std::string& error) {
+  std::fprintf(stderr, "dcpp: %s\n\n%s", error.c_str(), help);
+  return kExitUsage;
+}
+
+bool WantsHelp(int argc, char** argv) {
+  for (int i = 2; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) return true;
+  return false;
+}
+
+bool ParseInt(const std::string& text, long lo, long hi, long& out) {
+  char* end = nullptr;
+  out = std::strtol(text.c_str(), &end, 10);
+  return !text.empty() && *end == '\0' && out >= lo && out <= hi;
+}
+
+int Inspect(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!Parse(argc, argv, 2, {{"--json", false}}, args, error)) return Usage(kInspectHelp, error);
+  if (args.positional.size() != 1) return Usage(kInspectHelp, "inspect takes one checkpoint path");
+  const std::string& dir = args.positional[0];
+  auto md = dcpp::ReadMetadata(dir);
+  if (!md.ok()) return Fail(md.status());
+  const std::string out = args.flags.count("--json") ? dcpp::tools::InspectJson(dir, *md)
+                                                     : dcpp::tools::InspectText(dir, *md);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return kExitOk;
+}
+
+int Convert(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!Parse(argc, argv, 2,
+             {{"--thread-count", true}, {"--file-per-item", false}, {"--no-sync", false},
+              {"--no-overwrite", false}, {"--no-checksums", false}, {"--quiet", false}},
+             args, error))
+    return Usage(kConvertHelp, error);
+  if (args.positional.size() != 2) return Usage(kConvertHelp, "convert takes SRC and DST");
+  dcpp::SaveOptions o;
+  if (args.flags.count("--thread-count")) {
+    long n;
+    if (!ParseInt(args.flags["--thread-count"], 1, 1024, n))
+      return Usage(kConvertHelp, "--thread-count must be an integer in [1, 1024]");
+    o.thread_count = static_cast<int>(n);
+  }
+  o.single_file_per_rank = !args.flags.count("--file-per-item");
+  o.sync_files = !args.flags.count("--no-sync");
+  o.overwrite = !args.flags.count("--no-overwrite");
+  o.checksums = !args.flags.count("--no-checksums");
+  if (!args.flags.count("--quiet")) o.progress = dcpp::tools::MakeProgressPrinter(stderr);
+  auto md = dcpp::tools::Convert(args.positional[0], args.positional[1], o);
+  if (!md.ok()) return Fail(md.status());
+  std::fprintf(stderr, "dcpp: wrote %zu entries to %s\n", md->entries.size(),
+               args.positional[1].c_str());
+  return kExitOk;
+}
+
+int Demo(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!Parse(argc, argv, 2,
+             {{"--size-mib", true}, {"--save-shards", true}, {"--load-shards", true},
+              {"--threads", true}, {"--dir", true}, {"--keep", false}, {"--no-sync", false},
+              {"--quiet", false}},
+             args, error))
+    return Usage(kDemoHelp, error);
+  if (!args.positional.empty()) return Usage(kDemoHelp, "demo takes no positional arguments");
+  dcpp::tools::DemoOptions o;
+  struct IntFlag {
+    const char* name;
+    long lo, hi;
+    long value;
+  } flags[] = {{"--size-mib", 1, 1 << 20, static_cast<long>(o.size_mib)},
+               {"--save-shards", 1, 4096, o.save_shards},
+               {"--load-shards", 1, 4096, o.load_shards},
+               {"--threads", 1, 1024, o.thread_count}};
+  for (auto& f : flags) {
+    if (!args.flags.count(f.name)) continue;
+    if (!ParseInt(args.flags[f.name], f.lo, f.hi, f.value))
+      return Usage(kDemoHelp, std::string(f.name) + " must be an integer in [" +
+                                  std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]");
+  }
+  o.size_mib = static_cast<uint64_t>(flags[0].value);
+  o.save_shards = static_cast<int>(flags[1].value);
+  o.load_shards = static_cast<int>(flags[2].value);
+  o.thread_count = static_cast<int>(flags[3].value);
+  if (args.flags.count("--dir")) o.dir = args.flags["--dir"];
+  o.keep = args.flags.count("--keep") > 0;
+  o.sync_files = !args.flags.count("--no-sync");
+  if (!args.flags.count("--quiet")) o.progress = dcpp::tools::MakeProgressPrinter(stderr);
+  auto report = dcpp::tools::RunDemo(o);
+  if (!report.ok()) return Fail(report.status());
+  const std::string text = dcpp::tools::FormatDemoReport(o, *report);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    std::fputs(kMainHelp, argc < 2 ? stderr : stdout);
+    return argc < 2 ? kExitUsage : kExitOk;
+  }
+  const std::string cmd = argv[1];
+  const std::map<std::string, std::pair<const char*, std::function<int(int, char**)>>> commands = {
+      {"inspect", {kInspectHelp, Inspect}},
+      {"convert", {kConvertHelp, Convert}},
+      {"demo", {kDemoHelp, Demo}},
+  };
+  auto it = commands.find(cmd);
+  if (it == commands.end()) return Usage(kMainHelp, "unknown command '" + cmd + "'");
+  if (WantsHelp(argc, argv)) {
+    std::fputs(it->second.first, stdout);
+    return kExitOk;
+  }
+  return it->second.second(argc, argv);
+}
