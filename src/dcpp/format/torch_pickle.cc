@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cctype>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -295,8 +296,7 @@ class TorchPickler {
       }
     }
     if (view.data == nullptr && view.numel() != 0) {
-      return InvalidArgumentError("tensor of shape " + ShapeToString(view.shape) +
-                                  " has no data");
+      return InvalidArgumentError("tensor of shape " + ShapeToString(view.shape) + " has no data");
     }
     // One tensor object reached twice is pickled once, as Python does.
     TensorKey key{view.data, view.dtype, view.shape, view.strides};
@@ -360,14 +360,18 @@ std::vector<zip::RecordSpec> ArchiveRecords(std::string_view data_pkl,
 // has no Value for (the value decoder turns that into an Opaque).
 Status Unrepresentable(std::string what) { return UnimplementedError(std::move(what)); }
 
-bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
-bool CheckedAdd(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_add_overflow(a, b, out); }
+bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+bool CheckedAdd(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_add_overflow(a, b, out);
+}
 
 // Where a storage lives and how big torch says it is (the persistent id).
 struct StorageRef {
-  std::string key;       // record "data/<key>"
+  std::string key;              // record "data/<key>"
   DType dtype = DType::kUInt8;  // of the storage; uint8 for UntypedStorage
-  uint64_t nbytes = 0;   // numel * ElementSize(dtype), checked
+  uint64_t nbytes = 0;          // numel * ElementSize(dtype), checked
 };
 
 struct TensorSpec {
@@ -401,7 +405,8 @@ class GraphReader {
   // A tuple (or list) of ints, or torch.Size(tuple of ints).
   Result<Shape> IntTuple(pk::NodeId id, std::string_view what) const {
     DCPP_ASSIGN_OR_RETURN(const pk::Node* n, Get(id));
-    if (n->kind == pk::Kind::kReduce && n->items.size() >= 2 && IsGlobal(n->items[0], "torch", "Size")) {
+    if (n->kind == pk::Kind::kReduce && n->items.size() >= 2 &&
+        IsGlobal(n->items[0], "torch", "Size")) {
       DCPP_ASSIGN_OR_RETURN(const pk::Node* args, Get(n->items[1]));
       if (args->kind != pk::Kind::kTuple || args->items.size() != 1) {
         return DataLossError(std::string(what) + " is a torch.Size with malformed arguments");
@@ -447,12 +452,14 @@ class GraphReader {
     }
     StorageRef ref;
     const pk::NodeId cls = pid->items[1];
-    if (IsGlobal(cls, "torch.storage", "UntypedStorage") || IsGlobal(cls, "torch", "UntypedStorage")) {
+    if (IsGlobal(cls, "torch.storage", "UntypedStorage") ||
+        IsGlobal(cls, "torch", "UntypedStorage")) {
       ref.dtype = DType::kUInt8;
     } else {
       DCPP_ASSIGN_OR_RETURN(const pk::Node* c, Get(cls));
       std::optional<DType> dtype;
-      if (c->kind == pk::Kind::kGlobal && c->s == "torch") dtype = DTypeFromLegacyStorageName(c->s2);
+      if (c->kind == pk::Kind::kGlobal && c->s == "torch")
+        dtype = DTypeFromLegacyStorageName(c->s2);
       if (!dtype) return Unrepresentable("a tensor on storage type " + GlobalName(cls));
       ref.dtype = *dtype;
     }
@@ -537,7 +544,8 @@ class GraphReader {
     if (a.size() == fixed + 1) {
       // Tensor flags (conj/neg bits): an empty dict means none.
       DCPP_ASSIGN_OR_RETURN(const pk::Node* meta, Get(a[fixed]));
-      if (!(meta->kind == pk::Kind::kNone || (meta->kind == pk::Kind::kDict && meta->items.empty()))) {
+      if (!(meta->kind == pk::Kind::kNone ||
+            (meta->kind == pk::Kind::kDict && meta->items.empty()))) {
         return Unrepresentable("a tensor with conj/neg flags");
       }
     }
@@ -560,12 +568,20 @@ Status CheckExtent(const TensorSpec& spec, uint64_t record_size) {
                          " bytes but the pickle says " + std::to_string(spec.storage.nbytes));
   }
   bool empty = false;
+  uint64_t numel = 1;  // of the non-zero dims, so NumElements never overflows
   for (size_t d = 0; d < spec.shape.size(); ++d) {
     if (spec.shape[d] < 0 || spec.strides[d] < 0) {
       return DataLossError("tensor has a negative size or stride: size " +
                            ShapeToString(spec.shape) + ", stride " + ShapeToString(spec.strides));
     }
-    if (spec.shape[d] == 0) empty = true;
+    if (spec.shape[d] == 0) {
+      empty = true;
+    } else if (!CheckedMul(numel, static_cast<uint64_t>(spec.shape[d]), &numel) ||
+               numel > static_cast<uint64_t>(INT64_MAX)) {
+      // Possible with zero strides (an expanded tensor), which address few bytes.
+      return DataLossError("tensor size " + ShapeToString(spec.shape) +
+                           " has more than 2^63 elements");
+    }
   }
   // Like torch, an empty tensor may sit anywhere on its storage.
   if (empty) return Status::Ok();
@@ -573,8 +589,8 @@ Status CheckExtent(const TensorSpec& spec, uint64_t record_size) {
   bool ok = true;
   for (size_t d = 0; d < spec.shape.size() && ok; ++d) {
     uint64_t step;
-    ok = CheckedMul(static_cast<uint64_t>(spec.shape[d] - 1), static_cast<uint64_t>(spec.strides[d]),
-                    &step) &&
+    ok = CheckedMul(static_cast<uint64_t>(spec.shape[d] - 1),
+                    static_cast<uint64_t>(spec.strides[d]), &step) &&
          CheckedAdd(last, step, &last);
   }
   uint64_t end = 0;
@@ -590,9 +606,11 @@ Status CheckExtent(const TensorSpec& spec, uint64_t record_size) {
 
 Result<uint64_t> ParseVersion(zip::Bytes text) {
   std::string_view s(reinterpret_cast<const char*>(text.data()), text.size());
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.remove_suffix(1);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' '))
+    s.remove_suffix(1);
   uint64_t v = 0;
-  if (s.empty() || s.size() > 19) return DataLossError("version record " + Quote(s) + " is invalid");
+  if (s.empty() || s.size() > 19)
+    return DataLossError("version record " + Quote(s) + " is invalid");
   for (char c : s) {
     if (c < '0' || c > '9') return DataLossError("version record " + Quote(s) + " is not a number");
     v = v * 10 + static_cast<uint64_t>(c - '0');
@@ -657,11 +675,15 @@ bool TensorArchiveGlobal(std::string_view module, std::string_view name) {
     // Torch's storage classes and dtypes that dcpp has no DType for are let
     // through so they are reported as Unimplemented, naming them, rather than
     // as disallowed globals.
-    static constexpr std::string_view kOtherDTypes[] = {
-        "complex32", "chalf",   "float4_e2m1fn_x2", "bits1x8", "bits2x4", "bits4x2", "bits8",
-        "bits16",    "uint1",   "uint2",            "uint3",   "uint4",   "uint5",   "uint6",
-        "uint7",     "int1",    "int2",             "int3",    "int4",    "int5",    "int6",
-        "int7",      "qint8",   "quint8",           "qint32",  "quint4x2", "quint2x4"};
+    static constexpr std::string_view kOtherDTypes[] = {"complex32", "chalf",    "float4_e2m1fn_x2",
+                                                        "bits1x8",   "bits2x4",  "bits4x2",
+                                                        "bits8",     "bits16",   "uint1",
+                                                        "uint2",     "uint3",    "uint4",
+                                                        "uint5",     "uint6",    "uint7",
+                                                        "int1",      "int2",     "int3",
+                                                        "int4",      "int5",     "int6",
+                                                        "int7",      "qint8",    "quint8",
+                                                        "qint32",    "quint4x2", "quint2x4"};
     if (name == "Size" || name == "device" || name == "UntypedStorage") return true;
     if (name.size() > 7 && name.ends_with("Storage")) return true;
     if (DTypeFromTorchName(name).has_value()) return true;
@@ -675,7 +697,9 @@ bool TensorArchiveGlobal(std::string_view module, std::string_view name) {
 class ValueBuilder {
  public:
   ValueBuilder(const pk::Graph& g, const zip::Reader& reader, bool swap)
-      : graph_(g), reader_(reader), swap_(swap),
+      : graph_(g),
+        reader_(reader),
+        swap_(swap),
         budget_(std::min<size_t>(g.nodes.size() * 16 + 65536, size_t{1} << 24)) {}
 
   Result<Value> Build(pk::NodeId id, int depth) {
@@ -738,7 +762,8 @@ class ValueBuilder {
       case pk::Kind::kPersistentId:
         return Unrepresentable("a bare torch storage");
       case pk::Kind::kNewObj:
-        return Unrepresentable("an instance of " + graph_.GlobalName(n->items.empty() ? pk::kNoNode : n->items[0]));
+        return Unrepresentable("an instance of " +
+                               graph_.GlobalName(n->items.empty() ? pk::kNoNode : n->items[0]));
       case pk::Kind::kReduce:
         return BuildReduce(id, *n, depth);
     }
@@ -777,15 +802,15 @@ class ValueBuilder {
     if (n.items.size() < 2) return DataLossError("malformed REDUCE in pickle graph");
     const pk::NodeId callable = n.items[0];
     DCPP_ASSIGN_OR_RETURN(const pk::Node* fn, graph_.Get(callable));
-    if (fn->kind != pk::Kind::kGlobal) return Unrepresentable("an object built by a computed callable");
+    if (fn->kind != pk::Kind::kGlobal)
+      return Unrepresentable("an object built by a computed callable");
     const std::string& module = fn->s;
     const std::string& name = fn->s2;
     DCPP_ASSIGN_OR_RETURN(const pk::Node* args, graph_.Get(n.items[1]));
     const bool builtins = module == "builtins" || module == "__builtin__";
 
-    if (module == "torch._utils" &&
-        (name == "_rebuild_tensor_v2" || name == "_rebuild_tensor_v3" ||
-         name == "_rebuild_parameter")) {
+    if (module == "torch._utils" && (name == "_rebuild_tensor_v2" || name == "_rebuild_tensor_v3" ||
+                                     name == "_rebuild_parameter")) {
       DCPP_ASSIGN_OR_RETURN(dcpp::Tensor t, BuildTensor(id));
       return Value(std::move(t));
     }
@@ -928,9 +953,8 @@ class ValueBuilder {
         }
         return record.status();
       }
-      if (record->size() != spec.storage.nbytes) {
-        DCPP_RETURN_IF_ERROR(CheckExtent(spec, record->size()));
-      }
+      // Reports a record whose size differs from the persistent id's.
+      DCPP_RETURN_IF_ERROR(CheckExtent(spec, record->size()));
       const size_t n = record->size();
       void* p = std::aligned_alloc(64, (std::max<size_t>(n, 1) + 63) / 64 * 64);
       if (p == nullptr) {

@@ -15,10 +15,10 @@
 #include <string_view>
 
 #include "dcpp/dtype.h"
+#include "dcpp/format/zip.h"
 #include "dcpp/status.h"
 #include "dcpp/tensor.h"
 #include "dcpp/value.h"
-#include "dcpp/format/zip.h"
 
 namespace dcpp::format {
 
@@ -46,7 +46,7 @@ zip::Layout EncodeTensorArchive(const TensorView& view, const zip::WriteOptions&
 struct DecodedTensor {
   DType dtype = DType::kFloat32;
   Shape shape;
-  Shape strides;           // in elements; any non-negative layout torch allows
+  Shape strides;               // in elements; any non-negative layout torch allows
   int64_t storage_offset = 0;  // in elements of `dtype`
   // Where the storage record's data starts, from the start of the archive
   // (lets a reader that holds only part of the archive find the bytes).
@@ -116,7 +116,9 @@ Result<std::string> EncodeValueArchive(const Value& value);
 // Opaque{blob = all of `archive`, description = what it was, e.g.
 // "instance of mymod.MyClass"}: that is not an error.
 // Corrupt or truncated archives, pickles and storage records are DataLoss
-// whose message starts with `fqn_for_errors`. Thread-safe.
+// whose message starts with `fqn_for_errors` (ResourceExhausted when a parser
+// size cap is hit or a storage copy cannot be allocated). Allocates at most
+// the sizes of the records it reads plus the parsed graph. Thread-safe.
 Result<Value> DecodeValueArchive(zip::Bytes archive, std::string_view fqn_for_errors);
 
 }  // namespace dcpp::format

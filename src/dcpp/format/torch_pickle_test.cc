@@ -221,9 +221,13 @@ std::string BuildArchive(const ArchiveSpec& a) {
 // Verified against torch 2.13: torch.save(torch.arange(16.).reshape(4, 4))
 // writes exactly these 154 bytes as data.pkl (dcp-format.md section 3.6).
 constexpr char kTorch4x4FloatPkl[] =
-    "\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\nq\x00((X\x07\x00\x00\x00storageq\x01"
-    "ctorch\nFloatStorage\nq\x02X\x01\x00\x00\x00" "0q\x03X\x03\x00\x00\x00" "cpuq\x04K\x10tq\x05"
-    "QK\x00K\x04K\x04\x86q\x06K\x04K\x01\x86q\x07\x89" "ccollections\nOrderedDict\nq\x08)Rq\ttq\n"
+    "\x80\x02"
+    "ctorch._utils\n_rebuild_tensor_v2\nq\x00((X\x07\x00\x00\x00storageq\x01"
+    "ctorch\nFloatStorage\nq\x02X\x01\x00\x00\x00"
+    "0q\x03X\x03\x00\x00\x00"
+    "cpuq\x04K\x10tq\x05"
+    "QK\x00K\x04K\x04\x86q\x06K\x04K\x01\x86q\x07\x89"
+    "ccollections\nOrderedDict\nq\x08)Rq\ttq\n"
     "Rq\x0b.";
 
 TEST(TorchPickleTest, TensorArchiveRecordsAndDataPkl) {
@@ -259,9 +263,9 @@ TEST(TorchPickleTest, TensorArchiveBorrowsLargeStorage) {
   std::string archive = layout.Flatten();
   auto decoded = DecodeTensorArchive(B(archive));
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(decoded->storage.data()),
-                        decoded->storage.size()),
-            storage);
+  EXPECT_EQ(
+      std::string(reinterpret_cast<const char*>(decoded->storage.data()), decoded->storage.size()),
+      storage);
 }
 
 struct TensorCase {
@@ -273,16 +277,16 @@ struct TensorCase {
 std::vector<TensorCase> TensorCases() {
   std::vector<TensorCase> cases;
   for (int d = 0; d < kNumDTypes; ++d) cases.push_back({static_cast<DType>(d), {2, 3}, {3, 1}});
-  cases.push_back({DType::kFloat32, {3, 2}, {1, 3}});         // transposed
-  cases.push_back({DType::kUInt32, {4, 2}, {1, 4}});          // transposed, v3
-  cases.push_back({DType::kFloat64, {}, {}});                 // 0-d
-  cases.push_back({DType::kUInt16, {}, {}});                  // 0-d, v3
-  cases.push_back({DType::kFloat32, {0, 3}, {3, 1}});         // zero-size
-  cases.push_back({DType::kFloat8E4M3FN, {2, 0}, {1, 1}});    // zero-size, v3
+  cases.push_back({DType::kFloat32, {3, 2}, {1, 3}});                   // transposed
+  cases.push_back({DType::kUInt32, {4, 2}, {1, 4}});                    // transposed, v3
+  cases.push_back({DType::kFloat64, {}, {}});                           // 0-d
+  cases.push_back({DType::kUInt16, {}, {}});                            // 0-d, v3
+  cases.push_back({DType::kFloat32, {0, 3}, {3, 1}});                   // zero-size
+  cases.push_back({DType::kFloat8E4M3FN, {2, 0}, {1, 1}});              // zero-size, v3
   cases.push_back({DType::kInt64, {1, 2, 1, 3, 2}, {12, 6, 6, 2, 1}});  // > 3 dims
-  cases.push_back({DType::kInt16, {2, 3, 4}, {1, 2, 6}});     // fully permuted
-  cases.push_back({DType::kUInt8, {300}, {1}});               // BININT2 numel
-  cases.push_back({DType::kFloat32, {70000}, {1}});           // BININT numel, borrowed data
+  cases.push_back({DType::kInt16, {2, 3, 4}, {1, 2, 6}});               // fully permuted
+  cases.push_back({DType::kUInt8, {300}, {1}});                         // BININT2 numel
+  cases.push_back({DType::kFloat32, {70000}, {1}});  // BININT numel, borrowed data
   cases.push_back({DType::kBFloat16, {1, 1}, {1, 1}});
   return cases;
 }
@@ -346,7 +350,8 @@ for i in range(n):
     shape = [int(x) for x in shape.split(",") if x]
     strides = [int(x) for x in strides.split(",") if x]
     raw = open(f"{d}/case_{i}.bin", "rb").read()
-    storage = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+    storage = (torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw
+               else torch.UntypedStorage(0))
     t = torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
     buf = io.BytesIO()
     torch.save(t, buf)
@@ -368,7 +373,8 @@ for i in range(n):
                storage_bytes(u), u.requires_grad)
         want = (dtype, shape, strides, 0, raw, False)
         if got != want:
-            fails.append(f"case {i} ({name} {shape} {strides}) {how}: got {got[:4]} want {want[:4]}")
+            fails.append(f"case {i} ({name} {shape} {strides}) {how}: "
+                         f"got {got[:4]} want {want[:4]}")
 print("\n".join(fails) if fails else "OK")
 sys.exit(1 if fails else 0)
 )PY";
@@ -384,11 +390,12 @@ TEST(TorchPickleTest, TensorArchivesMatchTorchSave) {
     storages.push_back(Pattern(StorageBytes(c), 100 + i));
     std::string& s = storages.back();
     TensorView view{s.empty() ? nullptr : s.data(), c.dtype, c.shape, c.strides};
-    WriteFileOrDie(dir / ("case_" + std::to_string(i) + ".txt"),
-                   std::string(TorchName(c.dtype)) + "\n" + Join(c.shape) + "\n" +
-                       Join(c.strides) + "\n");
+    WriteFileOrDie(
+        dir / ("case_" + std::to_string(i) + ".txt"),
+        std::string(TorchName(c.dtype)) + "\n" + Join(c.shape) + "\n" + Join(c.strides) + "\n");
     WriteFileOrDie(dir / ("case_" + std::to_string(i) + ".bin"), s);
-    WriteFileOrDie(dir / ("ours_" + std::to_string(i) + ".pt"), EncodeTensorArchive(view).Flatten());
+    WriteFileOrDie(dir / ("ours_" + std::to_string(i) + ".pt"),
+                   EncodeTensorArchive(view).Flatten());
   }
   std::string output;
   int rc = RunPython(dir, kTensorScript, "'" + dir.path() + "' " + std::to_string(cases.size()),
@@ -465,8 +472,8 @@ TEST(TorchPickleTest, DecodesTorchTransposed) {
 
   auto v = DecodeValueArchive(f.span(), "w");
   ASSERT_TRUE(v.ok()) << v.status().ToString();
-  EXPECT_TRUE(v->Equals(Value(MakeTensor(DType::kFloat32, {3, 2}, {1, 3},
-                                         Pod<float>({0, 1, 2, 3, 4, 5})))));
+  EXPECT_TRUE(v->Equals(
+      Value(MakeTensor(DType::kFloat32, {3, 2}, {1, 3}, Pod<float>({0, 1, 2, 3, 4, 5})))));
 }
 
 TEST(TorchPickleTest, DecodesTorch0dEmptyUInt16OffsetParameter) {
@@ -536,7 +543,9 @@ TEST(TorchPickleTest, DecodesTorchNestedValue) {
   want.Set("neg", int64_t{INT64_MIN});
   want.Set("float", 0.5);
   want.Set("str", "h\xc3\xa9llo");
-  want.Set("bytes", Value::Bytes(std::string("\x00\xff" "ab", 4)));
+  want.Set("bytes", Value::Bytes(std::string("\x00\xff"
+                                             "ab",
+                                             4)));
   want.Set("none", Value());
   want.Set("flags", Value::List({true, false}));
   want.Set("tuple", Value::Tuple({1, "a", 2.0, Value()}));
@@ -597,7 +606,7 @@ TEST(TorchPickleTest, TensorDecoderRejectsValueArchives) {
 
 struct ValueCase {
   Value value;
-  std::string python;  // an expression building the same object
+  std::string python;   // an expression building the same object
   bool byte_identical;  // whether data.pkl must equal torch.save's
 };
 
@@ -701,7 +710,9 @@ def same(a, b):
                 and a.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                 == b.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     if isinstance(a, float):
-        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
@@ -722,7 +733,8 @@ for i, expr in enumerate(exprs):
             try:
                 got = torch.load(f, weights_only=wo)
             except Exception as e:
-                fails.append(f"case {i} ({expr[:60]}) weights_only={wo}: {type(e).__name__}: {str(e)[:300]}")
+                fails.append(f"case {i} ({expr[:60]}) weights_only={wo}: "
+                             f"{type(e).__name__}: {str(e)[:300]}")
                 continue
         if not same(got, obj):
             fails.append(f"case {i} ({expr[:60]}) weights_only={wo}: loaded {got!r:.200}")
@@ -737,8 +749,8 @@ TEST(TorchPickleTest, ValueRoundTrip) {
     ASSERT_TRUE(encoded.ok()) << encoded.status().ToString();
     auto decoded = DecodeValueArchive(B(*encoded), "v");
     ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
-    EXPECT_TRUE(decoded->Equals(c.value)) << decoded->DebugString() << " vs "
-                                          << c.value.DebugString();
+    EXPECT_TRUE(decoded->Equals(c.value))
+        << decoded->DebugString() << " vs " << c.value.DebugString();
   }
 }
 
@@ -804,11 +816,18 @@ TEST(TorchPickleTest, UnrepresentableObjectsBecomeOpaque) {
   ASSERT_FALSE(dir.path().empty());
   std::string output;
   ASSERT_EQ(RunPython(dir, kOpaqueScript, "'" + dir.path() + "'", &output), 0) << output;
-  const std::vector<std::string> want = {
-      "a set", "a frozenset", "a complex number", "a torch.device",
-      "an integer outside the int64 range", "an integer outside the int64 range",
-      "nested deeper than 200", "nested deeper than 200", "a set",
-      "torch._utils._rebuild_sparse_tensor", "torch._utils._rebuild_qtensor", "conj/neg"};
+  const std::vector<std::string> want = {"a set",
+                                         "a frozenset",
+                                         "a complex number",
+                                         "a torch.device",
+                                         "an integer outside the int64 range",
+                                         "an integer outside the int64 range",
+                                         "nested deeper than 200",
+                                         "nested deeper than 200",
+                                         "a set",
+                                         "torch._utils._rebuild_sparse_tensor",
+                                         "torch._utils._rebuild_qtensor",
+                                         "conj/neg"};
   ASSERT_EQ(output, std::to_string(want.size()) + "\n");
   for (size_t i = 0; i < want.size(); ++i) {
     SCOPED_TRACE(i);
@@ -817,8 +836,7 @@ TEST(TorchPickleTest, UnrepresentableObjectsBecomeOpaque) {
     ASSERT_TRUE(v.ok()) << v.status().ToString();
     ASSERT_EQ(v->kind(), Value::Kind::kOpaque) << v->DebugString();
     EXPECT_EQ(v->opaque().blob, blob);
-    EXPECT_NE(v->opaque().description.find(want[i]), std::string::npos)
-        << v->opaque().description;
+    EXPECT_NE(v->opaque().description.find(want[i]), std::string::npos) << v->opaque().description;
   }
 }
 
@@ -836,8 +854,7 @@ TEST(TorchPickleTest, EncodeRejectsWhatPythonCannotHold) {
   EXPECT_EQ(EncodeValueArchive(Value(bad_key)).status().code(), StatusCode::kInvalidArgument);
   Dict bad_tuple_key;
   bad_tuple_key.Set(Value::Tuple({1, Value::EmptyDict()}), 2);
-  EXPECT_EQ(EncodeValueArchive(Value(bad_tuple_key)).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(EncodeValueArchive(Value(bad_tuple_key)).status().code(), StatusCode::kInvalidArgument);
   Value deep = Value::List();
   for (int i = 0; i < 250; ++i) deep = Value::List({deep});
   EXPECT_EQ(EncodeValueArchive(deep).status().code(), StatusCode::kInvalidArgument);
@@ -1036,8 +1053,7 @@ TEST(TorchPickleTest, ArchiveRecordsAreChecked) {
   {
     ArchiveSpec a{pkl, {{"0", storage}}};
     a.version = "11\n";
-    EXPECT_EQ(DecodeTensorArchive(B(BuildArchive(a))).status().code(),
-              StatusCode::kUnimplemented);
+    EXPECT_EQ(DecodeTensorArchive(B(BuildArchive(a))).status().code(), StatusCode::kUnimplemented);
     a.version = "x";
     EXPECT_EQ(DecodeTensorArchive(B(BuildArchive(a))).status().code(), StatusCode::kDataLoss);
   }

@@ -108,9 +108,9 @@ Status File::ReadAt(uint64_t offset, std::span<uint8_t> out) const {
     if (n == 0) {
       std::string size_text = "unknown";
       if (auto size = Size(); size.ok()) size_text = std::to_string(*size);
-      return DataLossError(path_ + ": unexpected end of file: wanted " + std::to_string(out.size()) +
-                           " bytes at offset " + std::to_string(offset) + ", file has " +
-                           size_text + " bytes");
+      return DataLossError(path_ + ": unexpected end of file: wanted " +
+                           std::to_string(out.size()) + " bytes at offset " +
+                           std::to_string(offset) + ", file has " + size_text + " bytes");
     }
     done += static_cast<size_t>(n);
   }
@@ -147,8 +147,8 @@ Status File::WriteVAt(uint64_t offset, std::span<const std::span<const uint8_t>>
 
   std::vector<struct iovec> iov;
   iov.reserve(std::min<size_t>(pieces.size(), kMaxIov));
-  size_t index = 0;       // first piece not fully written
-  size_t skip = 0;        // bytes of pieces[index] already written
+  size_t index = 0;  // first piece not fully written
+  size_t skip = 0;   // bytes of pieces[index] already written
   uint64_t written = 0;
   while (index < pieces.size()) {
     if (pieces[index].size() == skip) {  // also skips empty pieces

@@ -96,8 +96,8 @@ TEST_F(FileTest, ReadPastEndIsDataLoss) {
   std::vector<uint8_t> buf(8);
   Status s = r->ReadAt(6, buf);
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
-  EXPECT_EQ(s.message(), P("short") +
-                             ": unexpected end of file: wanted 8 bytes at offset 6, file has 10 bytes");
+  EXPECT_EQ(s.message(),
+            P("short") + ": unexpected end of file: wanted 8 bytes at offset 6, file has 10 bytes");
   s = r->ReadAt(100, std::span<uint8_t>(buf.data(), 1));
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
 }
