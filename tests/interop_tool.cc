@@ -188,7 +188,8 @@ Result<json::Json> Encode(const Value& v, const std::string& dir, int& counter) 
       o.Set("description", v.opaque().description);
       break;
     case Value::Kind::kSharded:
-      return dcpp::UnimplementedError("manifest: sharded tensors are not described");
+    case Value::Kind::kStateful:
+      return dcpp::UnimplementedError("manifest: sharded tensors and Stateful are not described");
   }
   return json::Json(std::move(o));
 }

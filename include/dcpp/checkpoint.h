@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "dcpp/metadata.h"
+#include "dcpp/process_group.h"
+#include "dcpp/stateful.h"
 #include "dcpp/status.h"
 #include "dcpp/value.h"
 
@@ -40,6 +42,14 @@ struct Progress {
 using ProgressCallback = std::function<void(const Progress&)>;
 
 struct SaveOptions {
+  // The ranks saving together (borrowed; null = this process alone). Every
+  // rank calls Save with its own part of the state: ShardedTensor leaves for
+  // the pieces it holds, plain tensors and values for replicated state (one
+  // copy is written). Rank 0 coordinates and commits.
+  ProcessGroup* process_group = nullptr;
+  // DCP's dedup_save_to_lowest_rank: replicated items are written by the
+  // lowest rank holding them instead of spreading them by size.
+  bool dedup_to_lowest_rank = false;
   // I/O threads, and with single_file_per_rank the number of data files per
   // rank (DCP's FileSystemWriter thread_count). Must be >= 1.
   int thread_count = 1;
@@ -59,6 +69,10 @@ struct SaveOptions {
 };
 
 struct LoadOptions {
+  // The ranks loading together (borrowed; null = this process alone). Each
+  // rank asks for its own pieces (ShardedTensor leaves) in any layout: only
+  // the overlapping parts of the saved chunks are read.
+  ProcessGroup* process_group = nullptr;
   // Parallel readers; 0 picks min(8, hardware threads).
   int thread_count = 0;
   // DCP's allow_partial_load: keys of the state dict missing from the
@@ -80,7 +94,8 @@ struct LoadAllOptions {
 // needed) and returns the metadata written. Tensors are read straight from
 // their memory; they must not change until Save returns. On failure nothing
 // that looks like a checkpoint is left behind and an existing checkpoint at
-// the path is untouched.
+// the path is untouched. With a process group, a failure on any rank makes
+// every rank return the same error naming each failed rank and its reason.
 Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir,
                       const SaveOptions& options = {});
 
@@ -88,6 +103,8 @@ Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir
 // filled from the checkpoint (its dtype and shape must match the saved ones:
 // InvalidArgument otherwise); every other leaf is replaced by the saved value.
 // A key missing from the checkpoint is NotFound unless allow_partial_load.
+// With a process group, rank 0 reads .metadata once and shares it; every
+// rank returns the same status.
 Status Load(Value& state_dict, const std::string& checkpoint_dir, const LoadOptions& options = {});
 
 // Loads the whole checkpoint (or the entries selected by options.keys) into

@@ -17,9 +17,12 @@
 
 #include "dcpp/tensor.h"
 
+#include <memory>
+
 namespace dcpp {
 
 class Value;
+class Stateful;  // dcpp/stateful.h
 
 // An insertion-ordered mapping. Keys are Values (Python allows int keys);
 // lookups by string key are O(1). Not thread-safe for concurrent mutation.
@@ -79,7 +82,8 @@ struct ShardedTensor {
 class Value {
  public:
   enum class Kind {
-    kNone, kBool, kInt, kFloat, kString, kBytes, kList, kTuple, kDict, kTensor, kOpaque, kSharded
+    kNone, kBool, kInt, kFloat, kString, kBytes, kList, kTuple, kDict, kTensor, kOpaque, kSharded,
+    kStateful
   };
 
   Value() = default;  // None
@@ -95,6 +99,8 @@ class Value {
   Value(Tensor t) : v_(std::move(t)) {}
   Value(Opaque o) : v_(std::move(o)) {}
   Value(ShardedTensor s) : v_(std::move(s)) {}
+  // A Stateful object (shared: the caller keeps its own reference).
+  Value(std::shared_ptr<Stateful> s) : v_(std::move(s)) {}
 
   static Value Bytes(std::string bytes);
   static Value List(std::vector<Value> items = {});
@@ -126,6 +132,7 @@ class Value {
   const Opaque& opaque() const { return std::get<Opaque>(v_); }
   const ShardedTensor& sharded() const { return std::get<ShardedTensor>(v_); }
   ShardedTensor& sharded() { return std::get<ShardedTensor>(v_); }
+  const std::shared_ptr<Stateful>& stateful() const { return std::get<std::shared_ptr<Stateful>>(v_); }
 
   // Dict access by string key. REQUIRES: is_dict() (a None value becomes an
   // empty dict first, so `sd["a"]["b"] = x` builds nested dicts).
@@ -146,7 +153,7 @@ class Value {
   struct ListBox { std::vector<Value> items; };
   struct TupleBox { std::vector<Value> items; };
   std::variant<std::monostate, bool, int64_t, double, std::string, BytesBox, ListBox, TupleBox,
-               Dict, Tensor, Opaque, ShardedTensor>
+               Dict, Tensor, Opaque, ShardedTensor, std::shared_ptr<Stateful>>
       v_;
 };
 

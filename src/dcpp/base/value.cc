@@ -72,7 +72,8 @@ Value Value::Tuple(std::vector<Value> items) {
 Value::Kind Value::kind() const {
   static constexpr Kind kByIndex[] = {Kind::kNone,  Kind::kBool,  Kind::kInt,   Kind::kFloat,
                                       Kind::kString, Kind::kBytes, Kind::kList,  Kind::kTuple,
-                                      Kind::kDict,  Kind::kTensor, Kind::kOpaque, Kind::kSharded};
+                                      Kind::kDict,  Kind::kTensor, Kind::kOpaque, Kind::kSharded,
+                                      Kind::kStateful};
   return kByIndex[v_.index()];
 }
 
@@ -90,6 +91,7 @@ std::string_view Value::KindName(Kind kind) {
     case Kind::kTensor: return "tensor";
     case Kind::kOpaque: return "opaque";
     case Kind::kSharded: return "sharded tensor";
+    case Kind::kStateful: return "stateful";
   }
   return "?";
 }
@@ -157,6 +159,7 @@ bool Value::Equals(const Value& o) const {
           return false;
       return true;
     }
+    case Kind::kStateful: return stateful() == o.stateful();
   }
   return false;
 }
@@ -199,6 +202,7 @@ std::string Value::DebugString(int max_items) const {
              std::string(sharded().shards.empty() ? "?" : TorchName(sharded().shards[0].local.dtype())) +
              ", " + ShapeToString(sharded().global_shape) + ", " +
              std::to_string(sharded().shards.size()) + " local shards)";
+    case Kind::kStateful: return "<stateful object>";
   }
   return "?";
 }

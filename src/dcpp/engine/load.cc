@@ -5,6 +5,8 @@
 #include <unordered_map>
 
 #include "dcpp/base/thread_pool.h"
+#include "dcpp/engine/wire.h"
+#include "dcpp/format/metadata_codec.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
@@ -191,12 +193,34 @@ std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metada
   return index;
 }
 
-}  // namespace
+// The metadata for a load: read once by rank 0 and shared, so N ranks do
+// not all read (and unpickle) the same file from shared storage.
+Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir) {
+  constexpr int kCoordinator = 0;
+  engine::WireWriter w;
+  if (pg.rank() == kCoordinator) {
+    auto bytes = io::ReadWholeFile(io::JoinPath(dir, io::kMetadataFileName), uint64_t{4} << 30);
+    // Decode once here too, so a bad file gives every rank the same error.
+    Status s = bytes.status();
+    if (s.ok()) s = io::ReadCheckpointMetadata(dir).status();
+    w.Status(s);
+    w.Str(s.ok() ? *bytes : std::string());
+  }
+  DCPP_ASSIGN_OR_RETURN(std::string msg, pg.Broadcast(w.Take(), kCoordinator));
+  engine::WireReader r(msg);
+  Status status;
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
+  if (!status.ok()) return status;
+  DCPP_ASSIGN_OR_RETURN(std::string bytes, r.Str());
+  auto md = format::DecodeMetadata(bytes);
+  if (!md.ok()) return md.status().WithContext(io::JoinPath(dir, io::kMetadataFileName));
+  return md;
+}
 
-Result<Metadata> ReadMetadata(const std::string& dir) { return io::ReadCheckpointMetadata(dir); }
-
-Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
-  DCPP_ASSIGN_OR_RETURN(Metadata md, io::ReadCheckpointMetadata(dir));
+// Plans and runs this rank's reads into `state_dict` (Stateful already
+// resolved).
+Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
+                 const LoadOptions& o) {
   const auto index = IndexEntries(md);
   DCPP_ASSIGN_OR_RETURN(auto flat, plan::FlattenMutable(state_dict));
   auto count_missing = [&](const auto& entries) {
@@ -219,6 +243,10 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
     }
     const EntryMeta& e = *it->second;
     Value& leaf = *f.value;
+    if (leaf.kind() == Value::Kind::kStateful)
+      return InvalidArgumentError(Quoted(e.fqn) +
+                                  ": Stateful objects are supported only at the top level of a "
+                                  "state dict (as in DCP)");
     if (!e.is_tensor()) {
       plan.AddBytes(e, &leaf);
       continue;
@@ -256,6 +284,63 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
                          " (allow_partial_load skips missing keys)");
   }
   return plan.Run(o.thread_count).WithContext("loading " + dir);
+}
+
+}  // namespace
+
+Result<Metadata> ReadMetadata(const std::string& dir) { return io::ReadCheckpointMetadata(dir); }
+
+Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
+  std::unique_ptr<ProcessGroup> single;
+  ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
+  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, dir));
+
+  // Top-level Stateful values load through their StateDict() and are then
+  // handed the result, as DCP does.
+  std::vector<std::pair<size_t, std::shared_ptr<Stateful>>> stateful;
+  Value working;
+  Value* target = &state_dict;
+  Status local;
+  if (state_dict.is_dict()) {
+    for (size_t i = 0; i < state_dict.dict().size(); ++i)
+      if (state_dict.dict().values()[i].kind() == Value::Kind::kStateful)
+        stateful.push_back({i, state_dict.dict().values()[i].stateful()});
+  }
+  if (!stateful.empty()) {
+    working = state_dict;
+    target = &working;
+    for (auto& [i, obj] : stateful) {
+      auto sd = obj->StateDict();
+      if (!sd.ok()) {
+        local = sd.status().WithContext("Stateful '" + working.dict().keys()[i].DebugString() + "'");
+        break;
+      }
+      working.dict().mutable_values()[i] = std::move(*sd);
+    }
+  }
+  if (local.ok()) local = LoadLocal(*target, md, dir, o);
+  if (local.ok() && !stateful.empty()) {
+    for (auto& [i, obj] : stateful) {
+      local = obj->LoadStateDict(working.dict().values()[i]);
+      if (!local.ok()) break;
+    }
+    for (size_t i = 0; local.ok() && i < working.dict().size(); ++i)
+      if (working.dict().values()[i].kind() != Value::Kind::kStateful &&
+          state_dict.dict().values()[i].kind() != Value::Kind::kStateful)
+        state_dict.dict().mutable_values()[i] = std::move(working.dict().mutable_values()[i]);
+  }
+  if (pg.size() == 1) return local;
+  // Every rank returns the same status.
+  engine::WireWriter w;
+  w.Status(local);
+  DCPP_ASSIGN_OR_RETURN(std::vector<std::string> all, pg.AllGather(w.Take()));
+  std::vector<Status> statuses(all.size());
+  for (size_t r = 0; r < all.size(); ++r) {
+    engine::WireReader reader(all[r]);
+    Status decoded = reader.ReadStatus(&statuses[r]);
+    if (!decoded.ok()) statuses[r] = decoded;
+  }
+  return engine::CombineRankFailures("load", statuses);
 }
 
 Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {

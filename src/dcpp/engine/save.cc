@@ -9,11 +9,12 @@
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/items.h"
+#include "dcpp/engine/wire.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
 #include "dcpp/io/file.h"
 #include "dcpp/plan/flatten.h"
-#include "dcpp/plan/validate.h"
+#include "dcpp/plan/save_planner.h"
 
 namespace dcpp {
 namespace {
@@ -39,7 +40,7 @@ std::string Uuid4() {
 // bucket (file) per thread; BYTE_IO items dealt round-robin, tensor items by
 // size descending, each to the currently smallest bucket. Within a file,
 // BYTE_IO items come first. Returns item indices per file.
-std::vector<std::vector<size_t>> AssignFiles(const std::vector<engine::WriteItem>& items,
+std::vector<std::vector<size_t>> AssignFiles(const std::vector<engine::WriteItem*>& items,
                                              const SaveOptions& o) {
   std::vector<std::vector<size_t>> files;
   if (!o.single_file_per_rank) {
@@ -50,21 +51,21 @@ std::vector<std::vector<size_t>> AssignFiles(const std::vector<engine::WriteItem
   files.resize(bins);
   std::vector<size_t> bytes_items, tensor_items;
   for (size_t i = 0; i < items.size(); ++i)
-    (items[i].is_tensor() ? tensor_items : bytes_items).push_back(i);
+    (items[i]->is_tensor() ? tensor_items : bytes_items).push_back(i);
   if (bins == 1) {
     files[0] = bytes_items;
     files[0].insert(files[0].end(), tensor_items.begin(), tensor_items.end());
     return files;
   }
   std::stable_sort(tensor_items.begin(), tensor_items.end(), [&](size_t a, size_t b) {
-    return items[a].nbytes() > items[b].nbytes();
+    return items[a]->nbytes() > items[b]->nbytes();
   });
   for (size_t k = 0; k < bytes_items.size(); ++k) files[k % bins].push_back(bytes_items[k]);
   std::vector<uint64_t> load(bins, 0);
   for (size_t i : tensor_items) {
     const size_t b = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
     files[b].push_back(i);
-    load[b] += items[i].nbytes();
+    load[b] += items[i]->nbytes();
   }
   return files;
 }
@@ -95,7 +96,7 @@ class ProgressReporter {
 // Writes one data file: its items back to back, each a torch.save archive.
 Status WriteDataFile(const std::string& dir, const std::string& name,
                      const std::vector<size_t>& item_ids,
-                     std::vector<engine::WriteItem>& items, const SaveOptions& o,
+                     const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
                      ProgressReporter& progress) {
   DCPP_ASSIGN_OR_RETURN(io::File file, io::File::CreateForWrite(io::JoinPath(dir, name)));
   format::zip::WriteOptions zip_options;
@@ -103,7 +104,7 @@ Status WriteDataFile(const std::string& dir, const std::string& name,
   uint64_t offset = 0;
   std::vector<std::span<const uint8_t>> pieces;
   for (size_t id : item_ids) {
-    engine::WriteItem& item = items[id];
+    engine::WriteItem& item = *items[id];
     format::zip::Layout layout;
     if (item.is_tensor()) {
       layout = format::EncodeTensorArchive(item.tensor.view(), zip_options);
@@ -122,17 +123,6 @@ Status WriteDataFile(const std::string& dir, const std::string& name,
   }
   if (o.sync_files) DCPP_RETURN_IF_ERROR(file.Sync());
   return file.Close();
-}
-
-Metadata BuildMetadata(const std::vector<engine::WriteItem>& items, const std::string& dir) {
-  Metadata md;
-  md.entries = engine::EntriesFromItems(items);
-  StorageMeta sm;
-  sm.checkpoint_id = dir;
-  sm.save_id = Uuid4();
-  md.storage_meta = std::move(sm);
-  md.version = kDcpVersion;
-  return md;
 }
 
 // Removes data files of the checkpoint being replaced that the new one does
@@ -164,64 +154,262 @@ std::optional<std::string> PublishedSaveId(const std::string& dir) {
   return md->storage_meta->save_id;
 }
 
+// Replaces top-level Stateful values by their StateDict(), as DCP does.
+Result<Value> ResolveStateful(const Value& state_dict) {
+  if (!state_dict.is_dict()) return state_dict;
+  Value out = state_dict;
+  for (Value& v : out.dict().mutable_values()) {
+    if (v.kind() != Value::Kind::kStateful) continue;
+    DCPP_ASSIGN_OR_RETURN(Value sd, v.stateful()->StateDict());
+    v = std::move(sd);
+  }
+  return out;
+}
+
+plan::LocalPlan ToLocalPlan(const std::vector<engine::WriteItem>& items) {
+  plan::LocalPlan lp;
+  lp.items.reserve(items.size());
+  for (const auto& it : items) {
+    plan::PlannedItem p;
+    p.fqn = it.fqn;
+    p.path = it.path;
+    p.is_tensor = it.is_tensor();
+    if (p.is_tensor) {
+      p.dtype = it.tensor.dtype();
+      p.offsets = it.offsets;
+      p.sizes = it.tensor.shape();
+      p.global_shape = it.global_shape;
+    }
+    p.nbytes = it.nbytes();
+    lp.items.push_back(std::move(p));
+  }
+  return lp;
+}
+
+// What the coordinator tells each rank after global planning.
+struct Assignment {
+  Status status;
+  std::string tag;           // data file name tag ("" unless replacing)
+  std::vector<size_t> keep;  // indices of this rank's items to write
+};
+
+std::string EncodeAssignment(const Assignment& a) {
+  engine::WireWriter w;
+  w.Status(a.status);
+  w.Str(a.tag);
+  w.U64(a.keep.size());
+  for (size_t k : a.keep) w.U64(k);
+  return w.Take();
+}
+
+Status DecodeAssignment(std::string_view data, Assignment* a) {
+  engine::WireReader r(data);
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(&a->status));
+  DCPP_ASSIGN_OR_RETURN(a->tag, r.Str());
+  DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
+  for (uint64_t i = 0; i < n; ++i) {
+    DCPP_ASSIGN_OR_RETURN(uint64_t k, r.U64());
+    a->keep.push_back(k);
+  }
+  return Status();
+}
+
+// A rank's write results: status, then where each kept item went.
+std::string EncodeWriteResults(const Status& status, const std::vector<engine::WriteItem>& items,
+                               const std::vector<size_t>& keep) {
+  engine::WireWriter w;
+  w.Status(status);
+  w.U64(status.ok() ? keep.size() : 0);
+  if (status.ok()) {
+    for (size_t k : keep) {
+      w.Str(items[k].storage.relative_path);
+      w.U64(items[k].storage.offset);
+      w.U64(items[k].storage.length);
+    }
+  }
+  return w.Take();
+}
+
+Status DecodeWriteResults(std::string_view data, Status* rank_status,
+                          std::vector<StorageInfo>* out) {
+  engine::WireReader r(data);
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(rank_status));
+  DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
+  for (uint64_t i = 0; i < n; ++i) {
+    StorageInfo s;
+    DCPP_ASSIGN_OR_RETURN(s.relative_path, r.Str());
+    DCPP_ASSIGN_OR_RETURN(s.offset, r.U64());
+    DCPP_ASSIGN_OR_RETURN(s.length, r.U64());
+    out->push_back(std::move(s));
+  }
+  return Status();
+}
+
+// Coordinator, after global planning: creates the directory and decides how
+// an existing checkpoint there is treated.
+Status PrepareDirectory(const std::string& dir, const SaveOptions& o, std::string* tag,
+                        std::optional<Metadata>* old_md) {
+  DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
+  DCPP_ASSIGN_OR_RETURN(bool replacing, io::HasCommittedCheckpoint(dir));
+  if (!replacing) return Status();
+  if (!o.overwrite)
+    return AlreadyExistsError("checkpoint " + dir +
+                              " already exists and overwrite is off (SaveOptions.overwrite / "
+                              "--overwrite to replace it)");
+  // New data files get a fresh tag so the committed checkpoint stays
+  // readable until the new .metadata replaces the old one.
+  *tag = RandomHex(8);
+  auto md = io::ReadCheckpointMetadata(dir);
+  if (md.ok()) *old_md = std::move(*md);
+  return Status();
+}
+
+// Writes this rank's kept items into its data files.
+Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
+                     std::vector<engine::WriteItem>& items, const std::vector<size_t>& keep,
+                     const SaveOptions& o, std::vector<std::string>* created) {
+  std::vector<engine::WriteItem*> mine;
+  for (size_t k : keep) mine.push_back(&items[k]);
+  const auto files = AssignFiles(mine, o);
+  uint64_t total_bytes = 0;
+  for (const auto* item : mine) total_bytes += item->nbytes();
+  ProgressReporter progress(o.progress, "write", total_bytes, mine.size());
+  std::vector<std::string> names(files.size());
+  for (size_t f = 0; f < files.size(); ++f) names[f] = io::DataFileName(rank, static_cast<int>(f), tag);
+  std::vector<std::atomic<bool>> started(files.size());
+  DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
+  Status s = ParallelFor(files.size(), o.thread_count, [&](size_t f) {
+    started[f] = true;
+    return WriteDataFile(dir, names[f], files[f], mine, o, progress);
+  });
+  for (size_t f = 0; f < files.size(); ++f)
+    if (started[f]) created->push_back(io::JoinPath(dir, names[f]));
+  return s;
+}
+
 }  // namespace
 
 Result<Metadata> Save(const Value& state_dict, const std::string& dir, const SaveOptions& o) {
+  std::unique_ptr<ProcessGroup> single;
+  ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
+  const int rank = pg.rank();
+  constexpr int kCoordinator = 0;
+
+  // 1. Local plan. A failure here is carried to the coordinator, so every
+  //    rank takes part in every collective and none hangs.
+  Status local;
   if (o.thread_count < 1)
-    return InvalidArgumentError("SaveOptions.thread_count must be >= 1, got " +
-                                std::to_string(o.thread_count));
-  if (dir.empty()) return InvalidArgumentError("checkpoint path is empty");
-  DCPP_ASSIGN_OR_RETURN(std::vector<engine::WriteItem> items, engine::PlanWriteItems(state_dict));
-  // One process holds every piece: sharded tensors must be fully covered.
-  for (const auto& e : engine::EntriesFromItems(items)) {
-    if (!e.is_tensor()) continue;
-    std::vector<plan::Box> boxes;
-    for (const auto& c : e.chunks) boxes.push_back({c.offsets, c.sizes});
-    DCPP_RETURN_IF_ERROR(plan::ValidateChunks(e.fqn, e.size, boxes, true));
+    local = InvalidArgumentError("SaveOptions.thread_count must be >= 1, got " +
+                                 std::to_string(o.thread_count));
+  else if (dir.empty())
+    local = InvalidArgumentError("checkpoint path is empty");
+  std::vector<engine::WriteItem> items;
+  Value resolved;
+  if (local.ok()) {
+    auto r = ResolveStateful(state_dict);
+    if (r.ok()) resolved = std::move(*r);
+    local = r.status();
   }
+  if (local.ok()) {
+    auto planned = engine::PlanWriteItems(resolved);
+    if (planned.ok()) items = std::move(*planned);
+    local = planned.status();
+  }
+  DCPP_ASSIGN_OR_RETURN(std::vector<std::string> plans,
+                        pg.Gather(engine::EncodeLocalPlan(local, ToLocalPlan(items)), kCoordinator));
 
-  DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
-  DCPP_ASSIGN_OR_RETURN(bool replacing, io::HasCommittedCheckpoint(dir));
+  // 2. Global plan on the coordinator: dedup, validate, prepare the directory.
+  plan::GlobalPlan gp;
   std::optional<Metadata> old_md;
-  std::string tag;
-  if (replacing) {
-    if (!o.overwrite)
-      return AlreadyExistsError("checkpoint " + dir +
-                                " already exists and overwrite is off (SaveOptions.overwrite / "
-                                "--overwrite to replace it)");
-    // New data files get a fresh tag so the committed checkpoint stays
-    // readable until the new .metadata replaces the old one.
-    tag = RandomHex(8);
-    auto md = io::ReadCheckpointMetadata(dir);
-    if (md.ok()) old_md = std::move(*md);
+  std::vector<std::string> parts;
+  if (rank == kCoordinator) {
+    std::vector<Status> statuses(plans.size());
+    std::vector<plan::LocalPlan> local_plans(plans.size());
+    for (size_t r = 0; r < plans.size(); ++r) {
+      auto lp = engine::DecodeLocalPlan(plans[r], &statuses[r]);
+      if (lp.ok()) local_plans[r] = std::move(*lp);
+      else statuses[r] = lp.status();
+    }
+    Assignment a;
+    a.status = engine::CombineRankFailures("save planning", statuses);
+    if (a.status.ok()) {
+      auto g = plan::CreateGlobalSavePlan(local_plans, {.to_lowest_rank = o.dedup_to_lowest_rank});
+      if (g.ok()) gp = std::move(*g);
+      a.status = g.status().WithContext("save planning");
+    }
+    if (a.status.ok()) a.status = PrepareDirectory(dir, o, &a.tag, &old_md);
+    for (size_t r = 0; r < plans.size(); ++r) {
+      a.keep = a.status.ok() ? gp.keep[r] : std::vector<size_t>{};
+      parts.push_back(EncodeAssignment(a));
+    }
+  }
+  DCPP_ASSIGN_OR_RETURN(std::string mine, pg.Scatter(std::move(parts), kCoordinator));
+  Assignment assignment;
+  DCPP_RETURN_IF_ERROR(DecodeAssignment(mine, &assignment));
+  if (!assignment.status.ok()) return assignment.status.WithContext("save to " + dir);
+
+  // 3. Every rank writes what it was assigned.
+  std::vector<std::string> created;
+  Status written = WriteAssigned(dir, rank, assignment.tag, items, assignment.keep, o, &created);
+  auto remove_created = [&] {
+    for (const auto& path : created) (void)io::RemoveFile(path);
+  };
+  auto results = pg.Gather(EncodeWriteResults(written, items, assignment.keep), kCoordinator);
+  if (!results.ok()) {
+    remove_created();
+    return results.status();
   }
 
-  const auto files = AssignFiles(items, o);
-  uint64_t total_bytes = 0;
-  for (const auto& item : items) total_bytes += item.nbytes();
-  ProgressReporter progress(o.progress, "write", total_bytes, items.size());
-  std::vector<std::string> names(files.size());
-  for (size_t f = 0; f < files.size(); ++f) names[f] = io::DataFileName(0, static_cast<int>(f), tag);
-  std::vector<std::atomic<bool>> created(files.size());
-  Status s = ParallelFor(files.size(), o.thread_count, [&](size_t f) {
-    created[f] = true;
-    return WriteDataFile(dir, names[f], files[f], items, o, progress);
-  });
-  Metadata md = BuildMetadata(items, dir);
-  if (s.ok()) {
-    s = io::CommitMetadata(dir, md, o.sync_files);
-    // A failure after the rename (say, the directory fsync) leaves our
-    // .metadata published: then the data files must stay.
-    if (!s.ok() && PublishedSaveId(dir) == md.storage_meta->save_id)
-      return s.WithContext("save to " + dir + " committed, but not durably");
+  // 4. The coordinator commits .metadata only if every rank succeeded.
+  engine::WireWriter fin;
+  if (rank == kCoordinator) {
+    std::vector<Status> statuses(results->size());
+    Metadata& md = gp.metadata;
+    for (size_t r = 0; r < results->size(); ++r) {
+      std::vector<StorageInfo> infos;
+      Status decoded = DecodeWriteResults((*results)[r], &statuses[r], &infos);
+      if (!decoded.ok()) statuses[r] = decoded;
+      if (!statuses[r].ok()) continue;
+      if (infos.size() != gp.slots[r].size()) {
+        statuses[r] = InternalError("rank wrote " + std::to_string(infos.size()) + " of " +
+                                    std::to_string(gp.slots[r].size()) + " items");
+        continue;
+      }
+      for (size_t k = 0; k < infos.size(); ++k) {
+        auto [entry, chunk] = gp.slots[r][k];
+        EntryMeta& e = md.entries[entry];
+        (e.is_tensor() ? e.chunks[chunk].storage : e.storage) = std::move(infos[k]);
+      }
+    }
+    Status status = engine::CombineRankFailures("writing", statuses);
+    bool committed = false;
+    if (status.ok()) {
+      md.storage_meta = StorageMeta{dir, Uuid4(), std::nullopt, {}};
+      md.version = kDcpVersion;
+      status = io::CommitMetadata(dir, md, o.sync_files);
+      // A failure after the rename (say, the directory fsync) leaves our
+      // .metadata published: then the data files must stay.
+      committed = status.ok() || PublishedSaveId(dir) == md.storage_meta->save_id;
+      if (!status.ok() && committed) status = status.WithContext("committed, but not durably");
+    }
+    fin.Status(status);
+    fin.U64(committed);
   }
-  if (!s.ok()) {
-    for (size_t f = 0; f < files.size(); ++f)
-      if (created[f]) (void)io::RemoveFile(io::JoinPath(dir, names[f]));
-    return s.WithContext("save to " + dir + " failed (nothing was committed)");
+  DCPP_ASSIGN_OR_RETURN(std::string final_message, pg.Broadcast(fin.Take(), kCoordinator));
+  engine::WireReader r(final_message);
+  Status status;
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
+  DCPP_ASSIGN_OR_RETURN(uint64_t committed, r.U64());
+  if (!committed) {
+    remove_created();
+    return status.WithContext("save to " + dir + " failed (nothing was committed)");
   }
-  if (old_md) RemoveReplacedFiles(dir, *old_md, md);
-  return md;
+  if (!status.ok()) return status.WithContext("save to " + dir);
+  if (rank == kCoordinator) {
+    if (old_md) RemoveReplacedFiles(dir, *old_md, gp.metadata);
+    return std::move(gp.metadata);
+  }
+  return io::ReadCheckpointMetadata(dir);
 }
 
 }  // namespace dcpp

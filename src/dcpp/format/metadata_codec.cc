@@ -26,10 +26,10 @@ constexpr std::string_view kLegacyModule = "torch.distributed._shard.sharded_ten
 // that such a checkpoint fails with a clear Unimplemented naming the tensor
 // rather than as a foreign file.
 constexpr std::string_view kOtherTorchDTypes[] = {
-    "complex32", "chalf",  "qint8",  "quint8", "qint32", "quint4x2", "quint2x4", "quint1x7",
-    "bits1x8",   "bits2x4", "bits4x2", "bits8",  "bits16", "uint1",    "uint2",    "uint3",
-    "uint4",     "uint5",  "uint6",  "uint7",  "int1",   "int2",     "int3",     "int4",
-    "int5",      "int6",   "int7",   "float4_e2m1fn_x2"};
+    "complex32", "chalf",   "qint8",   "quint8",  "qint32", "quint4x2", "quint2x4",
+    "quint1x7",  "bits1x8", "bits2x4", "bits4x2", "bits8",  "bits16",   "uint1",
+    "uint2",     "uint3",   "uint4",   "uint5",   "uint6",  "uint7",    "int1",
+    "int2",      "int3",    "int4",    "int5",    "int6",   "int7",     "float4_e2m1fn_x2"};
 
 bool IsTorchDTypeName(std::string_view name) {
   if (DTypeFromTorchName(name).has_value()) return true;
@@ -121,8 +121,7 @@ class Decoder {
   Status Charge(size_t bytes) {
     if (bytes > budget_ - used_) {
       return ResourceExhaustedError("metadata: decoded metadata would exceed " +
-                                    std::to_string(budget_) +
-                                    " bytes (objects shared many times)");
+                                    std::to_string(budget_) + " bytes (objects shared many times)");
     }
     used_ += bytes;
     return Status::Ok();
@@ -147,9 +146,9 @@ class Decoder {
 
   // The BUILD state (or kNoNode) of a `cls()` made by NEWOBJ, where cls is
   // one of `classes`.
-  Result<NodeId> Instance(NodeId id,
-                          std::initializer_list<std::pair<std::string_view, std::string_view>> classes,
-                          std::string_view what) const {
+  Result<NodeId> Instance(
+      NodeId id, std::initializer_list<std::pair<std::string_view, std::string_view>> classes,
+      std::string_view what) const {
     const Node& n = N(id);
     if (n.kind == Kind::kNewObj && n.items.size() == 2) {
       for (const auto& [module, name] : classes) {
@@ -258,8 +257,7 @@ class Decoder {
     const Node& n = N(id);
     if (n.kind == Kind::kString) return Str(id, what);
     if (n.kind != Kind::kReduce || N(n.items[0]).kind != Kind::kGlobal ||
-        !IsPathClass(N(n.items[0]).s, N(n.items[0]).s2) ||
-        N(n.items[1]).kind != Kind::kTuple) {
+        !IsPathClass(N(n.items[0]).s, N(n.items[0]).s2) || N(n.items[1]).kind != Kind::kTuple) {
       return Corrupt(what, "expected a str or a pathlib path, found " + Describe(id));
     }
     const bool windows = N(n.items[0]).s2.find("Windows") != std::string::npos;
@@ -365,8 +363,9 @@ Result<TensorProperties> Decoder::DecodeProperties(NodeId id, const std::string&
       Instance(id, {{kMetaModule, "TensorProperties"}, {kLegacyModule, "TensorProperties"}},
                pwhat));
   if (state == kNoNode || N(state).kind != Kind::kTuple || N(state).items.size() != 5) {
-    return Corrupt(pwhat, "state is not the 5-tuple (dtype, layout, requires_grad, "
-                          "memory_format, pin_memory)");
+    return Corrupt(pwhat,
+                   "state is not the 5-tuple (dtype, layout, requires_grad, "
+                   "memory_format, pin_memory)");
   }
   const std::vector<NodeId>& s = N(state).items;
   TensorProperties p;
@@ -479,8 +478,8 @@ Result<EntryMeta> Decoder::DecodeEntry(std::string_view fqn, NodeId value) {
   for (size_t c = 0; c < chunks.items.size(); ++c) {
     const std::string cwhat = what + " chunk " + std::to_string(c);
     DCPP_RETURN_IF_ERROR(Charge(sizeof(ChunkMeta)));
-    DCPP_ASSIGN_OR_RETURN(NodeId cstate, Instance(chunks.items[c],
-                                                  {{kMetaModule, "ChunkStorageMetadata"}}, cwhat));
+    DCPP_ASSIGN_OR_RETURN(
+        NodeId cstate, Instance(chunks.items[c], {{kMetaModule, "ChunkStorageMetadata"}}, cwhat));
     DCPP_ASSIGN_OR_RETURN(Fields cf, StateFields(cstate, cwhat));
     ChunkMeta chunk;
     DCPP_ASSIGN_OR_RETURN(chunk.offsets, Size(cf.Get("offsets"), cwhat + " offsets"));
@@ -501,8 +500,8 @@ Result<EntryMeta> Decoder::DecodeEntry(std::string_view fqn, NodeId value) {
     }
     auto it = storage_.find(StorageKey(fqn, &chunk.offsets));
     if (it == storage_.end()) {
-      return Corrupt(what, "no storage_data record for the chunk at offsets " +
-                               ShapeText(chunk.offsets));
+      return Corrupt(what,
+                     "no storage_data record for the chunk at offsets " + ShapeText(chunk.offsets));
     }
     DCPP_RETURN_IF_ERROR(Charge(sizeof(StorageInfo) + it->second.relative_path.size()));
     chunk.storage = it->second;

@@ -77,13 +77,13 @@ std::string Dump(const Metadata& md) {
     out += "\n";
     if (e.is_tensor()) {
       const TensorProperties& p = e.properties;
-      out += "tensor " + std::string(TorchName(p.dtype)) + " rg=" +
-             std::to_string(p.requires_grad) +
+      out += "tensor " + std::string(TorchName(p.dtype)) +
+             " rg=" + std::to_string(p.requires_grad) +
              " mf=" + std::to_string(static_cast<int>(p.memory_format)) +
              " pin=" + std::to_string(p.pin_memory) + " size=" + Join(e.size) + "\n";
       for (const ChunkMeta& c : e.chunks) {
-        out += "chunk " + Join(c.offsets) + " " + Join(c.sizes) + " " + StorageText(c.storage) +
-               "\n";
+        out +=
+            "chunk " + Join(c.offsets) + " " + Join(c.sizes) + " " + StorageText(c.storage) + "\n";
       }
     } else {
       out += "bytes " + StorageText(e.storage) + "\n";
@@ -188,7 +188,7 @@ TEST(MetadataDecodeTest, BasicFileSpotChecks) {
   EXPECT_EQ(md->version, "1.0.0");
   ASSERT_TRUE(md->storage_meta.has_value());
   EXPECT_EQ(md->storage_meta->checkpoint_id, "/tmp/dcpp_testdata/basic");  // a PosixPath
-  EXPECT_EQ(md->storage_meta->save_id->size(), 36u);                      // a uuid4
+  EXPECT_EQ(md->storage_meta->save_id->size(), 36u);                       // a uuid4
   EXPECT_EQ(md->storage_meta->load_id, std::nullopt);
   ASSERT_EQ(md->entries.size(), 18u);
 
@@ -318,10 +318,10 @@ TEST(MetadataRoundTripTest, TwentyThousandEntriesStayCompact) {
 // Builds `.metadata`-shaped pickles by hand, for shapes EncodeMetadata never
 // writes (older torch versions, other Python versions) and for corruption.
 struct HandBuilt {
-  bool bytes_build_empty_dict = true;       // pre-3.11 BytesStorageMetadata
-  std::string storage_fqn = "x";            // the storage_data key's fqn
-  bool ordered_dict_storage = true;         // storage_data as collections.OrderedDict
-  std::string path_module = "pathlib";      // checkpoint_id class
+  bool bytes_build_empty_dict = true;   // pre-3.11 BytesStorageMetadata
+  std::string storage_fqn = "x";        // the storage_data key's fqn
+  bool ordered_dict_storage = true;     // storage_data as collections.OrderedDict
+  std::string path_module = "pathlib";  // checkpoint_id class
   std::string path_class = "PosixPath";
   std::vector<std::string> path_parts = {"/", "ckpt", "old"};  // empty: no storage_meta
   std::string layout = "torch.strided";
@@ -566,11 +566,11 @@ TEST(MetadataDecodeTest, ChunkValidation) {
     Shape offsets, sizes;
   };
   const Case bad[] = {
-      {{1}, {3}},                                       // 1 + 3 > 3
-      {{0, 0}, {3, 1}},                                 // rank 2 for a rank-1 tensor
-      {{-1}, {1}},                                      // negative offset
-      {{0}, {-1}},                                      // negative size
-      {{std::numeric_limits<int64_t>::max()}, {1}},     // overflowing end
+      {{1}, {3}},                                    // 1 + 3 > 3
+      {{0, 0}, {3, 1}},                              // rank 2 for a rank-1 tensor
+      {{-1}, {1}},                                   // negative offset
+      {{0}, {-1}},                                   // negative size
+      {{std::numeric_limits<int64_t>::max()}, {1}},  // overflowing end
   };
   for (const Case& c : bad) {
     HandBuilt h;
@@ -579,8 +579,7 @@ TEST(MetadataDecodeTest, ChunkValidation) {
     Result<Metadata> md = DecodeMetadata(h.Build());
     ASSERT_FALSE(md.ok()) << Join(c.offsets) << " " << Join(c.sizes);
     EXPECT_EQ(md.status().code(), StatusCode::kDataLoss);
-    EXPECT_NE(md.status().message().find("entry 't'"), std::string::npos)
-        << md.status().message();
+    EXPECT_NE(md.status().message().find("entry 't'"), std::string::npos) << md.status().message();
   }
   // The same through the encoder.
   Metadata md = SampleMetadata();
@@ -843,9 +842,8 @@ TEST(MetadataTorchTest, EncodedSampleLoadsInTorchAndRepicklesIdentically) {
   WriteFile(dir / "check.py", kCheckSampleScript);
   WriteFile(dir / "sample.metadata", EncodeMetadata(SampleMetadata()));
   int rc = 0;
-  std::string out = RunCommand("python3 " + (dir / "check.py").string() + " " +
-                                   (dir / "sample.metadata").string(),
-                               &rc);
+  std::string out = RunCommand(
+      "python3 " + (dir / "check.py").string() + " " + (dir / "sample.metadata").string(), &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("OK"), std::string::npos) << out;
   fs::remove_all(dir);

@@ -84,74 +84,142 @@ enum Op : uint8_t {
 // The name of an opcode byte for messages; empty for bytes that are no opcode.
 std::string_view OpName(uint8_t op) {
   switch (op) {
-    case kOpMark: return "MARK";
-    case kOpStop: return "STOP";
-    case kOpPop: return "POP";
-    case kOpPopMark: return "POP_MARK";
-    case kOpDup: return "DUP";
-    case kOpFloat: return "FLOAT";
-    case kOpInt: return "INT";
-    case kOpBinInt: return "BININT";
-    case kOpBinInt1: return "BININT1";
-    case kOpLong: return "LONG";
-    case kOpBinInt2: return "BININT2";
-    case kOpNone: return "NONE";
-    case kOpPersId: return "PERSID";
-    case kOpBinPersId: return "BINPERSID";
-    case kOpReduce: return "REDUCE";
-    case kOpString: return "STRING";
-    case kOpBinString: return "BINSTRING";
-    case kOpShortBinString: return "SHORT_BINSTRING";
-    case kOpUnicode: return "UNICODE";
-    case kOpBinUnicode: return "BINUNICODE";
-    case kOpAppend: return "APPEND";
-    case kOpBuild: return "BUILD";
-    case kOpGlobal: return "GLOBAL";
-    case kOpDict: return "DICT";
-    case kOpEmptyDict: return "EMPTY_DICT";
-    case kOpAppends: return "APPENDS";
-    case kOpGet: return "GET";
-    case kOpBinGet: return "BINGET";
-    case kOpInst: return "INST";
-    case kOpLongBinGet: return "LONG_BINGET";
-    case kOpList: return "LIST";
-    case kOpEmptyList: return "EMPTY_LIST";
-    case kOpObj: return "OBJ";
-    case kOpPut: return "PUT";
-    case kOpBinPut: return "BINPUT";
-    case kOpLongBinPut: return "LONG_BINPUT";
-    case kOpSetItem: return "SETITEM";
-    case kOpTuple: return "TUPLE";
-    case kOpEmptyTuple: return "EMPTY_TUPLE";
-    case kOpSetItems: return "SETITEMS";
-    case kOpBinFloat: return "BINFLOAT";
-    case kOpProto: return "PROTO";
-    case kOpNewObj: return "NEWOBJ";
-    case kOpExt1: return "EXT1";
-    case kOpExt2: return "EXT2";
-    case kOpExt4: return "EXT4";
-    case kOpTuple1: return "TUPLE1";
-    case kOpTuple2: return "TUPLE2";
-    case kOpTuple3: return "TUPLE3";
-    case kOpNewTrue: return "NEWTRUE";
-    case kOpNewFalse: return "NEWFALSE";
-    case kOpLong1: return "LONG1";
-    case kOpLong4: return "LONG4";
-    case kOpBinBytes: return "BINBYTES";
-    case kOpShortBinBytes: return "SHORT_BINBYTES";
-    case kOpShortBinUnicode: return "SHORT_BINUNICODE";
-    case kOpBinUnicode8: return "BINUNICODE8";
-    case kOpBinBytes8: return "BINBYTES8";
-    case kOpEmptySet: return "EMPTY_SET";
-    case kOpAddItems: return "ADDITEMS";
-    case kOpFrozenSet: return "FROZENSET";
-    case kOpNewObjEx: return "NEWOBJ_EX";
-    case kOpStackGlobal: return "STACK_GLOBAL";
-    case kOpMemoize: return "MEMOIZE";
-    case kOpFrame: return "FRAME";
-    case kOpByteArray8: return "BYTEARRAY8";
-    case kOpNextBuffer: return "NEXT_BUFFER";
-    case kOpReadOnlyBuffer: return "READONLY_BUFFER";
+    case kOpMark:
+      return "MARK";
+    case kOpStop:
+      return "STOP";
+    case kOpPop:
+      return "POP";
+    case kOpPopMark:
+      return "POP_MARK";
+    case kOpDup:
+      return "DUP";
+    case kOpFloat:
+      return "FLOAT";
+    case kOpInt:
+      return "INT";
+    case kOpBinInt:
+      return "BININT";
+    case kOpBinInt1:
+      return "BININT1";
+    case kOpLong:
+      return "LONG";
+    case kOpBinInt2:
+      return "BININT2";
+    case kOpNone:
+      return "NONE";
+    case kOpPersId:
+      return "PERSID";
+    case kOpBinPersId:
+      return "BINPERSID";
+    case kOpReduce:
+      return "REDUCE";
+    case kOpString:
+      return "STRING";
+    case kOpBinString:
+      return "BINSTRING";
+    case kOpShortBinString:
+      return "SHORT_BINSTRING";
+    case kOpUnicode:
+      return "UNICODE";
+    case kOpBinUnicode:
+      return "BINUNICODE";
+    case kOpAppend:
+      return "APPEND";
+    case kOpBuild:
+      return "BUILD";
+    case kOpGlobal:
+      return "GLOBAL";
+    case kOpDict:
+      return "DICT";
+    case kOpEmptyDict:
+      return "EMPTY_DICT";
+    case kOpAppends:
+      return "APPENDS";
+    case kOpGet:
+      return "GET";
+    case kOpBinGet:
+      return "BINGET";
+    case kOpInst:
+      return "INST";
+    case kOpLongBinGet:
+      return "LONG_BINGET";
+    case kOpList:
+      return "LIST";
+    case kOpEmptyList:
+      return "EMPTY_LIST";
+    case kOpObj:
+      return "OBJ";
+    case kOpPut:
+      return "PUT";
+    case kOpBinPut:
+      return "BINPUT";
+    case kOpLongBinPut:
+      return "LONG_BINPUT";
+    case kOpSetItem:
+      return "SETITEM";
+    case kOpTuple:
+      return "TUPLE";
+    case kOpEmptyTuple:
+      return "EMPTY_TUPLE";
+    case kOpSetItems:
+      return "SETITEMS";
+    case kOpBinFloat:
+      return "BINFLOAT";
+    case kOpProto:
+      return "PROTO";
+    case kOpNewObj:
+      return "NEWOBJ";
+    case kOpExt1:
+      return "EXT1";
+    case kOpExt2:
+      return "EXT2";
+    case kOpExt4:
+      return "EXT4";
+    case kOpTuple1:
+      return "TUPLE1";
+    case kOpTuple2:
+      return "TUPLE2";
+    case kOpTuple3:
+      return "TUPLE3";
+    case kOpNewTrue:
+      return "NEWTRUE";
+    case kOpNewFalse:
+      return "NEWFALSE";
+    case kOpLong1:
+      return "LONG1";
+    case kOpLong4:
+      return "LONG4";
+    case kOpBinBytes:
+      return "BINBYTES";
+    case kOpShortBinBytes:
+      return "SHORT_BINBYTES";
+    case kOpShortBinUnicode:
+      return "SHORT_BINUNICODE";
+    case kOpBinUnicode8:
+      return "BINUNICODE8";
+    case kOpBinBytes8:
+      return "BINBYTES8";
+    case kOpEmptySet:
+      return "EMPTY_SET";
+    case kOpAddItems:
+      return "ADDITEMS";
+    case kOpFrozenSet:
+      return "FROZENSET";
+    case kOpNewObjEx:
+      return "NEWOBJ_EX";
+    case kOpStackGlobal:
+      return "STACK_GLOBAL";
+    case kOpMemoize:
+      return "MEMOIZE";
+    case kOpFrame:
+      return "FRAME";
+    case kOpByteArray8:
+      return "BYTEARRAY8";
+    case kOpNextBuffer:
+      return "NEXT_BUFFER";
+    case kOpReadOnlyBuffer:
+      return "READONLY_BUFFER";
   }
   return {};
 }
@@ -498,8 +566,7 @@ Result<Graph> Parser::Run() {
   // Opcodes create at most one node each and take a few bytes: reserving
   // from the input size (not from any length field) avoids copying large
   // graphs on growth. Capped so the reservation itself stays modest.
-  graph_.nodes.reserve(
-      std::min({options_.max_nodes, data_.size() / 4 + 16, size_t{1} << 21}));
+  graph_.nodes.reserve(std::min({options_.max_nodes, data_.size() / 4 + 16, size_t{1} << 21}));
   bool stopped = false;
   while (!stopped) {
     if (pos_ >= data_.size()) {
@@ -702,17 +769,24 @@ Status Parser::Step(bool* stopped) {
       return Push(top);
     }
 
-    case kOpEmptyDict: return PushNew(Kind::kDict);
-    case kOpEmptyList: return PushNew(Kind::kList);
-    case kOpEmptyTuple: return PushNew(Kind::kTuple);
-    case kOpEmptySet: return PushNew(Kind::kSet);
+    case kOpEmptyDict:
+      return PushNew(Kind::kDict);
+    case kOpEmptyList:
+      return PushNew(Kind::kList);
+    case kOpEmptyTuple:
+      return PushNew(Kind::kTuple);
+    case kOpEmptySet:
+      return PushNew(Kind::kSet);
     case kOpTuple: {
       DCPP_ASSIGN_OR_RETURN(std::vector<NodeId> items, PopMark());
       return PushContainer(Kind::kTuple, std::move(items));
     }
-    case kOpTuple1: return PushTupleN(1);
-    case kOpTuple2: return PushTupleN(2);
-    case kOpTuple3: return PushTupleN(3);
+    case kOpTuple1:
+      return PushTupleN(1);
+    case kOpTuple2:
+      return PushTupleN(2);
+    case kOpTuple3:
+      return PushTupleN(3);
     case kOpList: {
       DCPP_ASSIGN_OR_RETURN(std::vector<NodeId> items, PopMark());
       return PushContainer(Kind::kList, std::move(items));
@@ -752,7 +826,8 @@ Status Parser::Step(bool* stopped) {
       DCPP_ASSIGN_OR_RETURN(std::vector<NodeId> items, PopMark());
       DCPP_ASSIGN_OR_RETURN(NodeId target, Top());
       Node& t = node(target);
-      if (t.kind != Kind::kSet) return Corrupt("adding items to a " + std::string(KindName(t.kind)));
+      if (t.kind != Kind::kSet)
+        return Corrupt("adding items to a " + std::string(KindName(t.kind)));
       t.items.insert(t.items.end(), items.begin(), items.end());
       return Status::Ok();
     }
@@ -788,7 +863,8 @@ Status Parser::Step(bool* stopped) {
       DCPP_ASSIGN_OR_RETURN(std::string_view bytes, ReadPayload(n));
       return PushLong(bytes);
     }
-    case kOpNone: return PushNew(Kind::kNone);
+    case kOpNone:
+      return PushNew(Kind::kNone);
     case kOpNewTrue:
     case kOpNewFalse: {
       NodeId id;
@@ -823,13 +899,26 @@ Status Parser::Step(bool* stopped) {
       int width = 1;
       Kind kind = Kind::kBytes;
       switch (op_) {
-        case kOpShortBinUnicode: kind = Kind::kString; break;
-        case kOpBinUnicode: kind = Kind::kString; width = 4; break;
-        case kOpBinUnicode8: kind = Kind::kString; width = 8; break;
-        case kOpBinBytes: width = 4; break;
+        case kOpShortBinUnicode:
+          kind = Kind::kString;
+          break;
+        case kOpBinUnicode:
+          kind = Kind::kString;
+          width = 4;
+          break;
+        case kOpBinUnicode8:
+          kind = Kind::kString;
+          width = 8;
+          break;
+        case kOpBinBytes:
+          width = 4;
+          break;
         case kOpBinBytes8:
-        case kOpByteArray8: width = 8; break;
-        default: break;
+        case kOpByteArray8:
+          width = 8;
+          break;
+        default:
+          break;
       }
       DCPP_ASSIGN_OR_RETURN(uint64_t n, ReadUInt(width));
       DCPP_ASSIGN_OR_RETURN(std::string_view s, ReadPayload(n));
@@ -961,22 +1050,38 @@ Status Parser::Step(bool* stopped) {
 
 std::string_view KindName(Kind kind) {
   switch (kind) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kBigInt: return "big int";
-    case Kind::kFloat: return "float";
-    case Kind::kString: return "str";
-    case Kind::kBytes: return "bytes";
-    case Kind::kTuple: return "tuple";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kSet: return "set";
-    case Kind::kFrozenSet: return "frozenset";
-    case Kind::kGlobal: return "global";
-    case Kind::kReduce: return "reduce";
-    case Kind::kNewObj: return "object";
-    case Kind::kPersistentId: return "persistent id";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kBigInt:
+      return "big int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kString:
+      return "str";
+    case Kind::kBytes:
+      return "bytes";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kSet:
+      return "set";
+    case Kind::kFrozenSet:
+      return "frozenset";
+    case Kind::kGlobal:
+      return "global";
+    case Kind::kReduce:
+      return "reduce";
+    case Kind::kNewObj:
+      return "object";
+    case Kind::kPersistentId:
+      return "persistent id";
   }
   return "unknown";
 }
@@ -1106,11 +1211,21 @@ void Writer::EmptyTuple() { out_.push_back(kOpEmptyTuple); }
 
 void Writer::Tuple(size_t n) {
   switch (n) {
-    case 0: out_.push_back(kOpEmptyTuple); break;
-    case 1: out_.push_back(static_cast<char>(kOpTuple1)); break;
-    case 2: out_.push_back(static_cast<char>(kOpTuple2)); break;
-    case 3: out_.push_back(static_cast<char>(kOpTuple3)); break;
-    default: out_.push_back(kOpTuple); break;
+    case 0:
+      out_.push_back(kOpEmptyTuple);
+      break;
+    case 1:
+      out_.push_back(static_cast<char>(kOpTuple1));
+      break;
+    case 2:
+      out_.push_back(static_cast<char>(kOpTuple2));
+      break;
+    case 3:
+      out_.push_back(static_cast<char>(kOpTuple3));
+      break;
+    default:
+      out_.push_back(kOpTuple);
+      break;
   }
 }
 

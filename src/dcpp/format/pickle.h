@@ -92,7 +92,8 @@ struct ParseOptions {
   std::function<bool(std::string_view module, std::string_view name)> allow_global;
   // Whether BINPERSID / PERSID are accepted (torch.save data.pkl uses them).
   bool allow_persistent_id = false;
-  // Caps against hostile input.
+  // Caps against hostile input. max_string_bytes bounds the total payload of
+  // all str/bytes/int literals together; max_memo the number of memo keys.
   size_t max_nodes = size_t{1} << 24;
   size_t max_string_bytes = size_t{1} << 30;
   size_t max_memo = size_t{1} << 24;

@@ -78,22 +78,33 @@ std::string Canon(const Graph& g, NodeId id, int depth = 0) {
     return out;
   };
   switch (n.kind) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return n.b ? "True" : "False";
-    case Kind::kInt: return "int:" + std::to_string(n.i);
-    case Kind::kBigInt: return "bigint:" + Hex(n.s);
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return n.b ? "True" : "False";
+    case Kind::kInt:
+      return "int:" + std::to_string(n.i);
+    case Kind::kBigInt:
+      return "bigint:" + Hex(n.s);
     case Kind::kFloat: {
       char bytes[8];
       std::memcpy(bytes, &n.f, 8);
       return "float:" + Hex(std::string_view(bytes, 8));
     }
-    case Kind::kString: return "str:" + Hex(n.s);
-    case Kind::kBytes: return "bytes:" + Hex(n.s);
-    case Kind::kTuple: return "(" + join(n.items) + ")";
-    case Kind::kList: return "[" + join(n.items) + "]";
-    case Kind::kDict: return "{" + join(n.items, ":") + "}";
-    case Kind::kSet: return "set{" + join(n.items) + "}";
-    case Kind::kFrozenSet: return "frozenset{" + join(n.items) + "}";
+    case Kind::kString:
+      return "str:" + Hex(n.s);
+    case Kind::kBytes:
+      return "bytes:" + Hex(n.s);
+    case Kind::kTuple:
+      return "(" + join(n.items) + ")";
+    case Kind::kList:
+      return "[" + join(n.items) + "]";
+    case Kind::kDict:
+      return "{" + join(n.items, ":") + "}";
+    case Kind::kSet:
+      return "set{" + join(n.items) + "}";
+    case Kind::kFrozenSet:
+      return "frozenset{" + join(n.items) + "}";
     case Kind::kReduce: {
       NodeId fn = n.items[0];
       const Node& args = g.at(n.items[1]);
@@ -121,7 +132,8 @@ std::string Canon(const Graph& g, NodeId id, int depth = 0) {
       }
       break;
     }
-    default: break;
+    default:
+      break;
   }
   return "<" + std::string(KindName(n.kind)) + ">";
 }
@@ -427,10 +439,10 @@ TEST(PickleParseTest, ProtocolZeroText) {
   double f = 2.5;
   char fb[8];
   std::memcpy(fb, &f, 8);
-  EXPECT_EQ(Canon(*g, g->root),
-            "{str:61:[int:1,float:" + Hex(std::string_view(fb, 8)) + ",str:" +
-                Hex("x\xc3\xa9\\u") + ",(None,True)],str:62:bigint:" + Hex("\0\0\0\0\0\0\0\0\x40"s) +
-                ",str:63:bytes:7a,str:64:set{int:1},str:65:int:-3}");
+  EXPECT_EQ(Canon(*g, g->root), "{str:61:[int:1,float:" + Hex(std::string_view(fb, 8)) +
+                                    ",str:" + Hex("x\xc3\xa9\\u") +
+                                    ",(None,True)],str:62:bigint:" + Hex("\0\0\0\0\0\0\0\0\x40"s) +
+                                    ",str:63:bytes:7a,str:64:set{int:1},str:65:int:-3}");
 }
 
 TEST(PickleParseTest, TorchSaveDataPkl) {
@@ -494,9 +506,8 @@ TEST(PickleParseTest, EveryTruncationIsDataLoss) {
   std::string p0 =
       "(dp0\nVa\np1\n(lp2\nI1\naF2.5\naVx\xe9\\u005cu\np3\na(NI01\ntp4\nasVb\np5\n"
       "L1180591620717411303424L\nsg1\ng5\ns."s;
-  for (const std::string& bytes :
-       {written, p0, ReadTestFile("torch_save_data.pkl"), ReadTestFile("nested_p4.pkl"),
-        ReadTestFile("nested_p5.pkl")}) {
+  for (const std::string& bytes : {written, p0, ReadTestFile("torch_save_data.pkl"),
+                                   ReadTestFile("nested_p4.pkl"), ReadTestFile("nested_p5.pkl")}) {
     ASSERT_TRUE(Parse(bytes, AllowAll()).ok());
     // Large fixtures: every prefix near the ends, a stride through the middle.
     for (size_t n = 0; n < bytes.size(); n += (n < 600 || n + 600 > bytes.size()) ? 1 : 13) {
@@ -508,7 +519,10 @@ TEST(PickleParseTest, EveryTruncationIsDataLoss) {
 }
 
 TEST(PickleParseTest, TruncationMessageNamesOpcodeAndOffset) {
-  Result<Graph> g = Parse("\x80\x02X\x05\x00\x00\x00" "ab"s, AllowAll());
+  Result<Graph> g = Parse(
+      "\x80\x02X\x05\x00\x00\x00"
+      "ab"s,
+      AllowAll());
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().ToString(), "DATA_LOSS: pickle: truncated BINUNICODE at offset 2");
 }
@@ -543,7 +557,10 @@ TEST(PickleParseTest, MemoErrors) {
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().code(), StatusCode::kDataLoss);
   // A far-away index is stored sparsely and found again.
-  g = Parse("\x80\x02Nr\xff\xff\xff\xff" "0j\xff\xff\xff\xff."s, AllowAll());
+  g = Parse(
+      "\x80\x02Nr\xff\xff\xff\xff"
+      "0j\xff\xff\xff\xff."s,
+      AllowAll());
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   EXPECT_EQ(g->at(g->root).kind, Kind::kNone);
   // PUT with nothing on the stack.
@@ -565,8 +582,8 @@ TEST(PickleParseTest, BadOpcodes) {
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().ToString(),
             "UNIMPLEMENTED: pickle: unsupported opcode 0x97 (NEXT_BUFFER) at offset 2");
-  for (std::string op : {"\x98"s, "\x82\x01"s, "\x83\x01\x00"s, "\x84\x01\x00\x00\x00"s,
-                         "S'x'\n"s, "(i__main__\nC\n"s, "(o"s}) {
+  for (std::string op : {"\x98"s, "\x82\x01"s, "\x83\x01\x00"s, "\x84\x01\x00\x00\x00"s, "S'x'\n"s,
+                         "(i__main__\nC\n"s, "(o"s}) {
     g = Parse("\x80\x02"s + op + "."s, AllowAll());
     ASSERT_FALSE(g.ok());
     EXPECT_EQ(g.status().code(), StatusCode::kUnimplemented) << g.status().ToString();
@@ -585,7 +602,7 @@ TEST(PickleParseTest, StructuralErrors) {
       {"\x80\x02."s, "stack underflow in STOP"},
       {"\x80\x02Na."s, "stack underflow in APPEND"},
       {"\x80\x02]u."s, "no MARK in SETITEMS"},
-      {"\x80\x02N(a."s, "stack underflow in APPEND"},   // cannot reach below a MARK
+      {"\x80\x02N(a."s, "stack underflow in APPEND"},  // cannot reach below a MARK
       {"\x80\x02N(\x85."s, "stack underflow in TUPLE1"},
       {"\x80\x02(NNNd."s, "odd number of items in DICT"},
       {"\x80\x02}(Nu."s, "odd number of items in SETITEMS"},
@@ -616,12 +633,19 @@ TEST(PickleParseTest, StructuralErrors) {
 
 TEST(PickleParseTest, StackOpsAndObjectMutation) {
   // POP removes a MARK on top; POP_MARK drops items; DUP; trailing bytes ignored.
-  Result<Graph> g = Parse("\x80\x02(0K\x01(K\x02K\x03" "12\x86.trailing garbage"s, AllowAll());
+  Result<Graph> g = Parse(
+      "\x80\x02(0K\x01(K\x02K\x03"
+      "12\x86.trailing garbage"s,
+      AllowAll());
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   EXPECT_EQ(Canon(*g, g->root), "(int:1,int:1)");
 
   // APPEND(S) / SETITEM(S) on a reduced object land in list_items/dict_items.
-  g = Parse("\x80\x02\x63m\nC\n)R(K\x01K\x02" "eK\x03" "aX\x01\x00\x00\x00kNs."s, AllowAll());
+  g = Parse(
+      "\x80\x02\x63m\nC\n)R(K\x01K\x02"
+      "eK\x03"
+      "aX\x01\x00\x00\x00kNs."s,
+      AllowAll());
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   const Node& obj = g->at(g->root);
   ASSERT_EQ(obj.list_items.size(), 3u);
@@ -656,8 +680,15 @@ TEST(PickleParseTest, Caps) {
 
   options = AllowAll();
   options.max_string_bytes = 5;
-  EXPECT_TRUE(Parse("\x80\x02X\x05\x00\x00\x00" "abcde."s, options).ok());
-  g = Parse("\x80\x02X\x03\x00\x00\x00" "abcX\x03\x00\x00\x00" "abc\x86."s, options);
+  EXPECT_TRUE(Parse("\x80\x02X\x05\x00\x00\x00"
+                    "abcde."s,
+                    options)
+                  .ok());
+  g = Parse(
+      "\x80\x02X\x03\x00\x00\x00"
+      "abcX\x03\x00\x00\x00"
+      "abc\x86."s,
+      options);
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().code(), StatusCode::kResourceExhausted);
 

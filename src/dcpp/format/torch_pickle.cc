@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cassert>
 #include <cctype>
 #include <cstdint>
 #include <cstdlib>
@@ -109,6 +110,9 @@ class TorchPickler {
         return InvalidArgumentError(
             "a sharded tensor cannot be pickled as a plain value; DCP saves its shards as "
             "tensor items");
+      case Value::Kind::kStateful:
+        return InvalidArgumentError(
+            "a Stateful object cannot be pickled; save its StateDict() instead");
     }
     return InternalError("unknown Value kind");
   }
@@ -999,6 +1003,7 @@ class ValueBuilder {
 }  // namespace
 
 zip::Layout EncodeTensorArchive(const TensorView& view, const zip::WriteOptions& options) {
+  assert(view.is_dense() && "EncodeTensorArchive needs a dense view");
   TorchPickler pickler;
   pickler.SaveDenseTensor(view);
   const std::string data_pkl = pickler.Finish();

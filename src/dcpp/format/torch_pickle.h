@@ -94,10 +94,11 @@ Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive);
 // to torch.save's data.pkl and both torch.load(weights_only=False) and
 // torch.load(weights_only=True) return an equal object.
 // Errors: InvalidArgument for an Opaque anywhere (the caller writes an
-// Opaque's blob verbatim instead), a ShardedTensor anywhere (DCP stores its
-// shards as tensor items), a list/dict used as a dict key, a negative dim or
-// stride, or nesting deeper than 200; ResourceExhausted if a tensor copy
-// cannot be allocated. Thread-safe.
+// Opaque's blob verbatim instead), a ShardedTensor or Stateful anywhere (DCP
+// stores shards as tensor items and saves a Stateful's state dict), a
+// list/dict used as a dict key, a negative dim or stride, or containers
+// nested deeper than 200; ResourceExhausted if a tensor copy cannot be
+// allocated. Thread-safe.
 Result<std::string> EncodeValueArchive(const Value& value);
 
 // Reads the torch.save archive of a plain value (a DCP BYTE_IO item). The
@@ -105,16 +106,19 @@ Result<std::string> EncodeValueArchive(const Value& value);
 // this is safe) and interpreted: dict/list/tuple/str/bytes/int/float/bool/
 // None; collections.OrderedDict -> Dict; _codecs.encode(str, 'latin1') and
 // bytes()/bytearray(...) -> bytes; torch.Size -> tuple of ints; tensors
-// (_rebuild_tensor_v2/_v3, _rebuild_parameter) -> Tensor owning a copy of
-// its storage, honouring strides and storage offset; tensors on one storage
-// share one copy; a big-endian archive is byte-swapped to little-endian.
+// (_rebuild_tensor_v2/_v3, _rebuild_parameter) -> a Tensor viewing an owned
+// copy of its whole storage with the saved strides and storage offset;
+// tensors on one storage share one copy (as in torch); a big-endian archive
+// is byte-swapped to little-endian by each storage's first tensor's element
+// size (complex: per component).
 //
 // When anything in the object has no Value equivalent (an instance of a user
 // class, a numpy scalar, a set, a complex, a torch.device, an int beyond
-// int64, an unhashable dict key, nesting deeper than 200 or more shared
-// references than can be expanded, ...), the result is
+// int64, an unhashable dict key, a sparse/quantized/conjugated tensor,
+// containers nested deeper than 200 or more shared references than can be
+// expanded, a zip or pickle feature dcpp's readers lack, ...), the result is
 // Opaque{blob = all of `archive`, description = what it was, e.g.
-// "instance of mymod.MyClass"}: that is not an error.
+// "an instance of mymod.MyClass"}: that is not an error.
 // Corrupt or truncated archives, pickles and storage records are DataLoss
 // whose message starts with `fqn_for_errors` (ResourceExhausted when a parser
 // size cap is hit or a storage copy cannot be allocated). Allocates at most

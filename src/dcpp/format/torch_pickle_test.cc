@@ -111,6 +111,10 @@ std::string Join(const Shape& s) {
   return out;
 }
 
+std::string StorageOf(const DecodedTensor& t) {
+  return std::string(reinterpret_cast<const char*>(t.storage.data()), t.storage.size());
+}
+
 class TempDir {
  public:
   TempDir() {
@@ -266,6 +270,19 @@ TEST(TorchPickleTest, TensorArchiveBorrowsLargeStorage) {
   EXPECT_EQ(
       std::string(reinterpret_cast<const char*>(decoded->storage.data()), decoded->storage.size()),
       storage);
+}
+
+TEST(TorchPickleTest, TensorArchiveHonoursAlignment) {
+  std::string storage = Pattern(40, 4);
+  zip::WriteOptions options;
+  options.alignment = 256;
+  std::string archive =
+      EncodeTensorArchive(MakeView(storage.data(), DType::kFloat64, {5}), options).Flatten();
+  EXPECT_EQ(Record(archive, ".storage_alignment"), "256");
+  auto decoded = DecodeTensorArchive(B(archive));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(decoded->storage_record_offset % 256, 0u);
+  EXPECT_EQ(StorageOf(*decoded), storage);
 }
 
 struct TensorCase {
@@ -454,10 +471,6 @@ struct Fixture {
       : bytes(ReadFileOrDie(TestdataDir() + "torch_pickle_" + name + ".pt")) {}
   zip::Bytes span() const { return B(bytes); }
 };
-
-std::string StorageOf(const DecodedTensor& t) {
-  return std::string(reinterpret_cast<const char*>(t.storage.data()), t.storage.size());
-}
 
 TEST(TorchPickleTest, DecodesTorchTransposed) {
   Fixture f("tensor_transposed");  // arange(6, float32).reshape(2, 3).t()

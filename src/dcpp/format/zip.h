@@ -55,7 +55,8 @@ struct Layout {
   std::vector<Piece> pieces;
   uint64_t total_size = 0;
 
-  // Concatenates the pieces (copies; for tests and small archives).
+  // Concatenates the pieces (copies; for tests and small archives). Reads
+  // every borrowed span, so each must point at real memory.
   std::string Flatten() const;
 };
 

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -288,6 +289,7 @@ TEST(ZipWriter, MatchesInstalledTorch) {
        {"zip_torch_4x4", "zip_torch_nocrc", "zip_torch_multi", "zip_torch_align100"}) {
     ExpectSameAsTorch(dir, name);
   }
+  std::filesystem::remove_all(dir);
 }
 
 // torch.save of a 2**32 + 1 byte tensor, with the data cut out: exercises a

@@ -19,8 +19,8 @@ offset is >= 0xFFFFFFFF). Its data is all zeros and is cut out of the stored
 file (zip_torch_big_skeleton.bin), leaving only headers; CRCs are disabled so
 that the C++ side never has to read the 4 GiB.
 
-Usage: python3 make_zip_testdata.py [--big] [--out DIR]   (needs torch; --big needs ~9 GiB
-of memory and ~5 GiB of free disk in the temp directory)
+Usage: python3 make_zip_testdata.py [--big] [--out DIR]   (needs torch; --big needs
+~5 GiB of memory and ~5 GiB of free disk in the temp directory)
 """
 import io
 import os
@@ -91,35 +91,48 @@ def big_case():
     torch.serialization.set_crc32_options(False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            # Saved to a file, not a buffer, to keep memory down; torch then
+            # names the archive after the file ("big"); the manifest says so.
             path = os.path.join(tmp, "big.pt")
             torch.save({"big": big, "small": small}, path)
             del big
-            with open(path, "rb") as f:
-                raw = f.read()
+            write_big_skeleton(path)
     finally:
         torch.serialization.set_crc32_options(True)
-    # Saved to a file (a 4 GiB buffer would double the memory needed), so torch
-    # names the archive after the file ("big"); the manifest records it.
-    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+
+
+def write_big_skeleton(path):
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, zipfile.ZipFile(path) as z:
         infos = z.infolist()
-        archive_name = infos[0].filename.split("/", 1)[0]
         big_info = next(i for i in infos if i.file_size >= 0xFFFFFFFF)
-        offset = big_info.header_offset
-        nl, el = struct.unpack("<HH", raw[offset + 26:offset + 30])
-        gap_offset = offset + 30 + nl + el
+        f.seek(big_info.header_offset + 26)
+        nl, el = struct.unpack("<HH", f.read(4))
+        gap_offset = big_info.header_offset + 30 + nl + el
         gap_size = big_info.file_size
-        assert raw[gap_offset:gap_offset + gap_size].count(0) == gap_size
-        lines = [f"archive {archive_name}", "alignment 64", "compute_crc32 0"]
+        f.seek(0)
+        head = f.read(gap_offset)
+        f.seek(gap_offset + gap_size)
+        tail = f.read()
+        assert len(head) + gap_size + len(tail) == size
+        # Member offsets below the gap index `head`; the rest index `tail`.
+        def read(info):
+            start = info.header_offset
+            buf, base = (head, 0) if start < gap_offset else (tail, gap_offset + gap_size)
+            nl2, el2 = struct.unpack("<HH", buf[start - base + 26:start - base + 30])
+            data_at = start - base + 30 + nl2 + el2
+            return buf[data_at:data_at + info.file_size]
+        lines = [f"archive {infos[0].filename.split('/', 1)[0]}", "alignment 64",
+                 "compute_crc32 0"]
         for info in infos:
             name = info.filename.split("/", 1)[1]
             if info is big_info:
                 lines.append(f"record {name} {info.file_size} -")
             else:
-                lines.append(f"record {name} {info.file_size} {raw_read(raw, info).hex() or '-'}")
+                lines.append(f"record {name} {info.file_size} {read(info).hex() or '-'}")
         lines.append(f"gap {gap_offset} {gap_size}")
-    skeleton = raw[:gap_offset] + raw[gap_offset + gap_size:]
     with open(os.path.join(OUT, "zip_torch_big_skeleton.bin"), "wb") as f:
-        f.write(skeleton)
+        f.write(head + tail)
     with open(os.path.join(OUT, "zip_torch_big_skeleton.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -1,0 +1,78 @@
+// ProcessGroup: the few collectives a distributed checkpoint needs.
+//
+// A save or load on N ranks calls these on every rank, in the same order, on
+// the caller's thread (never from I/O threads). Payloads are byte strings.
+// Every collective gives up after the group's timeout with DeadlineExceeded
+// naming the collective and the ranks that did not arrive (where known), so
+// a dead or stuck peer produces an error instead of a hang.
+//
+// Implementations: one process (MakeSingleProcessGroup), N ranks as threads
+// of one process (MakeThreadGroups / RunOnThreadRanks), and MPI
+// (MakeMpiProcessGroup, when dcpp is built with MPI).
+#ifndef DCPP_PROCESS_GROUP_H_
+#define DCPP_PROCESS_GROUP_H_
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dcpp/status.h"
+
+namespace dcpp {
+
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // "single", "threads" or "mpi": for reports.
+  virtual std::string_view kind() const = 0;
+
+  virtual Status Barrier() = 0;
+  // `root` receives every rank's `data`, indexed by rank; other ranks get an
+  // empty vector.
+  virtual Result<std::vector<std::string>> Gather(std::string data, int root) = 0;
+  // Every rank receives `root`'s `data` (the argument is ignored elsewhere).
+  virtual Result<std::string> Broadcast(std::string data, int root) = 0;
+  // Every rank receives every rank's `data`, indexed by rank.
+  virtual Result<std::vector<std::string>> AllGather(std::string data) = 0;
+  // Rank r receives `parts[r]` from `root`; REQUIRES parts.size() == size()
+  // on root (InvalidArgument otherwise); ignored elsewhere.
+  virtual Result<std::string> Scatter(std::vector<std::string> parts, int root) = 0;
+};
+
+inline constexpr std::chrono::milliseconds kDefaultCollectiveTimeout{std::chrono::minutes(10)};
+
+// Rank 0 of 1. Collectives return immediately.
+std::unique_ptr<ProcessGroup> MakeSingleProcessGroup();
+
+// `n` connected groups for `n` threads of this process: element r is rank r.
+// Each group must be used by one thread at a time. InvalidArgument if n < 1.
+Result<std::vector<std::unique_ptr<ProcessGroup>>> MakeThreadGroups(
+    int n, std::chrono::milliseconds timeout = kDefaultCollectiveTimeout);
+
+// Runs fn(group) on `n` threads, one per rank, and returns each rank's
+// status (element r for rank r) once all have finished.
+std::vector<Status> RunOnThreadRanks(
+    int n, const std::function<Status(ProcessGroup&)>& fn,
+    std::chrono::milliseconds timeout = kDefaultCollectiveTimeout);
+
+// Whether this build of dcpp has MPI support.
+bool HasMpi();
+
+// A group over MPI_COMM_WORLD. Initializes MPI (with thread support
+// MPI_THREAD_SERIALIZED or better) if the program has not; MPI is finalized
+// at exit if dcpp initialized it. Unimplemented if built without MPI.
+Result<std::unique_ptr<ProcessGroup>> MakeMpiProcessGroup(
+    std::chrono::milliseconds timeout = kDefaultCollectiveTimeout);
+
+// True when this process looks like it was started by mpirun/mpiexec
+// (OMPI_COMM_WORLD_SIZE, PMI_SIZE or PMIX_RANK is set).
+bool LaunchedByMpi();
+
+}  // namespace dcpp
+
+#endif  // DCPP_PROCESS_GROUP_H_
