@@ -20,6 +20,11 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
+// Long enough for sanitizer builds on a loaded machine; short enough that a
+// broken implementation fails the test instead of hanging it for the default
+// ten minutes.
+constexpr milliseconds kTestTimeout(30000);
+
 // Distinct, position-dependent bytes per (rank, round), so a payload routed
 // to the wrong rank, cut short or shifted is caught.
 std::string Payload(int rank, int round, size_t size) {
@@ -107,68 +112,75 @@ class ThreadGroupSizeTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(ThreadGroupSizeTest, EveryCollectiveWithEveryRoot) {
   const int n = GetParam();
-  std::vector<Status> st = RunOnThreadRanks(n, [n](ProcessGroup& pg) -> Status {
-    const int me = pg.rank();
-    RANK_EXPECT(pg.size() == n);
-    int round = 0;
-    DCPP_RETURN_IF_ERROR(pg.Barrier());
-    for (int root = 0; root < n; ++root, ++round) {
-      // Gather: root sees every rank's payload in rank order, others nothing.
-      DCPP_ASSIGN_OR_RETURN(std::vector<std::string> g,
-                            pg.Gather(Payload(me, round, SizeFor(me, round)), root));
-      if (me == root) {
-        RANK_EXPECT(g.size() == static_cast<size_t>(n));
-        for (int r = 0; r < n; ++r) RANK_EXPECT(g[r] == Payload(r, round, SizeFor(r, round)));
-      } else {
-        RANK_EXPECT(g.empty());
-      }
-      // Broadcast: non-roots pass junk that must be ignored.
-      std::string mine = me == root ? Payload(root, round, SizeFor(root, round)) : "ignored";
-      DCPP_ASSIGN_OR_RETURN(std::string b, pg.Broadcast(std::move(mine), root));
-      RANK_EXPECT(b == Payload(root, round, SizeFor(root, round)));
-      // Scatter: rank r gets parts[r]; non-roots pass parts of the wrong size
-      // on purpose, which must be ignored.
-      std::vector<std::string> parts;
-      if (me == root) {
-        for (int r = 0; r < n; ++r) parts.push_back(Payload(r, round + 1000, SizeFor(r, round)));
-      } else {
-        parts.push_back("ignored");
-      }
-      DCPP_ASSIGN_OR_RETURN(std::string s, pg.Scatter(std::move(parts), root));
-      RANK_EXPECT(s == Payload(me, round + 1000, SizeFor(me, round)));
-    }
-    DCPP_ASSIGN_OR_RETURN(std::vector<std::string> ag,
-                          pg.AllGather(Payload(me, round, SizeFor(me, round))));
-    RANK_EXPECT(ag.size() == static_cast<size_t>(n));
-    for (int r = 0; r < n; ++r) RANK_EXPECT(ag[r] == Payload(r, round, SizeFor(r, round)));
-    return pg.Barrier();
-  });
+  std::vector<Status> st = RunOnThreadRanks(
+      n,
+      [n](ProcessGroup& pg) -> Status {
+        const int me = pg.rank();
+        RANK_EXPECT(pg.size() == n);
+        int round = 0;
+        DCPP_RETURN_IF_ERROR(pg.Barrier());
+        for (int root = 0; root < n; ++root, ++round) {
+          // Gather: root sees every rank's payload in rank order, others nothing.
+          DCPP_ASSIGN_OR_RETURN(std::vector<std::string> g,
+                                pg.Gather(Payload(me, round, SizeFor(me, round)), root));
+          if (me == root) {
+            RANK_EXPECT(g.size() == static_cast<size_t>(n));
+            for (int r = 0; r < n; ++r) RANK_EXPECT(g[r] == Payload(r, round, SizeFor(r, round)));
+          } else {
+            RANK_EXPECT(g.empty());
+          }
+          // Broadcast: non-roots pass junk that must be ignored.
+          std::string mine = me == root ? Payload(root, round, SizeFor(root, round)) : "ignored";
+          DCPP_ASSIGN_OR_RETURN(std::string b, pg.Broadcast(std::move(mine), root));
+          RANK_EXPECT(b == Payload(root, round, SizeFor(root, round)));
+          // Scatter: rank r gets parts[r]; non-roots pass parts of the wrong size
+          // on purpose, which must be ignored.
+          std::vector<std::string> parts;
+          if (me == root) {
+            for (int r = 0; r < n; ++r)
+              parts.push_back(Payload(r, round + 1000, SizeFor(r, round)));
+          } else {
+            parts.push_back("ignored");
+          }
+          DCPP_ASSIGN_OR_RETURN(std::string s, pg.Scatter(std::move(parts), root));
+          RANK_EXPECT(s == Payload(me, round + 1000, SizeFor(me, round)));
+        }
+        DCPP_ASSIGN_OR_RETURN(std::vector<std::string> ag,
+                              pg.AllGather(Payload(me, round, SizeFor(me, round))));
+        RANK_EXPECT(ag.size() == static_cast<size_t>(n));
+        for (int r = 0; r < n; ++r) RANK_EXPECT(ag[r] == Payload(r, round, SizeFor(r, round)));
+        return pg.Barrier();
+      },
+      kTestTimeout);
   ASSERT_EQ(st.size(), static_cast<size_t>(n));
   ExpectAllOk(st);
 }
 
 TEST_P(ThreadGroupSizeTest, LargeAndEmptyPayloads) {
   const int n = GetParam();
-  std::vector<Status> st = RunOnThreadRanks(n, [n](ProcessGroup& pg) -> Status {
-    const int me = pg.rank();
-    // Everyone empty.
-    DCPP_ASSIGN_OR_RETURN(std::vector<std::string> ag, pg.AllGather(""));
-    RANK_EXPECT(ag == std::vector<std::string>(n));
-    DCPP_ASSIGN_OR_RETURN(std::string b, pg.Broadcast("", n - 1));
-    RANK_EXPECT(b.empty());
-    // 3 MiB from one rank, empty from the others.
-    const size_t big = 3u << 20;
-    DCPP_ASSIGN_OR_RETURN(std::vector<std::string> g,
-                          pg.Gather(me == n - 1 ? Payload(me, 1, big) : "", 0));
-    if (me == 0) {
-      RANK_EXPECT(g.size() == static_cast<size_t>(n));
-      RANK_EXPECT(g[n - 1] == Payload(n - 1, 1, big));
-      for (int r = 0; r < n - 1; ++r) RANK_EXPECT(g[r].empty());
-    }
-    DCPP_ASSIGN_OR_RETURN(b, pg.Broadcast(me == 0 ? Payload(0, 2, big) : "", 0));
-    RANK_EXPECT(b == Payload(0, 2, big));
-    return Status();
-  });
+  std::vector<Status> st = RunOnThreadRanks(
+      n,
+      [n](ProcessGroup& pg) -> Status {
+        const int me = pg.rank();
+        // Everyone empty.
+        DCPP_ASSIGN_OR_RETURN(std::vector<std::string> ag, pg.AllGather(""));
+        RANK_EXPECT(ag == std::vector<std::string>(n));
+        DCPP_ASSIGN_OR_RETURN(std::string b, pg.Broadcast("", n - 1));
+        RANK_EXPECT(b.empty());
+        // 3 MiB from one rank, empty from the others.
+        const size_t big = 3u << 20;
+        DCPP_ASSIGN_OR_RETURN(std::vector<std::string> g,
+                              pg.Gather(me == n - 1 ? Payload(me, 1, big) : "", 0));
+        if (me == 0) {
+          RANK_EXPECT(g.size() == static_cast<size_t>(n));
+          RANK_EXPECT(g[n - 1] == Payload(n - 1, 1, big));
+          for (int r = 0; r < n - 1; ++r) RANK_EXPECT(g[r].empty());
+        }
+        DCPP_ASSIGN_OR_RETURN(b, pg.Broadcast(me == 0 ? Payload(0, 2, big) : "", 0));
+        RANK_EXPECT(b == Payload(0, 2, big));
+        return Status();
+      },
+      kTestTimeout);
   ExpectAllOk(st);
 }
 
@@ -180,52 +192,55 @@ TEST(ThreadGroupTest, ManyBackToBackMixedRounds) {
   // fast ranks race into the next round while slow ones still read results.
   constexpr int kRanks = 5;
   constexpr int kRounds = 200;
-  std::vector<Status> st = RunOnThreadRanks(kRanks, [](ProcessGroup& pg) -> Status {
-    const int me = pg.rank();
-    const int n = pg.size();
-    std::mt19937 rng(12345);
-    for (int round = 0; round < kRounds; ++round) {
-      const int kind = static_cast<int>(rng() % 5);
-      const int root = static_cast<int>(rng() % n);
-      const size_t size = rng() % 3000;  // same bound for all; content differs by rank
-      switch (kind) {
-        case 0:
-          DCPP_RETURN_IF_ERROR(pg.Barrier());
-          break;
-        case 1: {
-          DCPP_ASSIGN_OR_RETURN(std::vector<std::string> g,
-                                pg.Gather(Payload(me, round, size + me), root));
-          if (me == root) {
-            RANK_EXPECT(g.size() == static_cast<size_t>(n));
-            for (int r = 0; r < n; ++r) RANK_EXPECT(g[r] == Payload(r, round, size + r));
-          } else {
-            RANK_EXPECT(g.empty());
+  std::vector<Status> st = RunOnThreadRanks(
+      kRanks,
+      [](ProcessGroup& pg) -> Status {
+        const int me = pg.rank();
+        const int n = pg.size();
+        std::mt19937 rng(12345);
+        for (int round = 0; round < kRounds; ++round) {
+          const int kind = static_cast<int>(rng() % 5);
+          const int root = static_cast<int>(rng() % n);
+          const size_t size = rng() % 3000;  // same bound for all; content differs by rank
+          switch (kind) {
+            case 0:
+              DCPP_RETURN_IF_ERROR(pg.Barrier());
+              break;
+            case 1: {
+              DCPP_ASSIGN_OR_RETURN(std::vector<std::string> g,
+                                    pg.Gather(Payload(me, round, size + me), root));
+              if (me == root) {
+                RANK_EXPECT(g.size() == static_cast<size_t>(n));
+                for (int r = 0; r < n; ++r) RANK_EXPECT(g[r] == Payload(r, round, size + r));
+              } else {
+                RANK_EXPECT(g.empty());
+              }
+              break;
+            }
+            case 2: {
+              DCPP_ASSIGN_OR_RETURN(std::string b, pg.Broadcast(Payload(me, round, size), root));
+              RANK_EXPECT(b == Payload(root, round, size));
+              break;
+            }
+            case 3: {
+              DCPP_ASSIGN_OR_RETURN(std::vector<std::string> ag,
+                                    pg.AllGather(Payload(me, round, size + me)));
+              RANK_EXPECT(ag.size() == static_cast<size_t>(n));
+              for (int r = 0; r < n; ++r) RANK_EXPECT(ag[r] == Payload(r, round, size + r));
+              break;
+            }
+            case 4: {
+              std::vector<std::string> parts;
+              for (int r = 0; r < n; ++r) parts.push_back(Payload(r + 17 * root, round, size + r));
+              DCPP_ASSIGN_OR_RETURN(std::string s, pg.Scatter(std::move(parts), root));
+              RANK_EXPECT(s == Payload(me + 17 * root, round, size + me));
+              break;
+            }
           }
-          break;
         }
-        case 2: {
-          DCPP_ASSIGN_OR_RETURN(std::string b, pg.Broadcast(Payload(me, round, size), root));
-          RANK_EXPECT(b == Payload(root, round, size));
-          break;
-        }
-        case 3: {
-          DCPP_ASSIGN_OR_RETURN(std::vector<std::string> ag,
-                                pg.AllGather(Payload(me, round, size + me)));
-          RANK_EXPECT(ag.size() == static_cast<size_t>(n));
-          for (int r = 0; r < n; ++r) RANK_EXPECT(ag[r] == Payload(r, round, size + r));
-          break;
-        }
-        case 4: {
-          std::vector<std::string> parts;
-          for (int r = 0; r < n; ++r) parts.push_back(Payload(r + 17 * root, round, size + r));
-          DCPP_ASSIGN_OR_RETURN(std::string s, pg.Scatter(std::move(parts), root));
-          RANK_EXPECT(s == Payload(me + 17 * root, round, size + me));
-          break;
-        }
-      }
-    }
-    return Status();
-  });
+        return Status();
+      },
+      kTestTimeout);
   ExpectAllOk(st);
 }
 

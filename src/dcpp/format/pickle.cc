@@ -593,8 +593,10 @@ Status Parser::DoGlobal(std::string module, std::string name) {
   return Status::Ok();
 }
 
+// With nothing to add Python does not look at the target, so neither do we.
 Status Parser::DoSetItems(NodeId target, const NodeId* kv, size_t n) {
   if (n % 2 != 0) return Corrupt("odd number of items");
+  if (n == 0) return Status::Ok();
   Node& t = node(target);
   std::vector<NodeId>* dest = nullptr;
   if (t.kind == Kind::kDict) {
@@ -609,6 +611,7 @@ Status Parser::DoSetItems(NodeId target, const NodeId* kv, size_t n) {
 }
 
 Status Parser::DoAppends(NodeId target, const NodeId* items, size_t n) {
+  if (n == 0) return Status::Ok();
   Node& t = node(target);
   std::vector<NodeId>* dest = nullptr;
   if (t.kind == Kind::kList) {
@@ -826,8 +829,10 @@ Status Parser::Step(bool* stopped) {
       DCPP_ASSIGN_OR_RETURN(std::vector<NodeId> items, PopMark());
       DCPP_ASSIGN_OR_RETURN(NodeId target, Top());
       Node& t = node(target);
-      if (t.kind != Kind::kSet)
+      if (items.empty()) return Status::Ok();
+      if (t.kind != Kind::kSet) {
         return Corrupt("adding items to a " + std::string(KindName(t.kind)));
+      }
       t.items.insert(t.items.end(), items.begin(), items.end());
       return Status::Ok();
     }

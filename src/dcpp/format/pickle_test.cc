@@ -609,7 +609,7 @@ TEST(PickleParseTest, StructuralErrors) {
       {"\x80\x02NNs."s, "stack underflow in SETITEM"},
       {"\x80\x02)NNs."s, "setting items on a tuple"},
       {"\x80\x02)Na."s, "appending to a tuple"},
-      {"\x80\x02](\x90."s, "adding items to a list"},
+      {"\x80\x02](N\x90."s, "adding items to a list"},
       {"\x80\x02]}b."s, "state for a list"},
       {"\x80\x02\x63m\nC\n)\x81}b}b."s, "second state for one object"},
       {"\x80\x02\x63m\nC\nN\x81."s, "arguments are not a tuple in NEWOBJ"},
@@ -639,6 +639,11 @@ TEST(PickleParseTest, StackOpsAndObjectMutation) {
       AllowAll());
   ASSERT_TRUE(g.ok()) << g.status().ToString();
   EXPECT_EQ(Canon(*g, g->root), "(int:1,int:1)");
+
+  // Empty SETITEMS / APPENDS / ADDITEMS do not look at their target (as in Python).
+  g = Parse("\x80\x02)(u(e(\x90."s, AllowAll());
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_EQ(g->at(g->root).kind, Kind::kTuple);
 
   // APPEND(S) / SETITEM(S) on a reduced object land in list_items/dict_items.
   g = Parse(
