@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dcpp/checkpoint.h"
+#include "dcpp/process_group.h"
 #include "dcpp/tools/convert.h"
 #include "dcpp/tools/demo.h"
 #include "dcpp/tools/inspect.h"
@@ -77,17 +78,20 @@ example:
 
 constexpr const char* kDemoHelp = R"(usage: dcpp demo [options]
 
-dcpp's main job, end to end: builds a transformer-like training state (bf16
-weights, fp32 Adam moments, step and hyper-parameters), saves it split into
-row shards as DCP does for sharded tensors, loads it back into a different
-sharding (matrices split by columns, so every loaded piece overlaps several
-saved pieces), checks every byte, and prints sizes, times and throughput.
+dcpp's main job, end to end: N ranks save a transformer-like training state
+(bf16 weights, fp32 Adam moments, step and hyper-parameters), each holding a
+row shard of every tensor, as DCP does for DTensors; then M ranks load it,
+each asking for a column shard, so every loaded piece overlaps several saved
+ones. Every byte is checked; sizes, times and throughput are printed.
+
+Ranks are threads of this process. Under mpirun (e.g. `mpirun -np 4 dcpp
+demo`) the MPI ranks save and then load with the other sharding.
 
 options:
   --size-mib N       approximate state size (default 256)
-  --save-shards N    pieces each tensor is saved in (default 4)
-  --load-shards M    pieces each tensor is loaded into (default 3)
-  --threads N        I/O threads and data files (default 4)
+  --save-ranks N     ranks that save (default 4)
+  --load-ranks M     ranks that load (default 3)
+  --threads N        I/O threads and data files per rank (default 2)
   --dir PATH         where to write (default: a new directory under $TMPDIR)
   --keep             keep the checkpoint (then try: dcpp inspect PATH)
   --no-sync          skip fsync
@@ -198,7 +202,7 @@ int Demo(int argc, char** argv) {
   Args args;
   std::string error;
   if (!Parse(argc, argv, 2,
-             {{"--size-mib", true}, {"--save-shards", true}, {"--load-shards", true},
+             {{"--size-mib", true}, {"--save-ranks", true}, {"--load-ranks", true},
               {"--threads", true}, {"--dir", true}, {"--keep", false}, {"--no-sync", false},
               {"--quiet", false}},
              args, error))
@@ -210,8 +214,8 @@ int Demo(int argc, char** argv) {
     long lo, hi;
     long value;
   } flags[] = {{"--size-mib", 1, 1 << 20, static_cast<long>(o.size_mib)},
-               {"--save-shards", 1, 4096, o.save_shards},
-               {"--load-shards", 1, 4096, o.load_shards},
+               {"--save-ranks", 1, 256, o.save_ranks},
+               {"--load-ranks", 1, 256, o.load_ranks},
                {"--threads", 1, 1024, o.thread_count}};
   for (auto& f : flags) {
     if (!args.flags.count(f.name)) continue;
@@ -220,17 +224,27 @@ int Demo(int argc, char** argv) {
                                   std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]");
   }
   o.size_mib = static_cast<uint64_t>(flags[0].value);
-  o.save_shards = static_cast<int>(flags[1].value);
-  o.load_shards = static_cast<int>(flags[2].value);
+  o.save_ranks = static_cast<int>(flags[1].value);
+  o.load_ranks = static_cast<int>(flags[2].value);
   o.thread_count = static_cast<int>(flags[3].value);
   if (args.flags.count("--dir")) o.dir = args.flags["--dir"];
   o.keep = args.flags.count("--keep") > 0;
   o.sync_files = !args.flags.count("--no-sync");
-  if (!args.flags.count("--quiet")) o.progress = dcpp::tools::MakeProgressPrinter(stderr);
+  std::unique_ptr<dcpp::ProcessGroup> mpi;
+  if (dcpp::LaunchedByMpi()) {
+    auto group = dcpp::MakeMpiProcessGroup();
+    if (!group.ok()) return Fail(group.status());
+    mpi = std::move(*group);
+    o.group = mpi.get();
+  }
+  const bool root = !mpi || mpi->rank() == 0;
+  if (root && !args.flags.count("--quiet")) o.progress = dcpp::tools::MakeProgressPrinter(stderr);
   auto report = dcpp::tools::RunDemo(o);
   if (!report.ok()) return Fail(report.status());
-  const std::string text = dcpp::tools::FormatDemoReport(o, *report);
-  std::fwrite(text.data(), 1, text.size(), stdout);
+  if (root) {
+    const std::string text = dcpp::tools::FormatDemoReport(o, *report);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+  }
   return kExitOk;
 }
 

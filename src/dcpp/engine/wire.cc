@@ -1,5 +1,7 @@
 #include "dcpp/engine/wire.h"
 
+#include <algorithm>
+
 namespace dcpp::engine {
 
 namespace {
@@ -129,20 +131,29 @@ Result<plan::LocalPlan> DecodeLocalPlan(std::string_view data, dcpp::Status* ran
 }
 
 dcpp::Status CombineRankFailures(std::string_view what, const std::vector<dcpp::Status>& by_rank) {
-  std::string msg;
-  StatusCode code = StatusCode::kOk;
+  // Ranks failing with the same status are listed together.
+  std::vector<std::pair<dcpp::Status, std::vector<size_t>>> groups;
   for (size_t r = 0; r < by_rank.size(); ++r) {
-    const dcpp::Status& s = by_rank[r];
-    if (s.ok()) continue;
-    if (code == StatusCode::kOk) {
-      code = s.code();
-    } else if (code != s.code()) {
-      code = StatusCode::kAborted;
+    if (by_rank[r].ok()) continue;
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const auto& g) { return g.first == by_rank[r]; });
+    if (it == groups.end()) {
+      groups.push_back({by_rank[r], {r}});
+    } else {
+      it->second.push_back(r);
     }
-    msg += msg.empty() ? std::string(what) + " failed on rank " : "; rank ";
-    msg += std::to_string(r) + " (" + s.ToString() + ")";
   }
-  return code == StatusCode::kOk ? dcpp::Status() : dcpp::Status(code, std::move(msg));
+  if (groups.empty()) return dcpp::Status();
+  StatusCode code = groups[0].first.code();
+  std::string msg = std::string(what) + " failed on ";
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (groups[g].first.code() != code) code = StatusCode::kAborted;
+    const auto& ranks = groups[g].second;
+    msg += (g ? "; " : "") + std::string(ranks.size() > 1 ? "ranks " : "rank ");
+    for (size_t i = 0; i < ranks.size(); ++i) msg += (i ? ", " : "") + std::to_string(ranks[i]);
+    msg += " (" + groups[g].first.ToString() + ")";
+  }
+  return dcpp::Status(code, std::move(msg));
 }
 
 }  // namespace dcpp::engine

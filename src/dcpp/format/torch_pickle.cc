@@ -1027,10 +1027,6 @@ Result<std::string> EncodeValueArchive(const Value& value) {
   return zip::LayOut(records, options).Flatten();
 }
 
-}  // namespace dcpp::format
-
-namespace dcpp::format {
-
 Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive) {
   auto run = [&]() -> Result<DecodedTensor> {
     DCPP_ASSIGN_OR_RETURN(zip::Reader reader, zip::Reader::Open(archive));

@@ -1,9 +1,13 @@
-// `dcpp demo`: dcpp's main job end to end. Saves a synthetic transformer-like
-// training state (bf16 weights, fp32 Adam moments, counters) split into
-// `save_shards` row shards, loads it back into `load_shards` shards of a
-// different layout (column shards for matrices: every loaded piece overlaps
-// several saved ones), verifies every byte, and reports sizes, times and
-// throughput.
+// `dcpp demo`: dcpp's main job end to end. Saves a synthetic
+// transformer-like training state (bf16 weights, fp32 Adam moments, step and
+// hyper-parameters) from `save_ranks` ranks, each holding a row shard of
+// every tensor, then loads it on `load_ranks` ranks that each ask for a
+// column shard (vectors: a row shard), so every loaded piece overlaps several
+// saved ones. Every loaded byte is checked against the generator, and sizes,
+// times and throughput are reported.
+//
+// Ranks are threads of this process by default; with `group` set (e.g. MPI
+// under mpirun) the group's ranks save and then load with the other layout.
 #ifndef DCPP_TOOLS_DEMO_H_
 #define DCPP_TOOLS_DEMO_H_
 
@@ -16,16 +20,20 @@ namespace dcpp::tools {
 struct DemoOptions {
   std::string dir;          // empty: a fresh directory under $TMPDIR (or /tmp)
   uint64_t size_mib = 256;  // approximate state size
-  int save_shards = 4;
-  int load_shards = 3;
-  int thread_count = 4;
+  int save_ranks = 4;       // thread ranks (ignored with `group`)
+  int load_ranks = 3;
+  int thread_count = 2;     // I/O threads (and data files) per rank
   bool sync_files = true;
-  bool keep = false;  // keep the checkpoint (removed otherwise)
-  ProgressCallback progress;
+  bool keep = false;        // keep the checkpoint (removed otherwise)
+  ProcessGroup* group = nullptr;  // borrowed; null = thread ranks
+  ProgressCallback progress;      // rank 0's progress
 };
 
 struct DemoReport {
   std::string dir;
+  std::string ranks_kind;  // "threads" or the group's kind
+  int save_ranks = 0;
+  int load_ranks = 0;
   uint64_t state_bytes = 0;
   size_t tensors = 0;
   size_t values = 0;
@@ -33,11 +41,13 @@ struct DemoReport {
   uint64_t stored_bytes = 0;
   double save_seconds = 0;
   double load_seconds = 0;
+  uint64_t verified_bytes = 0;
   size_t verified_pieces = 0;
 };
 
-// Runs the demo. Fails (with the first difference found) if any loaded byte
-// differs from what was saved.
+// Runs the demo. Fails (naming the tensor and piece) if any loaded byte
+// differs from what was saved. With a group, every rank must call it; the
+// report is complete on rank 0.
 Result<DemoReport> RunDemo(const DemoOptions& options);
 
 // A readable multi-line report.
