@@ -6,6 +6,15 @@
 // naming the collective and the ranks that did not arrive (where known), so
 // a dead or stuck peer produces an error instead of a hang.
 //
+// Errors every implementation shares: a root outside [0, size()) given by
+// every rank is InvalidArgument on every rank; ranks calling different
+// collectives (or roots) in the same position of their call sequence get
+// InternalError naming both calls, on every rank. Both leave the group
+// usable. After a DeadlineExceeded (or a transport failure) the group is
+// broken: every later collective fails at once with Aborted repeating the
+// first error, because the ranks no longer agree on which collective is
+// which. An MPI group cannot recover at all: the process should exit.
+//
 // Implementations: one process (MakeSingleProcessGroup), N ranks as threads
 // of one process (MakeThreadGroups / RunOnThreadRanks), and MPI
 // (MakeMpiProcessGroup, when dcpp is built with MPI).
@@ -50,12 +59,18 @@ inline constexpr std::chrono::milliseconds kDefaultCollectiveTimeout{std::chrono
 std::unique_ptr<ProcessGroup> MakeSingleProcessGroup();
 
 // `n` connected groups for `n` threads of this process: element r is rank r.
-// Each group must be used by one thread at a time. InvalidArgument if n < 1.
+// Each group must be used by one thread at a time; different ranks' groups
+// are meant to be used concurrently. Groups share state by reference
+// counting, so they may be destroyed in any order. InvalidArgument if n < 1
+// or timeout <= 0. A rank that never calls a collective makes the others
+// time out (it is not detected earlier).
 Result<std::vector<std::unique_ptr<ProcessGroup>>> MakeThreadGroups(
     int n, std::chrono::milliseconds timeout = kDefaultCollectiveTimeout);
 
 // Runs fn(group) on `n` threads, one per rank, and returns each rank's
-// status (element r for rank r) once all have finished.
+// status (element r for rank r) once all have finished. An exception thrown
+// by fn becomes that rank's InternalError. If n < 1 or timeout <= 0, returns
+// a single InvalidArgument status and runs nothing.
 std::vector<Status> RunOnThreadRanks(
     int n, const std::function<Status(ProcessGroup&)>& fn,
     std::chrono::milliseconds timeout = kDefaultCollectiveTimeout);
@@ -65,12 +80,15 @@ bool HasMpi();
 
 // A group over MPI_COMM_WORLD. Initializes MPI (with thread support
 // MPI_THREAD_SERIALIZED or better) if the program has not; MPI is finalized
-// at exit if dcpp initialized it. Unimplemented if built without MPI.
+// at exit if dcpp initialized it, unless a collective timed out (finalizing
+// could then block forever on the lost peer). Collective: every rank must
+// call it, and it too gives up after `timeout`. At most one thread at a time
+// may use MPI groups. Unimplemented if built without MPI.
 Result<std::unique_ptr<ProcessGroup>> MakeMpiProcessGroup(
     std::chrono::milliseconds timeout = kDefaultCollectiveTimeout);
 
 // True when this process looks like it was started by mpirun/mpiexec
-// (OMPI_COMM_WORLD_SIZE, PMI_SIZE or PMIX_RANK is set).
+// (OMPI_COMM_WORLD_SIZE, PMI_SIZE or PMIX_RANK is set and non-empty).
 bool LaunchedByMpi();
 
 }  // namespace dcpp

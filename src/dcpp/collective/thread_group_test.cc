@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -387,6 +388,28 @@ TEST(ThreadGroupTest, GroupsFromMakeThreadGroupsWorkOnCallerThreads) {
   // Destroying one rank's group while the other still holds its own is safe.
   (*groups)[0].reset();
   EXPECT_EQ((*groups)[1]->size(), 2);
+}
+
+TEST(LaunchedByMpiTest, FollowsLauncherEnvironment) {
+  // Save and clear whatever the environment running this test has.
+  const char* kVars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"};
+  std::vector<std::optional<std::string>> saved;
+  for (const char* v : kVars) {
+    const char* value = std::getenv(v);
+    saved.push_back(value ? std::optional<std::string>(value) : std::nullopt);
+    unsetenv(v);
+  }
+  EXPECT_FALSE(LaunchedByMpi());
+  for (const char* v : kVars) {
+    setenv(v, "", 1);  // set but empty does not count
+    EXPECT_FALSE(LaunchedByMpi()) << v;
+    setenv(v, "4", 1);
+    EXPECT_TRUE(LaunchedByMpi()) << v;
+    unsetenv(v);
+  }
+  for (size_t i = 0; i < saved.size(); ++i) {
+    if (saved[i]) setenv(kVars[i], saved[i]->c_str(), 1);
+  }
 }
 
 }  // namespace
