@@ -23,6 +23,8 @@
 // one thread at a time may be inside any MPI group (or other MPI call).
 #include "dcpp/collective/mpi_group.h"
 
+#include "dcpp/collective/collective_op.h"
+
 // dcpp uses MPI's C API only; keep mpi.h from pulling in the deprecated C++
 // bindings, which would need libmpi_cxx at link time.
 #define OMPI_SKIP_MPICXX 1
@@ -50,24 +52,6 @@ constexpr uint64_t kMagic = 0x6463'7070'636f'6c6cULL;  // "dcppcoll"
 
 // Header words, per rank.
 enum HeaderWord : int { kWordMagic, kWordSeq, kWordOp, kWordRoot, kWordSize, kWordAux, kWords };
-
-enum class Op : uint64_t { kBarrier = 1, kGather, kBroadcast, kAllGather, kScatter };
-
-std::string OpName(uint64_t op) {
-  switch (static_cast<Op>(op)) {
-    case Op::kBarrier:
-      return "Barrier";
-    case Op::kGather:
-      return "Gather";
-    case Op::kBroadcast:
-      return "Broadcast";
-    case Op::kAllGather:
-      return "AllGather";
-    case Op::kScatter:
-      return "Scatter";
-  }
-  return "unknown collective " + std::to_string(op);
-}
 
 bool HasRoot(uint64_t op) {
   return op == static_cast<uint64_t>(Op::kGather) || op == static_cast<uint64_t>(Op::kBroadcast) ||

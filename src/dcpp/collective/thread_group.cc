@@ -1,5 +1,7 @@
 #include "dcpp/collective/thread_group.h"
 
+#include "dcpp/collective/collective_op.h"
+
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -12,24 +14,6 @@
 namespace dcpp {
 namespace collective {
 namespace {
-
-enum class Op { kBarrier, kGather, kBroadcast, kAllGather, kScatter };
-
-std::string_view OpName(Op op) {
-  switch (op) {
-    case Op::kBarrier:
-      return "Barrier";
-    case Op::kGather:
-      return "Gather";
-    case Op::kBroadcast:
-      return "Broadcast";
-    case Op::kAllGather:
-      return "AllGather";
-    case Op::kScatter:
-      return "Scatter";
-  }
-  return "?";
-}
 
 bool HasRoot(Op op) { return op == Op::kGather || op == Op::kBroadcast || op == Op::kScatter; }
 

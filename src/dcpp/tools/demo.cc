@@ -22,10 +22,14 @@ struct Spec {
 
 // The tensors of a small decoder-only transformer plus Adam moments.
 std::vector<Spec> TransformerSpecs(uint64_t size_mib) {
-  const int64_t h = 1024, vocab = 8192;
-  // 12 h^2 parameters per layer, 10 bytes each (bf16 weight + 2 fp32 moments).
-  const uint64_t per_layer = 12 * h * h * 10, embed = 2 * vocab * h * 10;
+  // 12 h^2 parameters per layer, 10 bytes each (bf16 weight + 2 fp32
+  // moments); embedding and head 2 * vocab * h. The widest model whose
+  // embeddings and one layer fit the target is used.
   const uint64_t target = size_mib << 20;
+  int64_t h = 1024;
+  while (h > 128 && static_cast<uint64_t>(12 * h * h * 10 + 2 * 8 * h * h * 10) > target) h /= 2;
+  const int64_t vocab = 8 * h;
+  const uint64_t per_layer = 12 * h * h * 10, embed = 2 * vocab * h * 10;
   const int64_t layers =
       std::max<int64_t>(1, static_cast<int64_t>((target > embed ? target - embed : 0) / per_layer));
   std::vector<Spec> params = {{"embed.weight", DType::kBFloat16, {vocab, h}}};
