@@ -85,7 +85,7 @@ void Complete(Round& round, int n) {
       return;
     }
   }
-  const std::string_view name = OpName(first.op);
+  const std::string name = OpName(first.op);
   if (HasRoot(first.op) && (first.root < 0 || first.root >= n)) {
     round.status = InvalidArgumentError(std::string(name) + ": root " + std::to_string(first.root) +
                                         " is out of range for " + std::to_string(n) + " ranks");
