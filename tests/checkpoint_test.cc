@@ -9,23 +9,14 @@
 #include <filesystem>
 #include <numeric>
 
+#include "temp_dir_test_base.h"
+
 namespace dcpp {
 namespace {
 
 namespace fs = std::filesystem;
 
-class CheckpointTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/dcpp_ckpt_test_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(root_); }
-  std::string Dir(const std::string& name) const { return root_ + "/" + name; }
-
-  std::string root_;
-};
+using CheckpointTest = TempDirTest;
 
 Tensor Iota(DType dtype, Shape shape, int seed = 0) {
   Tensor t = *Tensor::Zeros(dtype, std::move(shape));

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <set>
 
+#include "temp_dir_test_base.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/plan/reshard.h"
 
@@ -16,17 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 
-class DistributedTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/dcpp_dist_test_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(root_); }
-  std::string Dir(const std::string& name) const { return root_ + "/" + name; }
-  std::string root_;
-};
+using DistributedTest = TempDirTest;
 
 // The global tensor every test shards: element i = i + 1000 * seed (int32).
 Tensor Global(const Shape& shape, int seed) {
