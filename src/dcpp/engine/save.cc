@@ -57,9 +57,8 @@ std::vector<std::vector<size_t>> AssignFiles(const std::vector<engine::WriteItem
     files[0].insert(files[0].end(), tensor_items.begin(), tensor_items.end());
     return files;
   }
-  std::stable_sort(tensor_items.begin(), tensor_items.end(), [&](size_t a, size_t b) {
-    return items[a]->nbytes() > items[b]->nbytes();
-  });
+  std::stable_sort(tensor_items.begin(), tensor_items.end(),
+                   [&](size_t a, size_t b) { return items[a]->nbytes() > items[b]->nbytes(); });
   for (size_t k = 0; k < bytes_items.size(); ++k) files[k % bins].push_back(bytes_items[k]);
   std::vector<uint64_t> load(bins, 0);
   for (size_t i : tensor_items) {
@@ -168,20 +167,13 @@ Result<Value> ResolveStateful(const Value& state_dict) {
 
 plan::LocalPlan ToLocalPlan(const std::vector<engine::WriteItem>& items) {
   plan::LocalPlan lp;
-  lp.items.reserve(items.size());
   for (const auto& it : items) {
-    plan::PlannedItem p;
-    p.fqn = it.fqn;
-    p.path = it.path;
-    p.is_tensor = it.is_tensor();
-    if (p.is_tensor) {
-      p.dtype = it.tensor.dtype();
-      p.offsets = it.offsets;
-      p.sizes = it.tensor.shape();
-      p.global_shape = it.global_shape;
+    if (it.is_tensor()) {
+      lp.AddTensor(it.fqn, it.path, it.tensor.dtype(), it.offsets, it.tensor.shape(),
+                   it.global_shape, it.nbytes());
+    } else {
+      lp.AddValue(it.fqn, it.path, it.nbytes());
     }
-    p.nbytes = it.nbytes();
-    lp.items.push_back(std::move(p));
   }
   return lp;
 }
@@ -275,7 +267,8 @@ Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
   for (const auto* item : mine) total_bytes += item->nbytes();
   ProgressReporter progress(o.progress, "write", total_bytes, mine.size());
   std::vector<std::string> names(files.size());
-  for (size_t f = 0; f < files.size(); ++f) names[f] = io::DataFileName(rank, static_cast<int>(f), tag);
+  for (size_t f = 0; f < files.size(); ++f)
+    names[f] = io::DataFileName(rank, static_cast<int>(f), tag);
   std::vector<std::atomic<bool>> started(files.size());
   DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
   Status s = ParallelFor(files.size(), o.thread_count, [&](size_t f) {
@@ -315,21 +308,17 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
     if (planned.ok()) items = std::move(*planned);
     local = planned.status();
   }
-  DCPP_ASSIGN_OR_RETURN(std::vector<std::string> plans,
-                        pg.Gather(engine::EncodeLocalPlan(local, ToLocalPlan(items)), kCoordinator));
+  DCPP_ASSIGN_OR_RETURN(
+      std::vector<std::string> plans,
+      pg.Gather(engine::EncodeLocalPlan(local, ToLocalPlan(items)), kCoordinator));
 
   // 2. Global plan on the coordinator: dedup, validate, prepare the directory.
   plan::GlobalPlan gp;
   std::optional<Metadata> old_md;
   std::vector<std::string> parts;
   if (rank == kCoordinator) {
-    std::vector<Status> statuses(plans.size());
-    std::vector<plan::LocalPlan> local_plans(plans.size());
-    for (size_t r = 0; r < plans.size(); ++r) {
-      auto lp = engine::DecodeLocalPlan(plans[r], &statuses[r]);
-      if (lp.ok()) local_plans[r] = std::move(*lp);
-      else statuses[r] = lp.status();
-    }
+    std::vector<Status> statuses;
+    std::vector<plan::LocalPlan> local_plans = engine::DecodeLocalPlans(plans, &statuses);
     Assignment a;
     a.status = engine::CombineRankFailures("save planning", statuses);
     if (a.status.ok()) {

@@ -1,17 +1,27 @@
 #include "dcpp/engine/wire.h"
 
 #include <algorithm>
+#include <iterator>
+
+#include "dcpp/base/thread_pool.h"
 
 namespace dcpp::engine {
 
 namespace {
 constexpr uint64_t kMaxCount = uint64_t{1} << 32;
+
+Status Truncated() { return DataLossError("truncated message between ranks"); }
 }  // namespace
 
 void WireWriter::U64(uint64_t v) {
-  char b[8];
-  for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
-  out_.append(b, 8);
+  char b[10];
+  size_t n = 0;
+  while (v >= 0x80) {
+    b[n++] = static_cast<char>(v | 0x80);
+    v >>= 7;
+  }
+  b[n++] = static_cast<char>(v);
+  out_.append(b, n);
 }
 
 void WireWriter::Str(std::string_view s) {
@@ -19,7 +29,7 @@ void WireWriter::Str(std::string_view s) {
   out_.append(s);
 }
 
-void WireWriter::Shape(const dcpp::Shape& s) {
+void WireWriter::Shape(std::span<const int64_t> s) {
   U64(s.size());
   for (int64_t d : s) I64(d);
 }
@@ -29,11 +39,24 @@ void WireWriter::Status(const dcpp::Status& s) {
   Str(s.message());
 }
 
+bool WireReader::SlowVarint(uint64_t* v) {
+  uint64_t out = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (pos_ >= data_.size()) return false;
+    const auto b = static_cast<uint8_t>(data_[pos_++]);
+    if (shift == 63 && b > 1) return false;  // beyond 64 bits
+    out |= uint64_t{b & 0x7Fu} << shift;
+    if (b < 0x80) {
+      *v = out;
+      return true;
+    }
+  }
+  return false;
+}
+
 Result<uint64_t> WireReader::U64() {
-  if (data_.size() - pos_ < 8) return DataLossError("truncated message between ranks");
   uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(data_[pos_ + i])} << (8 * i);
-  pos_ += 8;
+  if (!Varint(&v)) return Truncated();
   return v;
 }
 
@@ -42,17 +65,21 @@ Result<int64_t> WireReader::I64() {
   return static_cast<int64_t>(v);
 }
 
-Result<std::string> WireReader::Str() {
-  DCPP_ASSIGN_OR_RETURN(uint64_t n, U64());
-  if (n > data_.size() - pos_) return DataLossError("truncated string in a message between ranks");
-  std::string s(data_.substr(pos_, n));
-  pos_ += n;
+Result<std::string_view> WireReader::StrView() {
+  std::string_view s;
+  if (!Bytes(&s)) return DataLossError("truncated string in a message between ranks");
   return s;
+}
+
+Result<std::string> WireReader::Str() {
+  DCPP_ASSIGN_OR_RETURN(std::string_view s, StrView());
+  return std::string(s);
 }
 
 Result<dcpp::Shape> WireReader::Shape() {
   DCPP_ASSIGN_OR_RETURN(uint64_t n, U64());
-  if (n > (data_.size() - pos_) / 8) return DataLossError("truncated shape in a message between ranks");
+  // Every element takes at least a byte.
+  if (n > remaining()) return DataLossError("truncated shape in a message between ranks");
   dcpp::Shape s(n);
   for (auto& d : s) {
     DCPP_ASSIGN_OR_RETURN(d, I64());
@@ -69,27 +96,23 @@ dcpp::Status WireReader::ReadStatus(dcpp::Status* out) {
   return dcpp::Status();
 }
 
+// Per item: fqn, encoded path (LocalPlan's encoding), (dtype << 1 | is_tensor),
+// for tensors offsets, sizes and global shape, then nbytes.
 std::string EncodeLocalPlan(const dcpp::Status& status, const plan::LocalPlan& plan) {
   WireWriter w;
+  w.Reserve(64 + status.message().size() + plan.size() * 48);
   w.Status(status);
-  w.U64(plan.items.size());
-  for (const auto& it : plan.items) {
+  w.U64(plan.size());
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const plan::PlannedItem it = plan.item(i);
     w.Str(it.fqn);
-    w.U64(it.path.size());
-    for (const auto& p : it.path) {
-      if (const auto* s = std::get_if<std::string>(&p)) {
-        w.U64(0);
-        w.Str(*s);
-      } else {
-        w.U64(1);
-        w.I64(std::get<int64_t>(p));
-      }
+    w.Str(plan.EncodedPath(i));
+    w.U64((static_cast<uint64_t>(it.dtype) << 1) | (it.is_tensor ? 1 : 0));
+    if (it.is_tensor) {
+      w.Shape(it.offsets);
+      w.Shape(it.sizes);
+      w.Shape(it.global_shape);
     }
-    w.U64(it.is_tensor);
-    w.U64(static_cast<uint64_t>(it.dtype));
-    w.Shape(it.offsets);
-    w.Shape(it.sizes);
-    w.Shape(it.global_shape);
     w.U64(it.nbytes);
   }
   return w.Take();
@@ -98,36 +121,77 @@ std::string EncodeLocalPlan(const dcpp::Status& status, const plan::LocalPlan& p
 Result<plan::LocalPlan> DecodeLocalPlan(std::string_view data, dcpp::Status* rank_status) {
   WireReader r(data);
   DCPP_RETURN_IF_ERROR(r.ReadStatus(rank_status));
-  DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
-  if (n > kMaxCount) return DataLossError("bad item count in a save plan");
+  uint64_t n = 0;
+  if (!r.Varint(&n)) return Truncated();
+  // An item takes at least five bytes.
+  if (n > kMaxCount || n > r.remaining() / 5) return DataLossError("bad item count in a save plan");
   plan::LocalPlan plan;
-  plan.items.resize(n);
-  for (auto& it : plan.items) {
-    DCPP_ASSIGN_OR_RETURN(it.fqn, r.Str());
-    DCPP_ASSIGN_OR_RETURN(uint64_t parts, r.U64());
-    if (parts > kMaxCount) return DataLossError("bad path length in a save plan");
-    for (uint64_t i = 0; i < parts; ++i) {
-      DCPP_ASSIGN_OR_RETURN(uint64_t tag, r.U64());
-      if (tag == 0) {
-        DCPP_ASSIGN_OR_RETURN(std::string s, r.Str());
-        it.path.emplace_back(std::move(s));
-      } else {
-        DCPP_ASSIGN_OR_RETURN(int64_t v, r.I64());
-        it.path.emplace_back(v);
+  plan.Reserve(n, r.remaining(), 0);
+  // Shapes are decoded into `dims` (usually the fixed buffer: a few dims).
+  int64_t fixed[24];
+  std::vector<int64_t> grown;
+  for (uint64_t k = 0; k < n; ++k) {
+    auto bad = [&](std::string_view what) {
+      return DataLossError(std::string(what) + " in save plan item " + std::to_string(k));
+    };
+    plan::PlannedItem item;
+    std::string_view path;
+    uint64_t flags = 0;
+    if (!r.Bytes(&item.fqn) || !r.Bytes(&path) || !r.Varint(&flags)) return bad("truncated item");
+    if ((flags >> 1) >= static_cast<uint64_t>(kNumDTypes)) return bad("bad dtype");
+    item.is_tensor = (flags & 1) != 0;
+    item.dtype = static_cast<DType>(flags >> 1);
+    if (item.is_tensor) {
+      int64_t* dims = fixed;
+      size_t capacity = std::size(fixed), used = 0;
+      uint64_t nd[3];
+      for (uint64_t& count : nd) {
+        if (!r.Varint(&count) || count > r.remaining()) return bad("truncated shape");
+        if (count > capacity - used) {
+          grown.assign(dims, dims + used);
+          grown.resize(used + count);
+          dims = grown.data();
+          capacity = grown.size();
+        }
+        for (uint64_t j = 0; j < count; ++j) {
+          uint64_t d = 0;
+          if (!r.Varint(&d)) return bad("truncated shape");
+          dims[used++] = static_cast<int64_t>(d);
+        }
       }
+      item.offsets = std::span<const int64_t>(dims, nd[0]);
+      item.sizes = std::span<const int64_t>(dims + nd[0], nd[1]);
+      item.global_shape = std::span<const int64_t>(dims + nd[0] + nd[1], nd[2]);
     }
-    DCPP_ASSIGN_OR_RETURN(uint64_t is_tensor, r.U64());
-    DCPP_ASSIGN_OR_RETURN(uint64_t dtype, r.U64());
-    if (dtype >= static_cast<uint64_t>(kNumDTypes)) return DataLossError("bad dtype in a save plan");
-    it.is_tensor = is_tensor != 0;
-    it.dtype = static_cast<DType>(dtype);
-    DCPP_ASSIGN_OR_RETURN(it.offsets, r.Shape());
-    DCPP_ASSIGN_OR_RETURN(it.sizes, r.Shape());
-    DCPP_ASSIGN_OR_RETURN(it.global_shape, r.Shape());
-    DCPP_ASSIGN_OR_RETURN(it.nbytes, r.U64());
+    if (!r.Varint(&item.nbytes)) return bad("truncated item");
+    Status added = plan.AddEncoded(item, path);
+    if (!added.ok()) return added.WithContext("save plan item " + std::to_string(k));
   }
   if (!r.done()) return DataLossError("trailing bytes after a save plan");
   return plan;
+}
+
+std::vector<plan::LocalPlan> DecodeLocalPlans(std::span<const std::string> messages,
+                                              std::vector<dcpp::Status>* statuses, int threads) {
+  std::vector<plan::LocalPlan> plans(messages.size());
+  statuses->assign(messages.size(), dcpp::Status());
+  // Threads pay off only for large jobs.
+  size_t bytes = 0;
+  for (const std::string& m : messages) bytes += m.size();
+  constexpr size_t kMinBytesPerThread = size_t{4} << 20;
+  const int workers = static_cast<int>(std::clamp<size_t>(
+      threads > 0 ? static_cast<size_t>(threads) : static_cast<size_t>(DefaultThreadCount()), 1,
+      std::max<size_t>(1, bytes / kMinBytesPerThread)));
+  (void)ParallelFor(messages.size(), workers, [&](size_t r) {
+    auto plan = DecodeLocalPlan(messages[r], &(*statuses)[r]);
+    if (plan.ok()) {
+      plans[r] = std::move(*plan);
+    } else {
+      (*statuses)[r] = plan.status();
+    }
+    return dcpp::Status();
+  });
+  return plans;
 }
 
 dcpp::Status CombineRankFailures(std::string_view what, const std::vector<dcpp::Status>& by_rank) {

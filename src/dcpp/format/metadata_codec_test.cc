@@ -849,6 +849,83 @@ TEST(MetadataTorchTest, EncodedSampleLoadsInTorchAndRepicklesIdentically) {
   fs::remove_all(dir);
 }
 
+// Larger than any fixture, so that the encoder's per-chunk fast paths run
+// with memo indices past 255 (LONG_BINPUT/LONG_BINGET), lists and dicts in
+// several batches of 1000, file names repeated across entries and some first
+// seen mid-stream, transforms on a few chunks and offsets past 2^31.
+Metadata LargeMetadata() {
+  Metadata md;
+  for (int i = 0; i < 12; ++i) {
+    EntryMeta e;
+    e.fqn = "layers." + std::to_string(i) + ".w";
+    e.path = {"layers"s, int64_t{i}, "w"s};
+    e.properties.dtype = i % 3 ? DType::kBFloat16 : DType::kFloat32;
+    e.properties.requires_grad = i % 2 == 0;
+    const int n = i == 5 ? 1000 : i == 6 ? 1001 : 150 + i;
+    e.size = {2 * n, 7};
+    for (int c = 0; c < n; ++c) {
+      std::vector<std::string> transforms;
+      if (c % 97 == 3) transforms = {"stream.zstd/1"};
+      const std::string file = "__" + std::to_string(c % 40 + (i == 9 ? 100 : 0)) + "_0.distcp";
+      e.chunks.push_back(Chunk({2 * c, 0}, {2, 7}, file, uint64_t(c) * 3'000'000'000ull,
+                               28 + uint64_t(c), transforms));
+    }
+    md.entries.push_back(std::move(e));
+    if (i % 4 == 0) {
+      EntryMeta b;
+      b.fqn = "extra." + std::to_string(i);
+      b.kind = EntryMeta::Kind::kBytes;
+      b.path = {"extra"s, int64_t{i}};
+      b.storage = StorageInfo{"__" + std::to_string(i) + "_0.distcp", 5, 6, {}};
+      md.entries.push_back(std::move(b));
+    }
+  }
+  md.storage_meta = StorageMeta{"/ckpt/large", "uuid-2", std::nullopt, {}};
+  md.version = "1.0.0";
+  return md;
+}
+
+constexpr const char* kRepickleScript = R"py(
+import pickle, sys
+import torch
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
+
+data = open(sys.argv[1], "rb").read()
+md = pickle.loads(data)
+assert type(md) is Metadata
+sdm = md.state_dict_metadata
+assert len(sdm) == 15, len(sdm)
+assert [len(sdm["layers.%d.w" % i].chunks) for i in (0, 5, 6, 11)] == [150, 1000, 1001, 161]
+c = sdm["layers.6.w"].chunks[1000]
+assert (c.offsets, c.sizes) == (torch.Size([2000, 0]), torch.Size([2, 7]))
+info = md.storage_data[MetadataIndex("layers.9.w", [2 * 100, 0])]
+assert (info.relative_path, info.offset, info.length) == ("__120_0.distcp", 300000000000, 128)
+assert info.transform_descriptors == ["stream.zstd/1"]
+assert md.storage_data[MetadataIndex("layers.9.w", [2, 0])].transform_descriptors is None
+assert md.planner_data["layers.3.w"] == ("layers", 3, "w")
+assert md.storage_data[MetadataIndex("extra.8")].relative_path == "__8_0.distcp"
+assert pickle.dumps(md, protocol=2) == data, "Python re-pickles differently"
+print("OK")
+)py";
+
+TEST(MetadataTorchTest, LargeEncodingLoadsInTorchAndRepicklesIdentically) {
+  if (!HaveTorch()) GTEST_SKIP() << "python3 with torch is not available";
+  const Metadata md = LargeMetadata();
+  const std::string bytes = EncodeMetadata(md);
+  Result<Metadata> back = DecodeMetadata(bytes);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, md);
+  fs::path dir = MakeTempDir();
+  WriteFile(dir / "check.py", kRepickleScript);
+  WriteFile(dir / "large.metadata", bytes);
+  int rc = 0;
+  std::string out = RunCommand(
+      "python3 " + (dir / "check.py").string() + " " + (dir / "large.metadata").string(), &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("OK"), std::string::npos) << out;
+  fs::remove_all(dir);
+}
+
 constexpr const char* kSaveLoadScript = R"py(
 import os, sys, warnings
 warnings.filterwarnings("ignore")
