@@ -1,0 +1,82 @@
+// The storage layer of a DCP filesystem checkpoint: items to and from data
+// files. Save and Load use it; so do adapters that keep another planner
+// (torch's, through the Python package) and only hand dcpp the bytes.
+//
+// An item is stored as a torch.save archive (a tensor item: the tensor alone;
+// a BYTE_IO item: whatever archive the caller made), optionally passed through
+// stream transforms; StorageInfo records where and how.
+#ifndef DCPP_ENGINE_STORAGE_H_
+#define DCPP_ENGINE_STORAGE_H_
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dcpp/metadata.h"
+#include "dcpp/status.h"
+#include "dcpp/tensor.h"
+
+namespace dcpp::engine {
+
+// One item for WriteDataFile: a tensor (written as its torch.save archive,
+// bytes taken straight from `tensor`'s memory, which must stay valid and
+// unchanged during the call) or ready-made bytes (`bytes`, written as is
+// before transforms).
+struct StoreItem {
+  bool is_tensor = false;
+  TensorView tensor;                   // is_tensor: any dense layout
+  std::span<const uint8_t> bytes;      // !is_tensor
+  std::string name;                    // for errors (the FQN)
+};
+
+struct StoreOptions {
+  bool checksums = true;                // CRC-32 in the tensor archives
+  bool sync = true;                     // fsync the file before returning
+  std::vector<std::string> transforms;  // descriptors, in application order
+  int compression_level = 1;
+};
+
+// Creates `dir/name` (replacing nothing: AlreadyExists if present) and
+// writes `items` back to back in order. Returns one StorageInfo per item
+// (relative_path = name). Calls on_item(i, bytes_in) after item i is
+// written, from this thread. Memory: the caller's tensors are not copied
+// (zip headers and tensor bytes leave in one vectored write); with
+// transforms, a few MiB of buffers per call. On error the partial file is
+// left for the caller to remove, and the error names the item and the file.
+Result<std::vector<StorageInfo>> WriteDataFile(
+    const std::string& dir, const std::string& name, std::span<const StoreItem> items,
+    const StoreOptions& options,
+    const std::function<void(size_t, uint64_t)>& on_item = nullptr);
+
+// Reads one item's stored bytes and undoes its transforms: the item's
+// torch.save archive. `max_bytes` caps what the result may grow to (the
+// decoder's allocation bound for untrusted transformed data). DataLoss when
+// the recorded range lies outside the file or the transformed data is
+// corrupt; errors name the item (`name`) and the file.
+Result<std::string> ReadItem(const std::string& dir, const StorageInfo& storage,
+                             std::string_view name, uint64_t max_bytes);
+
+// Where a piece of a saved tensor chunk goes: `dst` receives the part of the
+// chunk inside `box` (global coordinates, lying inside the chunk).
+struct ChunkTarget {
+  TensorView dst;               // shape == box sizes
+  std::vector<int64_t> box_offsets;
+  std::vector<int64_t> box_sizes;
+};
+
+// Fills `targets` from one saved tensor chunk: `chunk` (its global offsets,
+// sizes and storage) of the tensor `name` with dtype `dtype`. Untransformed
+// chunks are read partially: only the byte ranges the targets need (a
+// contiguous target whose box is a contiguous run of the chunk is read
+// straight into its memory); transformed chunks are read and decoded whole.
+// At most `buffer_limit` bytes of scratch memory per call beyond one
+// decoded transformed chunk. Checks the archive against the metadata
+// (dtype, shape): DataLoss naming the tensor, its chunk and the file.
+Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
+                 std::span<const ChunkTarget> targets, uint64_t buffer_limit = 64 << 20);
+
+}  // namespace dcpp::engine
+
+#endif  // DCPP_ENGINE_STORAGE_H_
