@@ -3,6 +3,7 @@
 // tests/interop/manifest.py, so pytest can compare dcpp with real torch.
 //
 //   dcpp_interop save MANIFEST_DIR CKPT [--thread-count N] [--file-per-item] [--no-overwrite]
+//                [--transform DESCRIPTOR]...
 //   dcpp_interop load-all CKPT OUT_DIR
 //   dcpp_interop load-into MANIFEST_DIR CKPT OUT_DIR [--allow-partial-load]
 //   dcpp_interop save-sharded MANIFEST_DIR CKPT --ranks N [--dim D] [--thread-count T]
@@ -169,9 +170,17 @@ Result<json::Json> Encode(const Value& v, const std::string& dir, int& counter) 
     return json::Json(std::move(a));
   };
   switch (v.kind()) {
-    case Value::Kind::kNone: o.Set("t", "none"); break;
-    case Value::Kind::kBool: o.Set("t", "bool"); o.Set("v", v.as_bool()); break;
-    case Value::Kind::kInt: o.Set("t", "int"); o.Set("v", v.as_int()); break;
+    case Value::Kind::kNone:
+      o.Set("t", "none");
+      break;
+    case Value::Kind::kBool:
+      o.Set("t", "bool");
+      o.Set("v", v.as_bool());
+      break;
+    case Value::Kind::kInt:
+      o.Set("t", "int");
+      o.Set("v", v.as_int());
+      break;
     case Value::Kind::kFloat: {
       double d = v.as_float();
       uint64_t bits;
@@ -182,8 +191,14 @@ Result<json::Json> Encode(const Value& v, const std::string& dir, int& counter) 
       o.Set("bits", ToHex(be));
       break;
     }
-    case Value::Kind::kString: o.Set("t", "str"); o.Set("v", v.as_string()); break;
-    case Value::Kind::kBytes: o.Set("t", "bytes"); o.Set("hex", ToHex(v.as_string())); break;
+    case Value::Kind::kString:
+      o.Set("t", "str");
+      o.Set("v", v.as_string());
+      break;
+    case Value::Kind::kBytes:
+      o.Set("t", "bytes");
+      o.Set("hex", ToHex(v.as_string()));
+      break;
     case Value::Kind::kList:
     case Value::Kind::kTuple: {
       o.Set("t", v.kind() == Value::Kind::kList ? "list" : "tuple");
@@ -202,8 +217,8 @@ Result<json::Json> Encode(const Value& v, const std::string& dir, int& counter) 
     case Value::Kind::kTensor: {
       DCPP_ASSIGN_OR_RETURN(dcpp::Tensor t, v.tensor().Clone());  // contiguous
       const std::string file = std::to_string(counter++) + ".bin";
-      DCPP_RETURN_IF_ERROR(
-          WriteFile(dir + "/" + file, std::string_view(static_cast<const char*>(t.data()), t.nbytes())));
+      DCPP_RETURN_IF_ERROR(WriteFile(
+          dir + "/" + file, std::string_view(static_cast<const char*>(t.data()), t.nbytes())));
       json::Array shape, strides;
       for (int64_t d : t.shape()) shape.push_back(d);
       for (int64_t s : t.strides()) strides.push_back(s);
@@ -527,7 +542,11 @@ Status Run(int argc, char** argv) {
     DCPP_ASSIGN_OR_RETURN(Value sd, ReadManifest(argv[2]));
     dcpp::SaveOptions o;
     for (int i = 4; i + 1 < argc; ++i)
-      if (!std::strcmp(argv[i], "--thread-count")) o.thread_count = std::atoi(argv[i + 1]);
+      if (!std::strcmp(argv[i], "--thread-count")) {
+        o.thread_count = std::atoi(argv[i + 1]);
+      } else if (!std::strcmp(argv[i], "--transform")) {
+        o.transforms.push_back(argv[i + 1]);
+      }
     o.single_file_per_rank = !HasFlag(argc, argv, "--file-per-item");
     o.overwrite = !HasFlag(argc, argv, "--no-overwrite");
     return dcpp::Save(sd, argv[3], o).status();

@@ -51,8 +51,9 @@ def write_manifest(value, directory):
             name = f"{counter[0]}.bin"
             counter[0] += 1
             storage = v.untyped_storage()
+            raw = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
             with open(os.path.join(directory, name), "wb") as f:
-                f.write(bytes(storage))
+                f.write(raw.numpy().tobytes())
             return {
                 "t": "tensor",
                 "dtype": str(v.dtype).removeprefix("torch."),

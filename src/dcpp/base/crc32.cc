@@ -6,9 +6,77 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace dcpp {
+namespace {
+
+#if defined(__x86_64__)
+// CRC-32 by carry-less multiplication: folds 64 bytes per step with PCLMULQDQ
+// (Gopal et al., "Fast CRC Computation for Generic Polynomials Using
+// PCLMULQDQ Instruction", Intel, 2009), several times faster than zlib's
+// table-driven loop, so that checksumming a save costs little next to the
+// write. Constants are the bit-reflected fold and Barrett constants for the
+// IEEE polynomial. `state` is the raw (un-inverted) CRC register; `n` is a
+// multiple of 16 and at least 64.
+#define DCPP_PCLMUL __attribute__((target("pclmul,sse4.1")))
+DCPP_PCLMUL inline __m128i Load16(const uint8_t* q) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+}
+// x * k (the high and low halves by their constants), plus `next`.
+DCPP_PCLMUL inline __m128i Fold(__m128i x, __m128i k, __m128i next) {
+  return _mm_xor_si128(
+      _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), next);
+}
+
+DCPP_PCLMUL uint32_t FoldPclmul(const uint8_t* p, size_t n, uint32_t state) {
+  const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596, 0x154442bd4);
+  const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0);
+  const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124);
+  const __m128i poly_mu = _mm_set_epi64x(0x1f7011641, 0x1db710641);
+  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
+  __m128i x1 = _mm_xor_si128(Load16(p), _mm_cvtsi32_si128(static_cast<int>(state)));
+  __m128i x2 = Load16(p + 16), x3 = Load16(p + 32), x4 = Load16(p + 48);
+  p += 64;
+  n -= 64;
+  for (; n >= 64; n -= 64, p += 64) {
+    x1 = Fold(x1, k1k2, Load16(p));
+    x2 = Fold(x2, k1k2, Load16(p + 16));
+    x3 = Fold(x3, k1k2, Load16(p + 32));
+    x4 = Fold(x4, k1k2, Load16(p + 48));
+  }
+  x1 = Fold(x1, k3k4, x2);
+  x1 = Fold(x1, k3k4, x3);
+  x1 = Fold(x1, k3k4, x4);
+  for (; n >= 16; n -= 16, p += 16) x1 = Fold(x1, k3k4, Load16(p));
+  // 128 -> 64 bits.
+  __m128i x = _mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x10), _mm_srli_si128(x1, 8));
+  // 64 -> 32 bits.
+  x = _mm_xor_si128(_mm_srli_si128(x, 4), _mm_clmulepi64_si128(_mm_and_si128(x, mask32), k5, 0x00));
+  // Barrett reduction.
+  __m128i t = _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x, mask32), poly_mu, 0x10), mask32);
+  x = _mm_xor_si128(x, _mm_clmulepi64_si128(t, poly_mu, 0x00));
+  return static_cast<uint32_t>(_mm_extract_epi32(x, 1));
+}
+
+bool HavePclmul() {
+  static const bool have = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+  return have;
+}
+#endif
+
+}  // namespace
 
 uint32_t Crc32(std::span<const uint8_t> data, uint32_t seed) {
+#if defined(__x86_64__)
+  if (data.size() >= 256 && HavePclmul()) {
+    const size_t n = data.size() & ~size_t{15};
+    seed = ~FoldPclmul(data.data(), n, ~seed);
+    data = data.subspan(n);
+  }
+#endif
   // zlib's crc32 takes a uInt length; feed it at most 1 GiB at a time.
   constexpr size_t kMaxChunk = size_t{1} << 30;
   uLong crc = seed;

@@ -5,9 +5,10 @@
 #include <unordered_map>
 
 #include "dcpp/base/thread_pool.h"
+#include "dcpp/checkpoint.h"
+#include "dcpp/engine/storage.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/metadata_codec.h"
-#include "dcpp/checkpoint.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
 #include "dcpp/io/file.h"
@@ -40,63 +41,27 @@ struct BytesTask {
   Value* slot;
 };
 
-// Reads the stored bytes of one item, after checking the recorded range
-// against the file (metadata is untrusted: never allocate what the file
-// cannot hold).
-Result<std::string> ReadStored(const std::string& dir, const StorageInfo& s, std::string_view fqn) {
-  if (!s.transform_descriptors.empty()) {
-    std::string list;
-    for (const auto& d : s.transform_descriptors) list += (list.empty() ? "" : ", ") + d;
-    return UnimplementedError(Quoted(fqn) + " is stored through stream transforms [" + list +
-                              "], which this build of dcpp cannot undo (known transforms: none)");
-  }
-  DCPP_ASSIGN_OR_RETURN(std::string path, io::ResolveDataPath(dir, s.relative_path));
-  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::OpenForRead(path));
-  DCPP_ASSIGN_OR_RETURN(uint64_t size, file.Size());
-  if (s.offset > size || s.length > size - s.offset)
-    return DataLossError(Quoted(fqn) + " is stored at bytes [" + std::to_string(s.offset) + ", " +
-                         std::to_string(s.offset + s.length) + ") of " + path + ", which has only " +
-                         std::to_string(size) + " bytes (truncated file?)");
-  std::string buf(s.length, '\0');
-  DCPP_RETURN_IF_ERROR(file.ReadAt(
-      s.offset, std::span<uint8_t>(reinterpret_cast<uint8_t*>(buf.data()), buf.size())));
-  return buf;
-}
-
 Status RunChunkTask(const std::string& dir, const ChunkTask& task) {
   const EntryMeta& e = *task.entry;
   const ChunkMeta& c = e.chunks[task.chunk];
-  const std::string where = Quoted(e.fqn) + " chunk at offsets " + ShapeToString(c.offsets) +
-                            " (" + c.storage.relative_path + ")";
-  DCPP_ASSIGN_OR_RETURN(std::string blob, ReadStored(dir, c.storage, e.fqn));
-  auto decoded = format::DecodeTensorArchive(format::zip::AsBytes(blob));
-  if (!decoded.ok()) return decoded.status().WithContext(where);
-  if (decoded->dtype != e.properties.dtype || decoded->shape != c.sizes)
-    return DataLossError(where + ": stored tensor is " + std::string(TorchName(decoded->dtype)) +
-                         " " + ShapeToString(decoded->shape) + " but the metadata says " +
-                         std::string(TorchName(e.properties.dtype)) + " " +
-                         ShapeToString(c.sizes));
-  TensorView src;
-  src.dtype = decoded->dtype;
-  src.shape = decoded->shape;
-  src.strides = decoded->strides;
-  src.data = const_cast<uint8_t*>(decoded->storage.data()) +
-             decoded->storage_offset * static_cast<int64_t>(ElementSize(src.dtype));
   const plan::Box chunk_box{c.offsets, c.sizes};
+  std::vector<engine::ChunkTarget> targets;
   for (const TensorTarget& t : task.targets) {
     auto overlap = plan::Intersect(chunk_box, t.box);
     if (!overlap) continue;
-    DCPP_RETURN_IF_ERROR(CopyTensor(plan::SubView(src, chunk_box, *overlap),
-                                    plan::SubView(t.view, t.box, *overlap))
-                             .WithContext(where));
+    targets.push_back({plan::SubView(t.view, t.box, *overlap), overlap->offsets, overlap->sizes});
   }
-  return Status();
+  return engine::ReadChunk(dir, e.fqn, e.properties.dtype, c, targets);
 }
 
 Status RunBytesTask(const std::string& dir, const BytesTask& task) {
-  DCPP_ASSIGN_OR_RETURN(std::string blob, ReadStored(dir, task.entry->storage, task.entry->fqn));
+  const StorageInfo& s = task.entry->storage;
+  // A pickled value expands at most this much through its transforms (a cap
+  // against decompression bombs, far above what real values need).
+  const uint64_t cap = std::min<uint64_t>(s.length, uint64_t{1} << 32) * 64 + (uint64_t{64} << 20);
+  DCPP_ASSIGN_OR_RETURN(std::string blob, engine::ReadItem(dir, s, task.entry->fqn, cap));
   auto value = format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(task.entry->fqn));
-  if (!value.ok()) return value.status().WithContext(task.entry->storage.relative_path);
+  if (!value.ok()) return value.status().WithContext(s.relative_path);
   *task.slot = std::move(*value);
   return Status();
 }
@@ -254,12 +219,13 @@ Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
     if (leaf.is_sharded()) {
       const ShardedTensor& st = leaf.sharded();
       if (st.global_shape != e.size)
-        return InvalidArgumentError(Quoted(e.fqn) + ": shape mismatch: the checkpoint holds " +
-                                    ShapeToString(e.size) + ", the sharded tensor's global shape is " +
-                                    ShapeToString(st.global_shape));
+        return InvalidArgumentError(
+            Quoted(e.fqn) + ": shape mismatch: the checkpoint holds " + ShapeToString(e.size) +
+            ", the sharded tensor's global shape is " + ShapeToString(st.global_shape));
       for (const auto& shard : st.shards) {
         DCPP_RETURN_IF_ERROR(CheckDType(e, shard.local));
-        DCPP_RETURN_IF_ERROR(plan.AddTensor(e, {shard.local.view(), {shard.offsets, shard.local.shape()}}));
+        DCPP_RETURN_IF_ERROR(
+            plan.AddTensor(e, {shard.local.view(), {shard.offsets, shard.local.shape()}}));
       }
       continue;
     }
@@ -277,7 +243,8 @@ Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
   }
   if (!missing.empty() && !o.allow_partial_load) {
     std::string list;
-    for (size_t i = 0; i < missing.size() && i < 5; ++i) list += (i ? ", " : "") + Quoted(missing[i]);
+    for (size_t i = 0; i < missing.size() && i < 5; ++i)
+      list += (i ? ", " : "") + Quoted(missing[i]);
     if (missing.size() > 5) list += ", ...";
     return NotFoundError("checkpoint " + dir + " lacks " + std::to_string(missing.size()) +
                          " key(s) of the state dict: " + list +
@@ -312,7 +279,8 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
     for (auto& [i, obj] : stateful) {
       auto sd = obj->StateDict();
       if (!sd.ok()) {
-        local = sd.status().WithContext("Stateful '" + working.dict().keys()[i].DebugString() + "'");
+        local =
+            sd.status().WithContext("Stateful '" + working.dict().keys()[i].DebugString() + "'");
         break;
       }
       working.dict().mutable_values()[i] = std::move(*sd);

@@ -9,12 +9,14 @@
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/items.h"
+#include "dcpp/engine/storage.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
 #include "dcpp/io/file.h"
 #include "dcpp/plan/flatten.h"
 #include "dcpp/plan/save_planner.h"
+#include "dcpp/transform/transform.h"
 
 namespace dcpp {
 namespace {
@@ -93,35 +95,32 @@ class ProgressReporter {
 };
 
 // Writes one data file: its items back to back, each a torch.save archive.
-Status WriteDataFile(const std::string& dir, const std::string& name,
-                     const std::vector<size_t>& item_ids,
-                     const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
-                     ProgressReporter& progress) {
-  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::CreateForWrite(io::JoinPath(dir, name)));
-  format::zip::WriteOptions zip_options;
-  zip_options.compute_crc32 = o.checksums;
-  uint64_t offset = 0;
-  std::vector<std::span<const uint8_t>> pieces;
-  for (size_t id : item_ids) {
-    engine::WriteItem& item = *items[id];
-    format::zip::Layout layout;
+Status WriteOneFile(const std::string& dir, const std::string& name,
+                    const std::vector<size_t>& item_ids,
+                    const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
+                    ProgressReporter& progress) {
+  std::vector<engine::StoreItem> store(item_ids.size());
+  for (size_t k = 0; k < item_ids.size(); ++k) {
+    const engine::WriteItem& item = *items[item_ids[k]];
+    store[k].is_tensor = item.is_tensor();
     if (item.is_tensor()) {
-      layout = format::EncodeTensorArchive(item.tensor.view(), zip_options);
-      pieces.clear();
-      for (const auto& p : layout.pieces)
-        pieces.push_back(p.is_borrowed ? p.borrowed : format::zip::AsBytes(p.owned));
+      store[k].tensor = item.tensor.view();
     } else {
-      pieces.assign(1, format::zip::AsBytes(item.blob));
+      store[k].bytes = format::zip::AsBytes(item.blob);
     }
-    uint64_t length = 0;
-    for (const auto& p : pieces) length += p.size();
-    DCPP_RETURN_IF_ERROR(file.WriteVAt(offset, pieces).WithContext("saving '" + item.fqn + "'"));
-    item.storage = {name, offset, length, {}};
-    offset += length;
-    progress.Add(item.nbytes(), 1);
+    store[k].name = item.fqn;
   }
-  if (o.sync_files) DCPP_RETURN_IF_ERROR(file.Sync());
-  return file.Close();
+  engine::StoreOptions so;
+  so.checksums = o.checksums;
+  so.sync = o.sync_files;
+  so.transforms = o.transforms;
+  so.compression_level = o.compression_level;
+  DCPP_ASSIGN_OR_RETURN(std::vector<StorageInfo> infos,
+                        engine::WriteDataFile(dir, name, store, so, [&](size_t, uint64_t bytes) {
+                          progress.Add(bytes, 1);
+                        }));
+  for (size_t k = 0; k < item_ids.size(); ++k) items[item_ids[k]]->storage = std::move(infos[k]);
+  return Status();
 }
 
 // Removes data files of the checkpoint being replaced that the new one does
@@ -217,6 +216,8 @@ std::string EncodeWriteResults(const Status& status, const std::vector<engine::W
       w.Str(items[k].storage.relative_path);
       w.U64(items[k].storage.offset);
       w.U64(items[k].storage.length);
+      w.U64(items[k].storage.transform_descriptors.size());
+      for (const auto& d : items[k].storage.transform_descriptors) w.Str(d);
     }
   }
   return w.Take();
@@ -232,6 +233,14 @@ Status DecodeWriteResults(std::string_view data, Status* rank_status,
     DCPP_ASSIGN_OR_RETURN(s.relative_path, r.Str());
     DCPP_ASSIGN_OR_RETURN(s.offset, r.U64());
     DCPP_ASSIGN_OR_RETURN(s.length, r.U64());
+    DCPP_ASSIGN_OR_RETURN(uint64_t transforms, r.U64());
+    if (transforms > 64)
+      return DataLossError("write results: " + std::to_string(transforms) +
+                           " transforms on one item");
+    for (uint64_t t = 0; t < transforms; ++t) {
+      DCPP_ASSIGN_OR_RETURN(std::string d, r.Str());
+      s.transform_descriptors.push_back(std::move(d));
+    }
     out->push_back(std::move(s));
   }
   return Status();
@@ -273,7 +282,7 @@ Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
   DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
   Status s = ParallelFor(files.size(), o.thread_count, [&](size_t f) {
     started[f] = true;
-    return WriteDataFile(dir, names[f], files[f], mine, o, progress);
+    return WriteOneFile(dir, names[f], files[f], mine, o, progress);
   });
   for (size_t f = 0; f < files.size(); ++f)
     if (started[f]) created->push_back(io::JoinPath(dir, names[f]));
@@ -296,6 +305,13 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
                                  std::to_string(o.thread_count));
   else if (dir.empty())
     local = InvalidArgumentError("checkpoint path is empty");
+  if (local.ok() && !o.transforms.empty()) {
+    // Reject an unknown transform before anything is written.
+    std::vector<std::string> recorded;
+    auto probe = transform::NewEncoder(
+        o.transforms, {}, [](auto) { return Status(); }, &recorded);
+    if (!probe.ok()) local = probe.status().WithContext("SaveOptions.transforms");
+  }
   std::vector<engine::WriteItem> items;
   Value resolved;
   if (local.ok()) {

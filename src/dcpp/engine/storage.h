@@ -38,8 +38,8 @@ struct StoreOptions {
   int compression_level = 1;
 };
 
-// Creates `dir/name` (replacing nothing: AlreadyExists if present) and
-// writes `items` back to back in order. Returns one StorageInfo per item
+// Creates (or truncates) `dir/name` and writes `items` back to back in
+// order. Returns one StorageInfo per item
 // (relative_path = name). Calls on_item(i, bytes_in) after item i is
 // written, from this thread. Memory: the caller's tensors are not copied
 // (zip headers and tensor bytes leave in one vectored write); with

@@ -1027,9 +1027,8 @@ Result<std::string> EncodeValueArchive(const Value& value) {
   return zip::LayOut(records, options).Flatten();
 }
 
-Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive) {
+Result<DecodedTensor> DescribeTensorArchive(const zip::Reader& reader) {
   auto run = [&]() -> Result<DecodedTensor> {
-    DCPP_ASSIGN_OR_RETURN(zip::Reader reader, zip::Reader::Open(archive));
     DCPP_ASSIGN_OR_RETURN(ArchiveInfo info, CheckArchive(reader));
     pk::ParseOptions options;
     options.allow_global = TensorArchiveGlobal;
@@ -1044,12 +1043,12 @@ Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive) {
     GraphReader reader_graph(graph);
     DCPP_ASSIGN_OR_RETURN(TensorSpec spec, reader_graph.Tensor(graph.root));
     const std::string name = "data/" + spec.storage.key;
-    Result<zip::Bytes> record = reader.Read(name);
+    Result<const zip::Entry*> record = reader.Stat(name);
     if (!record.ok() && record.status().code() == StatusCode::kNotFound) {
       return DataLossError("archive has no record " + name + " for the tensor's storage");
     }
     DCPP_RETURN_IF_ERROR(record.status());
-    DCPP_RETURN_IF_ERROR(CheckExtent(spec, record->size()));
+    DCPP_RETURN_IF_ERROR(CheckExtent(spec, (*record)->compressed_size));
     if (info.swap && ElementSize(spec.dtype) > 1 && NumElements(spec.shape) != 0) {
       return UnimplementedError("tensor archive is stored big-endian; reading it needs a copy");
     }
@@ -1060,13 +1059,22 @@ Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive) {
     out.strides = std::move(spec.strides);
     out.storage_offset = spec.storage_offset;
     out.storage_record_offset = offset;
-    out.storage_nbytes = record->size();
-    out.storage = *record;
+    out.storage_nbytes = (*record)->compressed_size;
     return out;
   };
   Result<DecodedTensor> r = run();
   if (!r.ok()) return r.status().WithContext("torch.save tensor archive");
   return r;
+}
+
+Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive) {
+  Result<zip::Reader> reader = zip::Reader::Open(archive);
+  if (!reader.ok()) return reader.status().WithContext("torch.save tensor archive");
+  DCPP_ASSIGN_OR_RETURN(DecodedTensor out, DescribeTensorArchive(*reader));
+  // Describe checked the record's range against the archive.
+  out.storage = archive.subspan(static_cast<size_t>(out.storage_record_offset),
+                                static_cast<size_t>(out.storage_nbytes));
+  return out;
 }
 
 Result<Value> DecodeValueArchive(zip::Bytes archive, std::string_view fqn_for_errors) {

@@ -78,6 +78,13 @@ struct DecodedTensor {
 // Thread-safe.
 Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive);
 
+// As DecodeTensorArchive, from a zip::Reader (e.g. one reading a file
+// piecewise), without reading the storage record: the result's `storage` is
+// empty; storage_record_offset and storage_nbytes say where the bytes are
+// (checked to lie inside the archive, and to hold every element the tensor
+// addresses). Thread-safe.
+Result<DecodedTensor> DescribeTensorArchive(const zip::Reader& reader);
+
 // Builds the complete torch.save archive (pickle protocol 2, as torch.save
 // writes BYTE_IO items) of the Python object equivalent to `value`:
 //   None/bool/int/float/str -> the same; bytes -> bytes (through

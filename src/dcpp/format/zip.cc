@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <utility>
 
 #include "dcpp/base/crc32.h"
@@ -633,27 +635,70 @@ Result<uint64_t> DataOffset(Bytes local_header, const Entry& entry, uint64_t arc
   return data_offset;
 }
 
-namespace {
-
-Result<uint64_t> DataOffsetIn(Bytes archive, const Entry& e) {
-  if (e.local_header_offset > archive.size()) {
-    return DataLossError("zip local header of " + Quote(e.name) + " at byte " +
-                         Str(e.local_header_offset) + " is past the archive's end");
-  }
-  return DataOffset(archive.subspan(static_cast<size_t>(e.local_header_offset)), e, archive.size());
-}
-
-}  // namespace
+struct Reader::Ranged {
+  ReadAtFn read_at;
+  uint64_t max_read = 0;
+  uint64_t head_offset = 0, tail_offset = 0;
+  std::string head, tail;
+  std::mutex mu;
+  std::deque<std::string> fetched;  // deque: growing it never moves earlier strings
+};
 
 Result<Reader> Reader::Open(Bytes archive) {
   const size_t tail_size = std::min(archive.size(), kMaxTailBytes);
-  DCPP_ASSIGN_OR_RETURN(const EndRecord end, ParseEnd(archive.last(tail_size), archive.size()));
-  // ParseEnd checked that the central directory lies inside the archive.
-  const Bytes cd =
-      archive.subspan(static_cast<size_t>(end.cd_offset), static_cast<size_t>(end.cd_size));
-  DCPP_ASSIGN_OR_RETURN(Directory dir, ParseCentralDirectory(cd, end, archive.size()));
-  Reader reader;
+  Reader source;
+  source.archive_ = archive;
+  source.archive_size_ = archive.size();
+  DCPP_ASSIGN_OR_RETURN(Reader reader, FromEnd(archive.last(tail_size), archive.size(),
+                                               [&](uint64_t offset, uint64_t length) {
+                                                 return source.BytesAt(offset, length);
+                                               }));
   reader.archive_ = archive;
+  reader.archive_size_ = archive.size();
+  return reader;
+}
+
+Result<Reader> Reader::OpenRanged(uint64_t archive_size, ReadAtFn read_at, uint64_t max_read) {
+  auto ranged = std::make_shared<Ranged>();
+  ranged->read_at = std::move(read_at);
+  ranged->max_read = max_read;
+  constexpr uint64_t kWindow = uint64_t{64} << 10;
+  const uint64_t head_size = std::min(archive_size, kWindow);
+  const uint64_t tail_size = std::min<uint64_t>(archive_size, kMaxTailBytes);
+  DCPP_ASSIGN_OR_RETURN(ranged->head, ranged->read_at(0, head_size));
+  ranged->tail_offset = archive_size - tail_size;
+  if (ranged->tail_offset < head_size) {
+    ranged->tail_offset = 0;  // small archive: the head window is all of it
+    if (head_size < archive_size) {
+      DCPP_ASSIGN_OR_RETURN(ranged->tail, ranged->read_at(0, archive_size));
+    } else {
+      ranged->tail = ranged->head;
+    }
+  } else {
+    DCPP_ASSIGN_OR_RETURN(ranged->tail, ranged->read_at(ranged->tail_offset, tail_size));
+  }
+  if (ranged->head.size() != head_size || ranged->tail.size() != archive_size - ranged->tail_offset)
+    return InternalError("zip reader: read_at returned the wrong number of bytes");
+  Reader reader;
+  reader.archive_size_ = archive_size;
+  reader.ranged_ = ranged;
+  const Bytes tail = AsBytes(ranged->tail).last(static_cast<size_t>(tail_size));
+  DCPP_ASSIGN_OR_RETURN(Reader opened,
+                        FromEnd(tail, archive_size, [&](uint64_t offset, uint64_t length) {
+                          return reader.BytesAt(offset, length);
+                        }));
+  opened.archive_size_ = archive_size;
+  opened.ranged_ = std::move(ranged);
+  return opened;
+}
+
+Result<Reader> Reader::FromEnd(Bytes tail, uint64_t archive_size,
+                               const std::function<Result<Bytes>(uint64_t, uint64_t)>& bytes_at) {
+  DCPP_ASSIGN_OR_RETURN(const EndRecord end, ParseEnd(tail, archive_size));
+  // ParseEnd checked that the central directory lies inside the archive.
+  DCPP_ASSIGN_OR_RETURN(const Bytes cd, bytes_at(end.cd_offset, end.cd_size));
+  DCPP_ASSIGN_OR_RETURN(Directory dir, ParseCentralDirectory(cd, end, archive_size));
+  Reader reader;
   reader.dir_ = std::move(dir);
   const std::vector<Entry>& entries = reader.dir_.entries;
   reader.by_name_.resize(entries.size());
@@ -663,7 +708,35 @@ Result<Reader> Reader::Open(Bytes archive) {
   return reader;
 }
 
-Result<const Entry*> Reader::Lookup(std::string_view record_name) const {
+Result<Bytes> Reader::BytesAt(uint64_t offset, uint64_t length) const {
+  uint64_t end = 0;
+  if (AddOverflows(offset, length, &end) || end > archive_size_) {
+    return DataLossError("zip bytes [" + Str(offset) + ", +" + Str(length) +
+                         ") lie past the archive's end at " + Str(archive_size_));
+  }
+  if (!ranged_) return archive_.subspan(static_cast<size_t>(offset), static_cast<size_t>(length));
+  Ranged& r = *ranged_;
+  if (end <= r.head.size()) {
+    return AsBytes(r.head).subspan(static_cast<size_t>(offset), static_cast<size_t>(length));
+  }
+  if (offset >= r.tail_offset) {
+    return AsBytes(r.tail).subspan(static_cast<size_t>(offset - r.tail_offset),
+                                   static_cast<size_t>(length));
+  }
+  if (length > r.max_read) {
+    return ResourceExhaustedError("zip record bytes [" + Str(offset) + ", +" + Str(length) +
+                                  ") are larger than this reader fetches (" + Str(r.max_read) +
+                                  ")");
+  }
+  DCPP_ASSIGN_OR_RETURN(std::string bytes, r.read_at(offset, length));
+  if (bytes.size() != length)
+    return InternalError("zip reader: read_at returned the wrong number of bytes");
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.fetched.push_back(std::move(bytes));
+  return AsBytes(r.fetched.back());
+}
+
+Result<const Entry*> Reader::Stat(std::string_view record_name) const {
   const std::vector<Entry>& entries = dir_.entries;
   const auto it = std::lower_bound(
       by_name_.begin(), by_name_.end(), record_name,
@@ -684,14 +757,21 @@ Result<const Entry*> Reader::Lookup(std::string_view record_name) const {
 }
 
 Result<Bytes> Reader::Read(std::string_view record_name) const {
-  DCPP_ASSIGN_OR_RETURN(const Entry* e, Lookup(record_name));
-  DCPP_ASSIGN_OR_RETURN(const uint64_t offset, DataOffsetIn(archive_, *e));
-  return archive_.subspan(static_cast<size_t>(offset), static_cast<size_t>(e->compressed_size));
+  DCPP_ASSIGN_OR_RETURN(const Entry* e, Stat(record_name));
+  DCPP_ASSIGN_OR_RETURN(const uint64_t offset, Offset(record_name));
+  return BytesAt(offset, e->compressed_size);
 }
 
 Result<uint64_t> Reader::Offset(std::string_view record_name) const {
-  DCPP_ASSIGN_OR_RETURN(const Entry* e, Lookup(record_name));
-  return DataOffsetIn(archive_, *e);
+  DCPP_ASSIGN_OR_RETURN(const Entry* e, Stat(record_name));
+  if (e->local_header_offset > archive_size_) {
+    return DataLossError("zip local header of " + Quote(e->name) + " at byte " +
+                         Str(e->local_header_offset) + " is past the archive's end");
+  }
+  const uint64_t header =
+      std::min<uint64_t>(kLocalHeaderSize, archive_size_ - e->local_header_offset);
+  DCPP_ASSIGN_OR_RETURN(const Bytes local, BytesAt(e->local_header_offset, header));
+  return DataOffset(local, *e, archive_size_);
 }
 
 }  // namespace dcpp::format::zip

@@ -13,6 +13,8 @@
 #define DCPP_FORMAT_ZIP_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -155,9 +157,14 @@ Result<Directory> ParseCentralDirectory(Bytes cd, const EndRecord& end, uint64_t
 // signature is wrong, or the data would end past `archive_size`.
 Result<uint64_t> DataOffset(Bytes local_header, const Entry& entry, uint64_t archive_size);
 
-// Convenience over an archive held entirely in memory. Borrows `archive`,
-// which must outlive the Reader and every span Read returns. Open checks the
-// end records and the central directory; each Read checks its local header.
+// Fetches `length` bytes at `offset` of an archive that is not held in
+// memory (a range of a file). Must return exactly `length` bytes or an error.
+using ReadAtFn = std::function<Result<std::string>(uint64_t offset, uint64_t length)>;
+
+// Reads records of a stored-only zip archive: either one held entirely in
+// memory (Open; borrows `archive`, which must outlive the Reader and every
+// span Read returns) or one read piecewise (OpenRanged). Open checks the end
+// records and the central directory; each Read checks its local header.
 // CRCs are not verified (torch's reader does not either, and torch writes 0
 // when CRCs are disabled). Const methods are thread-safe.
 class Reader {
@@ -166,17 +173,36 @@ class Reader {
   // zip archive. An archive with no entries opens, and every Read is NotFound.
   static Result<Reader> Open(Bytes archive);
 
+  // An archive of `archive_size` bytes read through `read_at`: the first and
+  // last 64 KiB are fetched now (where the end records, the central directory
+  // and small records such as data.pkl lie), anything else when Read asks.
+  // Read returns views into bytes the Reader owns (valid for its lifetime)
+  // and refuses records larger than `max_read` bytes (ResourceExhausted): a
+  // caller wanting part of a large record uses Stat/Offset and fetches the
+  // bytes itself. Errors of read_at are returned as they are.
+  static Result<Reader> OpenRanged(uint64_t archive_size, ReadAtFn read_at, uint64_t max_read);
+
   const Directory& directory() const { return dir_; }
-  // The data of a stored record, a view into the archive. NotFound if absent;
-  // Unimplemented for a compressed or encrypted record; DataLoss if out of range.
+  uint64_t archive_size() const { return archive_size_; }
+  // The data of a stored record. NotFound if absent; Unimplemented for a
+  // compressed or encrypted record; DataLoss if out of range.
   Result<Bytes> Read(std::string_view record_name) const;
   // Offset within the archive where `record_name`'s data starts; errors as Read.
   Result<uint64_t> Offset(std::string_view record_name) const;
+  // The directory entry of a readable record (its size is compressed_size);
+  // errors as Read.
+  Result<const Entry*> Stat(std::string_view record_name) const;
 
  private:
-  Result<const Entry*> Lookup(std::string_view record_name) const;
+  struct Ranged;  // OpenRanged's source and the bytes it fetched
+  static Result<Reader> FromEnd(Bytes tail, uint64_t archive_size,
+                                const std::function<Result<Bytes>(uint64_t, uint64_t)>& bytes_at);
+  // `length` bytes at `offset` (checked against the archive).
+  Result<Bytes> BytesAt(uint64_t offset, uint64_t length) const;
 
   Bytes archive_;
+  uint64_t archive_size_ = 0;
+  std::shared_ptr<Ranged> ranged_;
   Directory dir_;
   std::vector<uint32_t> by_name_;  // indices into dir_.entries, sorted by name
 };

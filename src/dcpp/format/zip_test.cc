@@ -235,6 +235,21 @@ TEST(Crc32, StandardCheckValue) {
   EXPECT_EQ(Crc32(AsBytes("6789"), Crc32(AsBytes("12345"))), 0xCBF43926u);
 }
 
+TEST(Crc32, MatchesZlibAtManyLengthsAlignmentsAndSeeds) {
+  // Covers the carry-less-multiplication path (>= 256 bytes) and its tails.
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> buf(1 << 20);
+  for (auto& b : buf) b = static_cast<uint8_t>(rng());
+  for (int i = 0; i < 3000; ++i) {
+    const size_t offset = rng() % 64;
+    const size_t length = i < 600 ? static_cast<size_t>(i) : rng() % (buf.size() - 64);
+    const uint32_t seed = i % 2 ? static_cast<uint32_t>(rng()) : 0;
+    ASSERT_EQ(Crc32({buf.data() + offset, length}, seed),
+              crc32(seed, buf.data() + offset, static_cast<uInt>(length)))
+        << "length " << length << " offset " << offset;
+  }
+}
+
 TEST(Crc32, CombineMatchesConcatenation) {
   std::mt19937 rng(7);
   for (size_t split : {size_t{0}, size_t{1}, size_t{100}, size_t{999}, size_t{1000}}) {
@@ -393,6 +408,50 @@ TEST(ZipWriter, SingleTensorArchiveIsOwnedBorrowedOwned) {
   EXPECT_FALSE(layout.pieces[2].is_borrowed);
   EXPECT_EQ(layout.pieces[1].borrowed.data(), reinterpret_cast<const uint8_t*>(big.data()));
   EXPECT_EQ(layout.pieces[0].size() % 64, 0u);  // the tensor starts aligned
+}
+
+TEST(ZipReader, RangedReaderMatchesInMemoryReader) {
+  // Sizes around the 64 KiB windows the ranged reader fetches up front.
+  for (size_t payload : {size_t{10}, size_t{60} << 10, size_t{100} << 10, size_t{300} << 10}) {
+    std::string big(payload, 'x');
+    for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7);
+    const std::string small = "small record";
+    const std::string archive =
+        LayOut(
+            {{"data.pkl", AsBytes(small)}, {"data/0", AsBytes(big)}, {"version", AsBytes("3\n")}})
+            .Flatten();
+    int fetches = 0;
+    auto read_at = [&](uint64_t offset, uint64_t length) -> Result<std::string> {
+      ++fetches;
+      if (offset + length > archive.size()) return DataLossError("read past end");
+      return archive.substr(offset, length);
+    };
+    auto ranged = Reader::OpenRanged(archive.size(), read_at, 1 << 20);
+    ASSERT_TRUE(ranged.ok()) << payload << ": " << ranged.status().ToString();
+    auto whole = Reader::Open(AsBytes(archive));
+    ASSERT_TRUE(whole.ok());
+    for (const char* name : {"data.pkl", "data/0", "version"}) {
+      auto a = ranged->Read(name);
+      auto b = whole->Read(name);
+      ASSERT_TRUE(a.ok() && b.ok()) << name;
+      EXPECT_TRUE(std::equal(a->begin(), a->end(), b->begin(), b->end())) << name;
+      EXPECT_EQ(*ranged->Offset(name), *whole->Offset(name));
+    }
+    EXPECT_LE(fetches, 6) << payload;
+    // A record larger than max_read outside the windows is refused.
+    auto capped = Reader::OpenRanged(archive.size(), read_at, 1024);
+    ASSERT_TRUE(capped.ok());
+    auto refused = capped->Read("data/0");
+    if (payload >= (size_t{300} << 10)) {
+      EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
+      EXPECT_EQ((*capped->Stat("data/0"))->compressed_size, payload);
+    }
+  }
+  // read_at errors come back as they are.
+  auto failing = Reader::OpenRanged(
+      1000, [](uint64_t, uint64_t) -> Result<std::string> { return DataLossError("disk on fire"); },
+      1024);
+  EXPECT_EQ(failing.status().code(), StatusCode::kDataLoss);
 }
 
 TEST(ZipWriter, EmptyArchive) {

@@ -4,7 +4,8 @@
 // reader needs no configuration: it looks each descriptor up here and undoes
 // it. Built-in transforms only (no registration from outside, no globals):
 //   stream.zstd/1       zstd frame, as torch's ZStandard extension writes and
-//                       reads it (any zstd frame(s) a streaming decoder accepts)
+//                       reads it: dcpp writes exactly one frame per item (torch
+//                       reads only the first) and reads any frame(s) back to back
 //   dcpp.byteshuffle/1  groups byte k of every element together (better zstd
 //                       ratios on float data); format in docs/format.md
 //
@@ -31,23 +32,33 @@ namespace dcpp::transform {
 using ByteSink = std::function<Status(std::span<const uint8_t>)>;
 
 struct EncodeOptions {
-  // zstd level (1 = fast; up to ZSTD_maxCLevel(); negative = faster).
+  // zstd level (1 = fast; up to ZSTD_maxCLevel(); negative = faster; 0 =
+  // zstd's default, 3). Outside ZSTD_minCLevel()..ZSTD_maxCLevel() is
+  // InvalidArgument.
   int zstd_level = 1;
-  // zstd worker threads for one item: 0 picks by size (none below 8 MiB,
-  // then up to DefaultThreadCount()); 1 or more forces that many (1 = none).
+  // zstd worker threads for one item (still one frame): 0 picks by size
+  // (none below 8 MiB or when the size is unknown, then one per 4 MiB up to
+  // DefaultThreadCount()); 1 or more forces that many (1 = none, the calling
+  // thread compresses). Callers that already run items in parallel should
+  // pass 1. Negative is InvalidArgument.
   int zstd_workers = 0;
   // Width in bytes of the values in the stream (the tensor's element size;
-  // 1 for pickled values). Used by dcpp.byteshuffle/1; 1 makes it a copy.
+  // 1 for pickled values). Used by dcpp.byteshuffle/1 (1..16, else
+  // InvalidArgument); 1 makes it a copy.
   int element_size = 1;
   // Total input bytes if known (0 = unknown); lets zstd record the content
-  // size and choose its workers.
+  // size and choose its workers. When set, writing a different total is
+  // InvalidArgument (from Write or Finish), never a frame with a wrong size.
   uint64_t size_hint = 0;
 };
 
 // Encodes one item's stream. Write any number of times, then Finish once;
-// output goes to the sink as it is produced, in pieces of bounded size (the
-// encoder holds at most a few MiB regardless of the input size). After an
-// error the encoder is unusable. Not thread-safe (one item, one thread).
+// output goes to the sink as it is produced, in pieces of bounded size (at
+// most about 1 MiB; the encoder holds at most a few MiB regardless of the
+// input size, plus zstd's per-worker buffers when it uses workers). After an
+// error, or after Finish, every call returns an error (InvalidArgument, or
+// the error itself for the failing call). Not thread-safe (one item, one
+// thread at a time).
 class Encoder {
  public:
   virtual ~Encoder() = default;
@@ -65,18 +76,21 @@ Result<std::unique_ptr<Encoder>> NewEncoder(const std::vector<std::string>& desc
                                             const EncodeOptions& options, ByteSink sink,
                                             std::vector<std::string>* recorded);
 
-// Convenience: encodes a whole buffer through NewEncoder.
+// Convenience: encodes a whole buffer through NewEncoder (size_hint 0 is
+// taken as data.size(), so the zstd frame records the content size).
 Result<std::string> EncodeAll(const std::vector<std::string>& descriptors,
                               const EncodeOptions& options, std::span<const uint8_t> data,
                               std::vector<std::string>* recorded);
 
 // Undoes `recorded` (metadata order: recorded[0] is undone first) on one
-// item's stored bytes and returns the original stream. `max_output` caps
-// every intermediate and the final size (untrusted input must not make us
-// allocate without bound): exceeding it is DataLoss. Corrupt or truncated
-// data is DataLoss naming the transform; an unknown descriptor or a version
-// this build cannot read is InvalidArgument listing the known ones (as
-// "stream.zstd/1, dcpp.byteshuffle/1"). Thread-safe.
+// item's stored bytes and returns the original stream. `max_output` caps the
+// final size, and each intermediate at what max_output bytes can at most
+// encode to through the transforms still to undo (untrusted input must not
+// make us allocate without bound): exceeding it is DataLoss. Corrupt or
+// truncated data is DataLoss naming the transform; an unknown or malformed
+// descriptor or a version this build cannot read is InvalidArgument listing
+// the known ones (as "stream.zstd/1, dcpp.byteshuffle/1"), reported before
+// any decoding. An empty list returns the stored bytes. Thread-safe.
 Result<std::string> DecodeAll(const std::vector<std::string>& recorded,
                               std::span<const uint8_t> stored, uint64_t max_output);
 

@@ -1,0 +1,189 @@
+#include "dcpp/engine/storage.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <numeric>
+
+#include "dcpp/io/file.h"
+#include "temp_dir_test_base.h"
+
+namespace dcpp::engine {
+namespace {
+
+class StorageTest : public TempDirTest {};
+
+// A rows x cols float tensor whose element (r, c) is r * 10000 + c.
+std::vector<float> Matrix(int64_t rows, int64_t cols) {
+  std::vector<float> m(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) m[r * cols + c] = static_cast<float>(r * 10000 + c);
+  return m;
+}
+
+ChunkMeta ChunkOf(const StorageInfo& s, Shape sizes) {
+  ChunkMeta c;
+  c.offsets = Shape(sizes.size(), 0);
+  c.sizes = std::move(sizes);
+  c.storage = s;
+  return c;
+}
+
+// Reads box [r0, r0+nr) x [c0, c0+nc) of a stored matrix with `limit` bytes
+// of scratch and checks every element.
+void ExpectBox(const std::string& dir, const ChunkMeta& chunk, int64_t r0, int64_t nr, int64_t c0,
+               int64_t nc, uint64_t limit, bool transposed_dst = false) {
+  std::vector<float> out(nr * nc, -1.0f);
+  TensorView dst = MakeView(out.data(), DType::kFloat32, {nr, nc});
+  if (transposed_dst) dst.strides = {1, nr};  // column-major destination
+  ChunkTarget t{dst, {r0, c0}, {nr, nc}};
+  ASSERT_TRUE(ReadChunk(dir, "m", DType::kFloat32, chunk, {&t, 1}, limit).ok());
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t c = 0; c < nc; ++c) {
+      const float got = transposed_dst ? out[c * nr + r] : out[r * nc + c];
+      ASSERT_EQ(got, static_cast<float>((r0 + r) * 10000 + c0 + c)) << r << "," << c;
+    }
+}
+
+TEST_F(StorageTest, PartialReadsOfALargeChunk) {
+  const int64_t rows = 600, cols = 700;  // 1.6 MiB: above the whole-read size
+  auto m = Matrix(rows, cols);
+  StoreItem item{true, MakeView(m.data(), DType::kFloat32, {rows, cols}), {}, "m"};
+  auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, {});
+  ASSERT_TRUE(infos.ok()) << infos.status().ToString();
+  const ChunkMeta chunk = ChunkOf((*infos)[0], {rows, cols});
+  ExpectBox(root_, chunk, 0, rows, 0, cols, 64 << 20);      // everything, straight into place
+  ExpectBox(root_, chunk, 100, 50, 0, cols, 64 << 20);      // a row band
+  ExpectBox(root_, chunk, 0, rows, 233, 233, 64 << 20);     // a column band
+  ExpectBox(root_, chunk, 17, 301, 5, 600, 4096);           // split into many small reads
+  ExpectBox(root_, chunk, 17, 301, 5, 600, 1);              // one element at a time
+  ExpectBox(root_, chunk, 3, 40, 650, 50, 64 << 20, true);  // into a transposed target
+  ExpectBox(root_, chunk, 599, 1, 699, 1, 64 << 20);        // the last element
+}
+
+TEST_F(StorageTest, PartialReadOfATransposedStoredChunk) {
+  // The stored tensor is the transpose of a row-major buffer (torch keeps
+  // such permuted layouts in the archive).
+  const int64_t rows = 700, cols = 600;
+  std::vector<float> buf(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) buf[c * rows + r] = static_cast<float>(r * 10000 + c);
+  TensorView v = MakeView(buf.data(), DType::kFloat32, {rows, cols});
+  v.strides = {1, rows};
+  StoreItem item{true, v, {}, "m"};
+  auto infos = WriteDataFile(root_, "t.distcp", {&item, 1}, {});
+  ASSERT_TRUE(infos.ok());
+  const ChunkMeta chunk = ChunkOf((*infos)[0], {rows, cols});
+  ExpectBox(root_, chunk, 10, 300, 20, 500, 64 << 20);
+  ExpectBox(root_, chunk, 10, 300, 20, 500, 8192);
+}
+
+TEST_F(StorageTest, SeveralItemsInOneFileAndBytes) {
+  auto small = Matrix(3, 4);
+  auto big = Matrix(800, 400);
+  const std::string blob = "not really an archive";
+  StoreItem items[] = {
+      {true, MakeView(small.data(), DType::kFloat32, {3, 4}), {}, "small"},
+      {false, {}, {reinterpret_cast<const uint8_t*>(blob.data()), blob.size()}, "blob"},
+      {true, MakeView(big.data(), DType::kFloat32, {800, 400}), {}, "big"},
+  };
+  std::vector<uint64_t> seen;
+  auto infos = WriteDataFile(root_, "f.distcp", items, {},
+                             [&](size_t i, uint64_t bytes) { seen.push_back(bytes); });
+  ASSERT_TRUE(infos.ok());
+  ASSERT_EQ(infos->size(), 3u);
+  EXPECT_EQ(seen, (std::vector<uint64_t>{48, blob.size(), 800 * 400 * 4}));
+  EXPECT_EQ((*infos)[1].offset, (*infos)[0].length);
+  EXPECT_EQ((*infos)[2].offset, (*infos)[1].offset + (*infos)[1].length);
+  auto bytes = ReadItem(root_, (*infos)[1], "blob", 1 << 20);
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ(*bytes, blob);
+  ExpectBox(root_, ChunkOf((*infos)[0], {3, 4}), 1, 2, 1, 3, 64 << 20);
+  ExpectBox(root_, ChunkOf((*infos)[2], {800, 400}), 1, 799, 1, 300, 64 << 20);
+}
+
+TEST_F(StorageTest, MetadataThatDisagreesWithTheFileIsDataLoss) {
+  auto m = Matrix(600, 700);
+  StoreItem item{true, MakeView(m.data(), DType::kFloat32, {600, 700}), {}, "m"};
+  auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, {});
+  ASSERT_TRUE(infos.ok());
+  std::vector<float> out(600 * 700);
+  ChunkTarget t{MakeView(out.data(), DType::kFloat32, {600, 700}), {0, 0}, {600, 700}};
+
+  ChunkMeta wrong_shape = ChunkOf((*infos)[0], {700, 600});
+  t.dst = MakeView(out.data(), DType::kFloat32, {700, 600});
+  t.box_sizes = {700, 600};
+  Status s = ReadChunk(root_, "m", DType::kFloat32, wrong_shape, {&t, 1});
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find("'m'"), std::string::npos) << s.ToString();
+
+  ChunkMeta past_end = ChunkOf((*infos)[0], {600, 700});
+  past_end.storage.length += 1;
+  t.dst = MakeView(out.data(), DType::kFloat32, {600, 700});
+  t.box_sizes = {600, 700};
+  s = ReadChunk(root_, "m", DType::kFloat32, past_end, {&t, 1});
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find("truncated"), std::string::npos) << s.ToString();
+
+  // Corrupt the archive's end records: the partial reader refuses it.
+  std::string bytes = *io::ReadWholeFile(root_ + "/f.distcp", 1 << 30);
+  bytes[bytes.size() - 22] ^= 0xFF;  // EOCD signature
+  ASSERT_TRUE(
+      io::WriteFileAtomically(root_ + "/f.distcp",
+                              {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, false)
+          .ok());
+  s = ReadChunk(root_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+
+  // A target outside the chunk is the caller's error.
+  t.box_offsets = {1, 0};
+  s = ReadChunk(root_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+}
+
+TEST_F(StorageTest, TransformedItemsRoundTripAndCorruptionNamesTheItem) {
+  auto m = Matrix(600, 700);
+  const std::string blob(100000, 'v');
+  StoreItem items[] = {
+      {true, MakeView(m.data(), DType::kFloat32, {600, 700}), {}, "m"},
+      {false, {}, {reinterpret_cast<const uint8_t*>(blob.data()), blob.size()}, "blob"},
+  };
+  for (const std::vector<std::string>& transforms :
+       {std::vector<std::string>{"stream.zstd/1"},
+        std::vector<std::string>{"dcpp.byteshuffle/1", "stream.zstd/1"}}) {
+    StoreOptions o;
+    o.transforms = transforms;
+    auto infos = WriteDataFile(root_, "z.distcp", items, o);
+    ASSERT_TRUE(infos.ok()) << infos.status().ToString();
+    const std::vector<std::string> recorded(transforms.rbegin(), transforms.rend());
+    EXPECT_EQ((*infos)[0].transform_descriptors, recorded);
+    EXPECT_LT((*infos)[1].length, blob.size() / 10);  // compressible: it did compress
+    ExpectBox(root_, ChunkOf((*infos)[0], {600, 700}), 5, 500, 7, 600, 4096);
+    auto bytes = ReadItem(root_, (*infos)[1], "blob", 1 << 20);
+    ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+    EXPECT_EQ(*bytes, blob);
+    // The decoder's output cap holds.
+    EXPECT_EQ(ReadItem(root_, (*infos)[1], "blob", 1000).status().code(), StatusCode::kDataLoss);
+
+    // Damage the compressed tensor item in the middle.
+    std::string file = *io::ReadWholeFile(root_ + "/z.distcp", 1 << 30);
+    file[(*infos)[0].offset + (*infos)[0].length / 2] ^= 0x5A;
+    ASSERT_TRUE(
+        io::WriteFileAtomically(root_ + "/z.distcp",
+                                {reinterpret_cast<const uint8_t*>(file.data()), file.size()}, false)
+            .ok());
+    std::vector<float> out(600 * 700);
+    ChunkTarget t{MakeView(out.data(), DType::kFloat32, {600, 700}), {0, 0}, {600, 700}};
+    Status s = ReadChunk(root_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+    EXPECT_NE(s.message().find("'m'"), std::string::npos) << s.ToString();
+  }
+  StoreOptions bad;
+  bad.transforms = {"stream.lz4/1"};
+  auto r = WriteDataFile(root_, "bad.distcp", items, bad);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("stream.zstd/1"), std::string::npos) << r.status().ToString();
+}
+
+}  // namespace
+}  // namespace dcpp::engine
