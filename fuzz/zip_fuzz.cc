@@ -16,6 +16,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   dcpp::Result<zip::Reader> reader = zip::Reader::Open(archive);
   if (!reader.ok()) return 0;
 
+  // The ranged reader (used for large chunks in files) must agree with the
+  // in-memory one on every record.
+  auto read_at = [&](uint64_t offset, uint64_t length) -> dcpp::Result<std::string> {
+    if (offset > size || length > size - offset) std::abort();  // it checks first
+    return std::string(reinterpret_cast<const char*>(data) + offset, length);
+  };
+  dcpp::Result<zip::Reader> ranged = zip::Reader::OpenRanged(size, read_at, size);
+  if (!ranged.ok()) std::abort();
+  for (const zip::Entry& entry : reader->directory().entries) {
+    dcpp::Result<zip::Bytes> a = reader->Read(entry.name);
+    dcpp::Result<zip::Bytes> b = ranged->Read(entry.name);
+    if (a.ok() != b.ok()) std::abort();
+    if (a.ok() && !std::equal(a->begin(), a->end(), b->begin(), b->end())) std::abort();
+  }
+
   std::vector<zip::RecordSpec> records;
   bool all_read = true;
   for (const zip::Entry& entry : reader->directory().entries) {

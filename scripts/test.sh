@@ -10,6 +10,8 @@ jobs=$(nproc)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build
 (cd build && ctest --output-on-failure -j "$jobs")
+# The Python package as installed by setup.sh (pip install .).
+python3 -m pytest -q tests/python
 
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DDCPP_SANITIZE=ON
 cmake --build build-asan

@@ -105,7 +105,10 @@ struct LoadAllOptions {
 
 // Saves `state_dict` (a dict) to the directory `checkpoint_dir` (created if
 // needed) and returns the metadata written. Tensors are read straight from
-// their memory; they must not change until Save returns. On failure nothing
+// their memory; they must not change until Save returns.
+// Memory: tensor bytes are never staged (only non-dense tensors are copied
+// to a contiguous buffer first); with transforms each I/O thread holds a few
+// MiB of buffers (plus zstd's own, about 2 MiB per worker at level 1). On failure nothing
 // that looks like a checkpoint is left behind and an existing checkpoint at
 // the path is untouched. With a process group, a failure on any rank makes
 // every rank return the same error naming each failed rank and its reason.
@@ -118,6 +121,12 @@ Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir
 // A key missing from the checkpoint is NotFound unless allow_partial_load.
 // With a process group, rank 0 reads .metadata once and shares it; every
 // rank returns the same status.
+// Reads: each saved chunk a rank needs is opened once; of a large
+// untransformed chunk only the byte ranges the requested pieces span are
+// read, straight into the destination when the layouts agree, else through
+// at most 64 MiB of scratch per I/O thread. Small (<= 1 MiB) and transformed
+// chunks are read whole: memory beyond the destination tensors is at most
+// thread_count x (64 MiB + the largest such chunk, stored and decoded).
 Status Load(Value& state_dict, const std::string& checkpoint_dir, const LoadOptions& options = {});
 
 // Loads the whole checkpoint (or the entries selected by options.keys) into

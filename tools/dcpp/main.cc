@@ -9,6 +9,7 @@
 
 #include "dcpp/checkpoint.h"
 #include "dcpp/process_group.h"
+#include "dcpp/tools/bench.h"
 #include "dcpp/tools/convert.h"
 #include "dcpp/tools/demo.h"
 #include "dcpp/tools/inspect.h"
@@ -33,6 +34,7 @@ commands:
   inspect CKPT       list what a checkpoint holds (reads only .metadata)
   convert SRC DST    rewrite a checkpoint with dcpp's writer and options
   demo               save a synthetic training state, load it resharded, verify
+  bench              time one save, load or memcpy (used by bench/run_benchmarks.py)
 
 Run `dcpp <command> --help` for a command's options.
 
@@ -98,14 +100,47 @@ options:
   --quiet            no progress on stderr
 )";
 
+constexpr const char* kBenchHelp =
+    R"(usage: dcpp bench save|load --image F --index F.json --ckpt DIR [options]
+       dcpp bench memcpy --bytes N
+
+Times one operation on a state given as an image file (every tensor's bytes)
+and its JSON index ({"tensors": [{"fqn", "dtype", "shape", "offset"}]}), as
+bench/run_benchmarks.py writes them, and prints one JSON line: op, seconds,
+bytes, tensors, ranks, threads, transforms, compression_level,
+rss_before_bytes, max_rss_bytes, verified. Only the operation is timed: the
+state is read into memory (save) or allocated and touched (load) first.
+
+  save     dcpp::Save of the image's tensors to DIR
+  load     dcpp::Load from DIR into preallocated tensors, then compare every
+           loaded byte with the image
+  memcpy   one memcpy of N bytes between touched buffers
+
+options:
+  --threads T          I/O threads per rank (default 2)
+  --ranks N            thread ranks (default 1). save: row shards (dim 0) of
+                       tensors with at least N rows, others replicated. load:
+                       shards of dim 1 where it has >= N entries, else dim 0,
+                       else the whole tensor on every rank
+  --no-fsync           save without fsync
+  --transforms A,B     save with these stream transforms, e.g. stream.zstd/1
+                       or dcpp.byteshuffle/1,stream.zstd/1
+  --level L            zstd level (default 1)
+  --no-verify          load without comparing with the image
+  --bytes N            memcpy size
+
+example:
+  dcpp bench save --image /tmp/s.img --index /tmp/s.json --ckpt /tmp/ck --ranks 4
+)";
+
 struct Args {
   std::vector<std::string> positional;
   std::map<std::string, std::string> flags;  // "--x" -> value ("" for switches)
 };
 
 // Parses `argv` against the flags a command accepts (name -> takes a value).
-bool Parse(int argc, char** argv, int first, const std::map<std::string, bool>& accepted,
-           Args& out, std::string& error) {
+bool Parse(int argc, char** argv, int first, const std::map<std::string, bool>& accepted, Args& out,
+           std::string& error) {
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--", 0) != 0 || a == "--") {
@@ -174,8 +209,12 @@ int Convert(int argc, char** argv) {
   Args args;
   std::string error;
   if (!Parse(argc, argv, 2,
-             {{"--thread-count", true}, {"--file-per-item", false}, {"--no-sync", false},
-              {"--no-overwrite", false}, {"--no-checksums", false}, {"--quiet", false}},
+             {{"--thread-count", true},
+              {"--file-per-item", false},
+              {"--no-sync", false},
+              {"--no-overwrite", false},
+              {"--no-checksums", false},
+              {"--quiet", false}},
              args, error))
     return Usage(kConvertHelp, error);
   if (args.positional.size() != 2) return Usage(kConvertHelp, "convert takes SRC and DST");
@@ -202,8 +241,13 @@ int Demo(int argc, char** argv) {
   Args args;
   std::string error;
   if (!Parse(argc, argv, 2,
-             {{"--size-mib", true}, {"--save-ranks", true}, {"--load-ranks", true},
-              {"--threads", true}, {"--dir", true}, {"--keep", false}, {"--no-sync", false},
+             {{"--size-mib", true},
+              {"--save-ranks", true},
+              {"--load-ranks", true},
+              {"--threads", true},
+              {"--dir", true},
+              {"--keep", false},
+              {"--no-sync", false},
               {"--quiet", false}},
              args, error))
     return Usage(kDemoHelp, error);
@@ -248,6 +292,75 @@ int Demo(int argc, char** argv) {
   return kExitOk;
 }
 
+int Bench(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!Parse(argc, argv, 2,
+             {{"--image", true},
+              {"--index", true},
+              {"--ckpt", true},
+              {"--threads", true},
+              {"--ranks", true},
+              {"--no-fsync", false},
+              {"--transforms", true},
+              {"--level", true},
+              {"--no-verify", false},
+              {"--bytes", true}},
+             args, error))
+    return Usage(kBenchHelp, error);
+  if (args.positional.size() != 1) return Usage(kBenchHelp, "bench takes save, load or memcpy");
+  const std::string& op = args.positional[0];
+  dcpp::Result<dcpp::tools::BenchResult> result = dcpp::InternalError("bench: not run");
+  if (op == "memcpy") {
+    long long bytes = -1;
+    char* end = nullptr;
+    const std::string& text = args.flags["--bytes"];
+    if (!text.empty()) bytes = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || bytes < 0)
+      return Usage(kBenchHelp, "memcpy needs --bytes N with N >= 0");
+    result = dcpp::tools::BenchMemcpy(static_cast<uint64_t>(bytes));
+  } else if (op == "save" || op == "load") {
+    dcpp::tools::BenchOptions o;
+    for (const char* f : {"--image", "--index", "--ckpt"})
+      if (args.flags[f].empty()) return Usage(kBenchHelp, std::string(op) + " needs " + f);
+    o.image_path = args.flags["--image"];
+    o.index_path = args.flags["--index"];
+    o.checkpoint_dir = args.flags["--ckpt"];
+    struct IntFlag {
+      const char* name;
+      long lo, hi;
+      int* out;
+    } ints[] = {{"--threads", 1, 1024, &o.thread_count},
+                {"--ranks", 1, 4096, &o.ranks},
+                {"--level", -131072, 22, &o.compression_level}};
+    for (auto& f : ints) {
+      if (!args.flags.count(f.name)) continue;
+      long v;
+      if (!ParseInt(args.flags[f.name], f.lo, f.hi, v))
+        return Usage(kBenchHelp, std::string(f.name) + " must be an integer in [" +
+                                     std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]");
+      *f.out = static_cast<int>(v);
+    }
+    o.sync_files = !args.flags.count("--no-fsync");
+    o.verify = !args.flags.count("--no-verify");
+    if (args.flags.count("--transforms")) {
+      const std::string& list = args.flags["--transforms"];
+      for (size_t start = 0; start <= list.size();) {
+        size_t comma = list.find(',', start);
+        if (comma == std::string::npos) comma = list.size();
+        if (comma > start) o.transforms.push_back(list.substr(start, comma - start));
+        start = comma + 1;
+      }
+    }
+    result = op == "save" ? dcpp::tools::BenchSave(o) : dcpp::tools::BenchLoad(o);
+  } else {
+    return Usage(kBenchHelp, "unknown bench operation '" + op + "'");
+  }
+  if (!result.ok()) return Fail(result.status());
+  std::printf("%s\n", dcpp::tools::BenchResultJson(*result).c_str());
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -261,6 +374,7 @@ int main(int argc, char** argv) {
       {"inspect", {kInspectHelp, Inspect}},
       {"convert", {kConvertHelp, Convert}},
       {"demo", {kDemoHelp, Demo}},
+      {"bench", {kBenchHelp, Bench}},
   };
   auto it = commands.find(cmd);
   if (it == commands.end()) return Usage(kMainHelp, "unknown command '" + cmd + "'");

@@ -115,6 +115,9 @@ Status WriteOneFile(const std::string& dir, const std::string& name,
   so.sync = o.sync_files;
   so.transforms = o.transforms;
   so.compression_level = o.compression_level;
+  // Files are written by thread_count threads at once; give zstd's own
+  // workers only the cores those leave idle.
+  so.zstd_workers = o.thread_count >= DefaultThreadCount() ? 1 : 0;
   DCPP_ASSIGN_OR_RETURN(std::vector<StorageInfo> infos,
                         engine::WriteDataFile(dir, name, store, so, [&](size_t, uint64_t bytes) {
                           progress.Add(bytes, 1);

@@ -174,6 +174,7 @@ Result<std::vector<StorageInfo>> WriteDataFile(
     } else {
       transform::EncodeOptions eo;
       eo.zstd_level = options.compression_level;
+      eo.zstd_workers = options.zstd_workers;
       eo.element_size = item.is_tensor ? static_cast<int>(ElementSize(item.tensor.dtype)) : 1;
       eo.size_hint = total;
       uint64_t written = 0;

@@ -36,6 +36,9 @@ struct StoreOptions {
   bool sync = true;                     // fsync the file before returning
   std::vector<std::string> transforms;  // descriptors, in application order
   int compression_level = 1;
+  // zstd threads per item (transform::EncodeOptions::zstd_workers): 0 picks
+  // by size; 1 when the caller already compresses several items at once.
+  int zstd_workers = 0;
 };
 
 // Creates (or truncates) `dir/name` and writes `items` back to back in

@@ -1,0 +1,252 @@
+"""dcpp: PyTorch Distributed Checkpoint (DCP) checkpoints, read and written in C++.
+
+Checkpoints are directories in torch.distributed.checkpoint's format:
+``dcp.load`` reads what ``dcpp.save`` writes and ``dcpp.load`` reads what
+``dcp.save`` writes. Arrays and tensors are read and written in place (no
+copies through Python), on C++ threads, with the GIL released.
+
+    import numpy as np, dcpp
+
+    sd = {"model": {"w": np.ones((4, 4), np.float32)}, "step": 10}
+    dcpp.save(sd, "/ckpt/step_10")
+    everything = dcpp.load("/ckpt/step_10")          # new arrays
+    dcpp.load(sd, "/ckpt/step_10")                   # in place, like dcp.load
+    md = dcpp.read_metadata("/ckpt/step_10")         # what the checkpoint holds
+
+For torch's own API with dcpp doing the I/O, see :mod:`dcpp.torch`.
+
+Errors are raised as subclasses of :class:`DcppError`, each also the
+matching built-in exception: :class:`NotFoundError` is a FileNotFoundError,
+:class:`CorruptCheckpointError` and :class:`InvalidArgumentError` are
+ValueErrors, :class:`AlreadyExistsError` is a FileExistsError, and so on.
+Bad arguments detected in Python raise TypeError or ValueError directly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from . import _dcpp
+from ._dcpp import (
+    AbortedError,
+    AlreadyExistsError,
+    Chunk,
+    CorruptCheckpointError,
+    DcppError,
+    DeadlineExceededError,
+    Entry,
+    InternalError,
+    InvalidArgumentError,
+    Metadata,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    StorageInfo,
+    StorageMeta,
+    UnimplementedError,
+)
+from ._types import Opaque, Shard, ShardedTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "save",
+    "load",
+    "read_metadata",
+    "known_transforms",
+    "Shard",
+    "ShardedTensor",
+    "Opaque",
+    "Metadata",
+    "Entry",
+    "Chunk",
+    "StorageInfo",
+    "StorageMeta",
+    "DcppError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "CorruptCheckpointError",
+    "ResourceExhaustedError",
+    "AbortedError",
+    "UnimplementedError",
+    "InternalError",
+    "PermissionDeniedError",
+    "DeadlineExceededError",
+]
+
+#: Called as ``progress(phase, bytes_done, bytes_total, items_done, items_total)``
+#: from dcpp's I/O threads (one call at a time, holding the GIL while it runs).
+#: An exception it raises is reported as unraisable and does not stop the work.
+ProgressCallback = Callable[[str, int, int, int, int], None]
+
+
+def _path(path: str | os.PathLike) -> str:
+    if isinstance(path, bytes):
+        return os.fsdecode(path)
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}") from None
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _tensors(tensors: str) -> bool:
+    if tensors not in ("numpy", "torch"):
+        raise ValueError(f"tensors must be 'numpy' or 'torch', got {tensors!r}")
+    if tensors == "torch":
+        import torch  # noqa: F401  (loaded tensors are built with it)
+    return tensors == "torch"
+
+
+def save(
+    state_dict: dict,
+    path: str | os.PathLike,
+    *,
+    thread_count: int = 1,
+    single_file_per_rank: bool = True,
+    sync_files: bool = True,
+    overwrite: bool = True,
+    checksums: bool = True,
+    transforms: Sequence[str] = (),
+    compression_level: int = 1,
+    dedup_to_lowest_rank: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Metadata:
+    """Saves ``state_dict`` as a DCP checkpoint in the directory ``path``.
+
+    ``state_dict`` is a dict whose values may be dicts, lists and tuples of
+    numpy arrays, torch tensors (read without a copy; tensors on other
+    devices are copied to the CPU first), :class:`ShardedTensor` (pieces of
+    a larger tensor), None, bool, int, float, str and bytes. Other objects
+    are pickled with ``torch.save``, as DCP does. At the top level, objects
+    with ``state_dict()``/``load_state_dict()`` (modules, optimizers) are
+    saved as their state dict. The arrays must not change until save
+    returns; the GIL is released meanwhile.
+
+    Options mirror the C++ ``dcpp::SaveOptions``:
+
+    * ``thread_count``: I/O threads, and (with ``single_file_per_rank``) data
+      files (DCP's FileSystemWriter ``thread_count``); >= 1.
+    * ``single_file_per_rank``: False writes one file per item.
+    * ``sync_files``: fsync the data, the metadata and the directory.
+    * ``overwrite``: False raises :class:`AlreadyExistsError` if ``path``
+      holds a checkpoint. True replaces it atomically: the old checkpoint
+      stays loadable until the new ``.metadata`` replaces it.
+    * ``checksums``: CRC-32 of each record, as torch writes them.
+    * ``transforms``: stream transforms for every item, by descriptor:
+      ``["stream.zstd/1"]`` compresses as torch's ZStandard extension (torch
+      reads it with the ``zstandard`` module installed);
+      ``["dcpp.byteshuffle/1", "stream.zstd/1"]`` compresses float data
+      better (stock torch reads it with :func:`dcpp.torch.extension_registry`).
+    * ``compression_level``: zstd level, 1 (fast) to 19; negative is faster.
+    * ``dedup_to_lowest_rank``: DCP's option; no effect for one process.
+    * ``progress``: see :data:`ProgressCallback`.
+
+    Returns the checkpoint's :class:`Metadata`. On failure nothing that looks
+    like a checkpoint is left behind and an existing checkpoint is intact.
+    """
+    if isinstance(transforms, str):
+        raise TypeError("transforms must be a sequence of descriptors, e.g. ['stream.zstd/1']")
+    return _dcpp.save(
+        state_dict,
+        _path(path),
+        thread_count=_int("thread_count", thread_count, 1),
+        single_file_per_rank=bool(single_file_per_rank),
+        sync_files=bool(sync_files),
+        overwrite=bool(overwrite),
+        checksums=bool(checksums),
+        transforms=list(transforms),
+        compression_level=_int("compression_level", compression_level, -(1 << 17)),
+        dedup_to_lowest_rank=bool(dedup_to_lowest_rank),
+        progress=progress,
+    )
+
+
+def load(
+    state_dict_or_path: dict | str | os.PathLike,
+    path: str | os.PathLike | None = None,
+    *,
+    thread_count: int = 0,
+    allow_partial_load: bool = False,
+    keys: Iterable[str] | None = None,
+    tensors: Literal["numpy", "torch"] = "numpy",
+    weights_only: bool = True,
+    progress: ProgressCallback | None = None,
+) -> Any:
+    """Loads a DCP checkpoint.
+
+    ``load(path)`` returns the whole checkpoint as new nested dicts (and
+    lists), rebuilt from the metadata; ``keys`` selects entries by FQN or by
+    prefix ("model" selects "model.w"). Tensors come back as numpy arrays
+    (``tensors="numpy"``; bfloat16 and float8 need ``tensors="torch"``) or
+    torch tensors, in memory dcpp allocated, without further copies.
+
+    ``load(state_dict, path)`` loads in place, like ``dcp.load``: every array
+    or tensor in ``state_dict`` is filled from the checkpoint (dtype and shape
+    must match the saved ones: :class:`InvalidArgumentError` otherwise; a
+    :class:`ShardedTensor`'s shards receive their parts of the saved tensor,
+    whatever the saved sharding), every other value is replaced by the saved
+    one, and top-level objects with ``load_state_dict`` receive their state.
+    A key missing from the checkpoint raises :class:`NotFoundError` unless
+    ``allow_partial_load``. Returns None.
+
+    Values dcpp does not model (instances of user classes, numpy scalars)
+    are unpickled with ``torch.load(weights_only=weights_only)``; under
+    ``weights_only=True`` those torch refuses come back as :class:`Opaque`
+    (``weights_only=False`` runs code from the checkpoint: trusted files only).
+
+    ``thread_count``: parallel readers, 0 = min(8, hardware threads).
+    Raises :class:`NotFoundError` for a missing checkpoint and
+    :class:`CorruptCheckpointError` for damaged files.
+    """
+    if path is None:
+        if isinstance(state_dict_or_path, dict):
+            raise TypeError("load(state_dict) needs a path: load(state_dict, path)")
+        return _dcpp.load_all(
+            _path(state_dict_or_path),
+            thread_count=_int("thread_count", thread_count, 0),
+            keys=[] if keys is None else [str(k) for k in keys],
+            progress=progress,
+            torch_tensors=_tensors(tensors),
+            weights_only=bool(weights_only),
+        )
+    if keys is not None:
+        raise TypeError("keys applies to load(path) only; load(state_dict, path) loads its keys")
+    if not isinstance(state_dict_or_path, dict):
+        raise TypeError(
+            f"load(state_dict, path): state_dict must be a dict, not "
+            f"{type(state_dict_or_path).__name__}"
+        )
+    _dcpp.load_into(
+        state_dict_or_path,
+        _path(path),
+        thread_count=_int("thread_count", thread_count, 0),
+        allow_partial_load=bool(allow_partial_load),
+        progress=progress,
+        torch_tensors=_tensors(tensors),
+        weights_only=bool(weights_only),
+    )
+    return None
+
+
+def read_metadata(path: str | os.PathLike) -> Metadata:
+    """Reads and validates ``path/.metadata`` only (no data files).
+
+    Raises :class:`NotFoundError` when there is no checkpoint at ``path`` and
+    :class:`CorruptCheckpointError` when the metadata is damaged.
+    """
+    return _dcpp.read_metadata(_path(path))
+
+
+def known_transforms() -> list[str]:
+    """The stream transform descriptors this build reads and writes."""
+    return list(_dcpp._known_transforms())

@@ -1,0 +1,633 @@
+"""dcpp as the storage layer of torch.distributed.checkpoint.
+
+:class:`FileSystemWriter` and :class:`FileSystemReader` are drop-in
+replacements for torch's classes of the same names: torch keeps its planners,
+process groups, resharding and async staging; dcpp does the bytes, in C++,
+in parallel, without the GIL::
+
+    import torch.distributed.checkpoint as dcp
+    import dcpp.torch
+
+    dcp.save(state_dict, storage_writer=dcpp.torch.FileSystemWriter(path, thread_count=4))
+    dcp.load(state_dict, storage_reader=dcpp.torch.FileSystemReader(path))
+    dcp.async_save(state_dict, storage_writer=dcpp.torch.FileSystemWriter(path))
+
+The checkpoints are torch's format byte for byte in layout (the same file
+names, ``__{rank}_{n}.distcp``, the same ``.metadata``): torch's own
+FileSystemReader loads what :class:`FileSystemWriter` writes and
+:class:`FileSystemReader` loads what torch's FileSystemWriter writes,
+including zstd-compressed checkpoints. :class:`ByteShuffle` and
+:func:`extension_registry` let stock torch read checkpoints written with
+dcpp's ``dcpp.byteshuffle/1`` transform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pickle
+import uuid
+from pathlib import Path
+from typing import IO, Any, Sequence
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint._extension import (
+    ExtensionRegistry,
+    StreamTransformExtension,
+    ZStandard,
+)
+from torch.distributed.checkpoint.filesystem import FileSystem, _StorageInfo, _StoragePrefix
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
+    SavePlan,
+    SavePlanner,
+    WriteItem,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
+from torch.futures import Future
+
+from . import _dcpp
+from ._dcpp import AlreadyExistsError, CorruptCheckpointError
+
+__all__ = ["FileSystemWriter", "FileSystemReader", "ByteShuffle", "extension_registry"]
+
+_METADATA = ".metadata"
+_SUFFIX = ".distcp"
+_DCP_VERSION = "1.0.0"
+
+
+def _metadata_name(rank: int | None) -> str:
+    return _METADATA if rank is None else f"__{rank}{_METADATA}"
+
+
+def _item_nbytes(item: WriteItem) -> int:
+    n = 1
+    for s in item.tensor_data.size:
+        n *= s
+    return n * torch._utils._element_size(item.tensor_data.properties.dtype)
+
+
+def _split_by_size_and_type(bins: int, items: list[WriteItem]) -> list[list[WriteItem]]:
+    """torch's bucketing: byte items round-robin, tensors by size onto the lightest bin."""
+    if bins == 1:
+        return [items]
+    buckets: list[list[WriteItem]] = [[] for _ in range(bins)]
+    sizes = [0] * bins
+    byte_items = [wi for wi in items if wi.type == WriteItemType.BYTE_IO]
+    tensor_items = sorted(
+        (wi for wi in items if wi.type != WriteItemType.BYTE_IO), key=_item_nbytes, reverse=True
+    )
+    for i, wi in enumerate(byte_items):
+        buckets[i % bins].append(wi)
+    for wi in tensor_items:
+        i = min(range(bins), key=sizes.__getitem__)
+        buckets[i].append(wi)
+        sizes[i] += _item_nbytes(wi)
+    return buckets
+
+
+def _descriptors_from_extensions(extensions: Sequence[StreamTransformExtension]) -> list[str]:
+    out = []
+    for ex in extensions:
+        descriptor = ex.get_descriptor()
+        if isinstance(ex, ZStandard) and descriptor == "stream.zstd/1":
+            out.append(descriptor)
+        elif isinstance(ex, ByteShuffle) and descriptor == "dcpp.byteshuffle/1":
+            # dcpp shuffles each item by its own element size; the width the
+            # Python object was given only matters to torch's writer.
+            out.append(descriptor)
+        else:
+            raise ValueError(
+                f"dcpp cannot apply the extension {type(ex).__name__} "
+                f"({descriptor}); it applies {', '.join(_dcpp._known_transforms())}"
+            )
+    return out
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileSystemWriter(StorageWriter):
+    """torch.distributed.checkpoint StorageWriter whose I/O runs in dcpp's C++ core.
+
+    The positional arguments are torch's FileSystemWriter's; the rest are
+    keyword-only.
+
+    Args:
+        path: the checkpoint directory (created if needed).
+        single_file_per_rank: True (default): ``thread_count`` data files per
+            rank; False: one file per item. As torch's writer.
+        sync_files: fsync every data file, the metadata and the directory.
+        thread_count: data files per rank, written in parallel (torch's
+            meaning of the option); >= 1.
+        per_thread_copy_ahead: accepted for compatibility with torch's
+            writer; unused (tensors on other devices are copied to the CPU
+            before writing starts).
+        overwrite: False raises :class:`dcpp.AlreadyExistsError` (a
+            FileExistsError) in planning when ``path`` holds a checkpoint.
+        transforms: stream transforms by descriptor, in application order,
+            e.g. ``["stream.zstd/1"]`` (torch reads it with zstandard
+            installed) or ``["dcpp.byteshuffle/1", "stream.zstd/1"]`` (torch
+            reads it through :func:`extension_registry`).
+        compression_level: zstd level, 1 (fast) to 19.
+        checksums: CRC-32 of each tensor archive record, as torch.save writes.
+        _extensions: torch-style extension objects (``ZStandard()``,
+            :class:`ByteShuffle`), mapped to ``transforms``; for drop-in use.
+
+    Raises the dcpp exceptions (see :mod:`dcpp`) from ``write_data``; under
+    ``dcp.save`` they reach the caller inside torch's CheckpointException.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        single_file_per_rank: bool = True,
+        sync_files: bool = True,
+        thread_count: int = 1,
+        per_thread_copy_ahead: int = 10_000_000,
+        *,
+        overwrite: bool = True,
+        transforms: Sequence[str] | None = None,
+        compression_level: int = 1,
+        checksums: bool = True,
+        _extensions: Sequence[StreamTransformExtension] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 1:
+            raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
+        if transforms is not None and _extensions is not None:
+            raise ValueError("pass transforms or _extensions, not both")
+        if isinstance(transforms, str):
+            raise TypeError("transforms must be a sequence of descriptors, e.g. ['stream.zstd/1']")
+        self.fs = FileSystem()
+        self.path = self.fs.init_path(path)
+        self.single_file_per_rank = single_file_per_rank
+        self.sync_files = sync_files
+        self.thread_count = thread_count
+        self.per_thread_copy_ahead = per_thread_copy_ahead
+        self.overwrite = overwrite
+        self.transforms = (
+            _descriptors_from_extensions(_extensions)
+            if _extensions is not None
+            else list(transforms or ())
+        )
+        self.compression_level = compression_level
+        self.checksums = checksums
+        self.save_id = str(uuid.uuid4())
+        self.rank: int | None = None
+        self.use_collectives = True
+
+    def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        if checkpoint_id:
+            self.path = self.fs.init_path(checkpoint_id)
+        self.save_id = str(uuid.uuid4())
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.rank = kwargs.get("rank")
+        self.use_collectives = kwargs.get("use_collectives", True)
+
+    def _metadata_rank(self) -> int | None:
+        return None if self.use_collectives or self.rank is None else self.rank
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        self.fs.mkdir(self.path)
+        existing = Path(self.path) / _metadata_name(None if self.use_collectives else 0)
+        if existing.exists() and not self.overwrite:
+            raise AlreadyExistsError(
+                f"{self.path} already holds a checkpoint and overwrite=False"
+            )
+        if self.rank is not None and not self.use_collectives:
+            plan = dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{self.rank}_"))
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        return [
+            dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{i}_"))
+            if plan.storage_data is None
+            else plan
+            for i, plan in enumerate(plans)
+        ]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        prefix = plan.storage_data.prefix
+        if self.single_file_per_rank:
+            buckets = _split_by_size_and_type(self.thread_count, plan.items)
+        else:
+            buckets = [[item] for item in plan.items]
+        # Empty buckets still get their (empty) file, as torch's writer does.
+
+        files = []  # (name, [(fqn, kind, data)]) for the C++ writer
+        order = []  # the WriteItems of each file, in the order they are written
+        for i, bucket in enumerate(buckets):
+            name = f"{prefix}{i}{_SUFFIX}"
+            # As torch's writer: a file's pickled values first, then its tensors.
+            written = [wi for wi in bucket if wi.type == WriteItemType.BYTE_IO]
+            written += [wi for wi in bucket if wi.type != WriteItemType.BYTE_IO]
+            items = []
+            for wi in written:
+                data = planner.resolve_data(wi)
+                if wi.type == WriteItemType.BYTE_IO:
+                    if not isinstance(data, io.BytesIO):
+                        raise TypeError(f"{wi.index.fqn}: resolve_data must give io.BytesIO")
+                    items.append((wi.index.fqn, "bytes", data.getbuffer()))
+                else:
+                    t = data.detach()
+                    if t.device.type != "cpu":
+                        t = t.cpu()
+                    if t.untyped_storage().nbytes() != t.nbytes:
+                        t = t.clone()  # torch's writer saves only the view
+                    items.append((wi.index.fqn, "tensor", t))
+            files.append((name, items))
+            order.append(written)
+
+        root = os.fspath(self.path)
+        try:
+            results = _dcpp._write_files(
+                root,
+                files,
+                checksums=self.checksums,
+                sync=self.sync_files,
+                transforms=self.transforms,
+                compression_level=self.compression_level,
+                threads=max(1, len(files)),
+            )
+        except BaseException:
+            for name, _ in files:
+                try:
+                    os.remove(os.path.join(root, name))
+                except OSError:
+                    pass
+            raise
+        finally:
+            # Release the BytesIO buffers.
+            for _, items in files:
+                for item in items:
+                    if isinstance(item[2], memoryview):
+                        item[2].release()
+
+        write_results = []
+        for (name, _), written, per_file in zip(files, order, results):
+            for wi, (offset, length, descriptors) in zip(written, per_file):
+                write_results.append(
+                    WriteResult(
+                        index=wi.index,
+                        size_in_bytes=length,
+                        storage_data=_StorageInfo(
+                            name, offset, length, transform_descriptors=descriptors or None
+                        ),
+                    )
+                )
+        fut: Future[list[WriteResult]] = Future()
+        fut.set_result(write_results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        """Writes ``.metadata`` (torch's pickle) through a temporary file and an atomic rename."""
+        metadata.version = _DCP_VERSION
+        storage_md = {}
+        for wr_list in results:
+            storage_md.update({wr.index: wr.storage_data for wr in wr_list})
+        metadata.storage_data = storage_md
+        metadata.storage_meta = self.storage_meta()
+        root = os.fspath(self.path)
+        final = os.path.join(root, _metadata_name(self._metadata_rank()))
+        tmp = final + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(metadata, f)
+            if self.sync_files:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+        if self.sync_files:
+            _fsync_dir(root)
+
+    def storage_meta(self) -> StorageMeta | None:
+        return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)
+
+    @property
+    def checkpoint_id(self) -> str | os.PathLike:
+        return self.path
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        return FileSystem.validate_checkpoint_id(checkpoint_id)
+
+
+class FileSystemReader(StorageReader):
+    """torch.distributed.checkpoint StorageReader whose I/O runs in dcpp's C++ core.
+
+    Each saved chunk is read once, whatever number of requests it feeds,
+    and only the byte ranges the requests need when it is not compressed;
+    tensors are filled in place (no torch.load), in parallel on
+    ``thread_count`` threads (0: min(8, CPUs)) without the GIL. Items whose
+    transforms dcpp does not know are read the way torch reads them,
+    through ``_extension_registry`` (as torch's reader's argument).
+
+    Corrupt data raises :class:`dcpp.CorruptCheckpointError`; a missing or
+    unreadable ``.metadata`` raises FileNotFoundError /
+    :class:`dcpp.CorruptCheckpointError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        _extension_registry: ExtensionRegistry | None = None,
+        *,
+        thread_count: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 0:
+            raise ValueError(f"thread_count must be an int >= 0, got {thread_count!r}")
+        self.fs = FileSystem()
+        self.path = self.fs.init_path(path)
+        self.thread_count = thread_count or min(8, os.cpu_count() or 1)
+        self.extension_registry = _extension_registry or extension_registry()
+        self.storage_data: dict[MetadataIndex, Any] = {}
+        self.metadata: Metadata | None = None
+        self.load_id = str(uuid.uuid4())
+        self.rank: int | None = None
+        self.use_collectives = True
+
+    def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        self.storage_data = {}
+        self.metadata = None
+        if checkpoint_id:
+            self.path = self.fs.init_path(checkpoint_id)
+        self.load_id = str(uuid.uuid4())
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = os.path.join(os.fspath(self.path), _metadata_name(kwargs.get("rank")))
+        with open(path, "rb") as f:
+            try:
+                metadata = pickle.load(f)
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError,
+                    IndexError, TypeError, ValueError) as e:
+                raise CorruptCheckpointError(f"{path}: cannot unpickle the metadata: {e}") from e
+        if not isinstance(metadata, Metadata):
+            raise CorruptCheckpointError(
+                f"{path}: holds a {type(metadata).__name__}, not checkpoint metadata"
+            )
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        if metadata.storage_data is None:
+            raise CorruptCheckpointError("the checkpoint metadata has no storage_data")
+        self.metadata = metadata
+        self.storage_data = metadata.storage_data
+        self.rank = kwargs.get("rank")
+        self.use_collectives = kwargs.get("use_collectives", True)
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def _chunk(self, index: MetadataIndex):
+        md = self.metadata.state_dict_metadata[index.fqn]
+        chunks = md.chunks
+        offsets = tuple(index.offset)
+        if index.index is not None and 0 <= index.index < len(chunks):
+            c = chunks[index.index]
+            if tuple(c.offsets) == offsets:
+                return md, c
+        for c in chunks:
+            if tuple(c.offsets) == offsets:
+                return md, c
+        raise CorruptCheckpointError(
+            f"'{index.fqn}': the metadata has no chunk at offsets {list(offsets)}"
+        )
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        known = set(_dcpp._known_transforms())
+        chunk_jobs: dict[tuple, list] = {}
+        byte_jobs, byte_reqs = [], []
+        committed = []  # (ReadItem, destination tensor)
+        staged = []  # (destination, CPU tensor of the saved dtype filled for it)
+        fallback = []  # items whose transforms only Python extensions know
+        for req in plan.items:
+            sinfo = self.storage_data[req.storage_index]
+            descriptors = list(getattr(sinfo, "transform_descriptors", None) or ())
+            if any(d not in known for d in descriptors):
+                fallback.append(req)
+                continue
+            storage = (sinfo.relative_path, sinfo.offset, sinfo.length, descriptors)
+            fqn = req.storage_index.fqn
+            if req.type == LoadItemType.BYTE_IO:
+                # Decompression cap against hostile data, as dcpp's loader uses.
+                cap = min(sinfo.length, 1 << 32) * 64 + (64 << 20)
+                byte_jobs.append((fqn, storage, cap))
+                byte_reqs.append(req)
+                continue
+            md, chunk = self._chunk(req.storage_index)
+            target = planner.resolve_tensor(req).detach()
+            if list(target.shape) != list(req.lengths):
+                raise ValueError(
+                    f"req {req.storage_index} mismatch sizes {tuple(target.shape)} vs "
+                    f"{tuple(req.lengths)}"
+                )
+            dst = target
+            if target.dtype != md.properties.dtype:
+                # torch's reader converts through copy_: so do we.
+                dst = torch.empty(tuple(req.lengths), dtype=md.properties.dtype)
+                staged.append((target, dst))
+            key = (fqn, tuple(chunk.offsets))
+            job = chunk_jobs.get(key)
+            if job is None:
+                job = [fqn, str(md.properties.dtype), list(chunk.offsets), list(chunk.sizes),
+                       storage, []]
+                chunk_jobs[key] = job
+            box = [o + s for o, s in zip(chunk.offsets, req.storage_offsets)]
+            job[5].append((dst, box, list(req.lengths)))
+            committed.append((req, target))
+
+        root = os.fspath(self.path)
+        blobs = _dcpp._read(root, list(chunk_jobs.values()), byte_jobs, threads=self.thread_count)
+        for target, dst in staged:
+            target.copy_(dst)
+        for req, target in committed:
+            planner.commit_tensor(req, target)
+        for req, blob in zip(byte_reqs, blobs):
+            planner.load_bytes(req, io.BytesIO(blob))
+        for req in fallback:
+            self._read_with_extensions(req, planner)
+
+        fut: Future = Future()
+        fut.set_result(None)
+        return fut
+
+    def _read_with_extensions(self, req: ReadItem, planner: LoadPlanner) -> None:
+        """torch's way, for items stored through transforms only Python knows."""
+        sinfo = self.storage_data[req.storage_index]
+        with open(os.path.join(os.fspath(self.path), sinfo.relative_path), "rb") as f:
+            f.seek(sinfo.offset)
+            stream: IO[bytes] = io.BytesIO(f.read(sinfo.length))
+        for ex in self.extension_registry.from_descriptor_list(sinfo.transform_descriptors):
+            if isinstance(ex, StreamTransformExtension):
+                stream = ex.transform_from(stream)
+        data = io.BytesIO(stream.read(-1))
+        if req.type == LoadItemType.BYTE_IO:
+            planner.load_bytes(req, data)
+            return
+        from torch.distributed._shard._utils import narrow_tensor_by_index
+
+        tensor = torch.load(data, map_location="cpu", weights_only=True)
+        tensor = narrow_tensor_by_index(tensor, req.storage_offsets, req.lengths)
+        target = planner.resolve_tensor(req).detach()
+        target.copy_(tensor)
+        planner.commit_tensor(req, target)
+
+    @property
+    def checkpoint_id(self) -> str | os.PathLike:
+        return self.path
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        return FileSystem.validate_checkpoint_id(checkpoint_id)
+
+
+# --- dcpp.byteshuffle/1 for stock torch ------------------------------------
+
+_SHUFFLE_MAX_WIDTH = 16
+_SHUFFLE_MAX_BLOCK_LOG2 = 30
+_SHUFFLE_DEFAULT_BLOCK_LOG2 = 18
+
+
+def _shuffle_blocks(data: np.ndarray, width: int, block: int, inverse: bool) -> np.ndarray:
+    """(Un)shuffles ``data`` (uint8) in blocks of ``block`` bytes of ``width``-byte values."""
+    out = np.empty_like(data)
+    n = data.size
+    full = n // block * block
+    if full and width > 1:
+        count = block // width
+        blocks = data[:full].reshape((-1, width, count) if inverse else (-1, count, width))
+        out[:full] = blocks.transpose(0, 2, 1).reshape(-1)
+    else:
+        out[:full] = data[:full]
+    tail = data[full:]
+    values = tail.size // width * width
+    if values and width > 1:
+        count = values // width
+        shaped = tail[:values].reshape((width, count) if inverse else (count, width))
+        out[full : full + values] = shaped.T.reshape(-1)
+    else:
+        out[full : full + values] = tail[:values]
+    out[full + values :] = tail[values:]
+    return out
+
+
+class _ShuffleWriter(io.RawIOBase):
+    def __init__(self, output: IO[bytes], width: int, block_log2: int) -> None:
+        super().__init__()
+        self._output = output
+        self._width = width
+        self._block = width << block_log2
+        self._buffer = bytearray()
+        output.write(bytes([width, block_log2]))
+
+    def writable(self) -> bool:
+        return True
+
+    def _emit(self, block: bytes) -> None:
+        data = np.frombuffer(block, dtype=np.uint8)
+        self._output.write(_shuffle_blocks(data, self._width, self._block, False).tobytes())
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        self._buffer += view
+        while len(self._buffer) >= self._block:
+            self._emit(bytes(self._buffer[: self._block]))
+            del self._buffer[: self._block]
+        return len(view)
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._buffer:
+                self._emit(bytes(self._buffer))
+                self._buffer.clear()
+            self._output.close()
+        super().close()
+
+
+def _unshuffle(stored: bytes) -> bytes:
+    if len(stored) < 2:
+        raise ValueError("dcpp.byteshuffle/1: the stream is shorter than its 2-byte header")
+    width, block_log2 = stored[0], stored[1]
+    if not 1 <= width <= _SHUFFLE_MAX_WIDTH or block_log2 > _SHUFFLE_MAX_BLOCK_LOG2:
+        raise ValueError(
+            f"dcpp.byteshuffle/1: invalid header (value width {width}, block 2^{block_log2})"
+        )
+    data = np.frombuffer(stored, dtype=np.uint8, offset=2)
+    return _shuffle_blocks(data, width, width << block_log2, True).tobytes()
+
+
+class ByteShuffle(StreamTransformExtension):
+    """torch extension for dcpp's ``dcpp.byteshuffle/1`` stream transform.
+
+    Reading (``transform_from``) undoes the shuffle of checkpoints dcpp wrote
+    with ``transforms=["dcpp.byteshuffle/1", "stream.zstd/1"]``; register it
+    with :func:`extension_registry` so stock torch can load them::
+
+        reader = torch.distributed.checkpoint.FileSystemReader(
+            path, _extension_registry=dcpp.torch.extension_registry())
+
+    Writing (``transform_to``) shuffles ``width``-byte values (torch's
+    writer does not tell an extension the element size, so pick the width
+    of the tensors that matter, e.g. 2 for bfloat16; any width is valid).
+    The stream: a 2-byte header [width][block exponent e], then blocks of
+    ``width << e`` bytes, each holding byte 0 of every value, then byte 1,
+    ...; the last block may be shorter, its bytes past the last whole value
+    unchanged (docs/format.md, "Stream transforms").
+    """
+
+    def __init__(self, width: int = 1, block_log2: int = _SHUFFLE_DEFAULT_BLOCK_LOG2) -> None:
+        super().__init__()
+        if not 1 <= width <= _SHUFFLE_MAX_WIDTH:
+            raise ValueError(f"width must be in [1, {_SHUFFLE_MAX_WIDTH}], got {width}")
+        if not 0 <= block_log2 <= 24:
+            raise ValueError(f"block_log2 must be in [0, 24], got {block_log2}")
+        self.width = width
+        self.block_log2 = block_log2
+
+    @staticmethod
+    def registry_name() -> str:
+        return "dcpp.byteshuffle"
+
+    @staticmethod
+    def from_descriptor(version: str) -> "ByteShuffle":
+        if version.partition(".")[0] != "1":
+            raise ValueError(f"Unknown extension version dcpp.byteshuffle/{version}")
+        return ByteShuffle()
+
+    def get_descriptor(self) -> str:
+        return f"{self.registry_name()}/1"
+
+    def transform_to(self, output: IO[bytes]) -> IO[bytes]:
+        return _ShuffleWriter(output, self.width, self.block_log2)  # type: ignore[return-value]
+
+    def transform_from(self, input: IO[bytes]) -> IO[bytes]:
+        return io.BytesIO(_unshuffle(input.read(-1)))
+
+
+def extension_registry() -> ExtensionRegistry:
+    """torch's ExtensionRegistry with :class:`ByteShuffle` registered (zstd is built in)."""
+    registry = ExtensionRegistry()
+    registry.register(ByteShuffle)
+    return registry

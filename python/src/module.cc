@@ -1,0 +1,261 @@
+// dcpp._dcpp: the extension module behind the dcpp Python package. The
+// public, documented API is python/dcpp/__init__.py, which validates and
+// normalizes arguments and calls these functions; names starting with an
+// underscore here are private to the package.
+//
+// Every function that does I/O releases the GIL while dcpp works: Python
+// objects are converted first (tensors borrowed, kept alive by the
+// converter), then dcpp runs on its own threads, then results are converted
+// back with the GIL held.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "convert.h"
+#include "dcpp/checkpoint.h"
+#include "errors.h"
+#include "storage_bindings.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace dcpp::python {
+namespace {
+
+// A Python progress callable that dcpp may call from its I/O threads. The
+// callable is shared so copies of the std::function never touch Python
+// reference counts without the GIL.
+struct PyCallback {
+  nb::object fn;
+  ~PyCallback() {
+    nb::gil_scoped_acquire gil;
+    fn.reset();
+  }
+};
+
+ProgressCallback WrapProgress(nb::object fn) {
+  if (fn.is_none()) return nullptr;
+  if (!PyCallable_Check(fn.ptr())) throw nb::type_error("progress must be callable or None");
+  auto cb = std::make_shared<PyCallback>();
+  cb->fn = std::move(fn);
+  return [cb](const Progress& p) {
+    nb::gil_scoped_acquire gil;
+    try {
+      cb->fn(nb::str(p.phase.data(), p.phase.size()), p.bytes_done, p.bytes_total, p.items_done,
+             p.items_total);
+    } catch (nb::python_error& e) {
+      // dcpp cannot stop on a callback's exception; report it like Python
+      // reports errors in __del__.
+      e.discard_as_unraisable("dcpp progress callback");
+    }
+  };
+}
+
+std::string KindName(EntryMeta::Kind k) {
+  return k == EntryMeta::Kind::kTensor ? "tensor" : "bytes";
+}
+
+std::string MemoryFormatName(MemoryFormat f) {
+  switch (f) {
+    case MemoryFormat::kContiguous:
+      return "contiguous_format";
+    case MemoryFormat::kChannelsLast:
+      return "channels_last";
+    case MemoryFormat::kPreserve:
+      return "preserve_format";
+  }
+  return "unknown";
+}
+
+std::string StorageRepr(const StorageInfo& s) {
+  std::string r = "StorageInfo(relative_path='" + s.relative_path +
+                  "', offset=" + std::to_string(s.offset) + ", length=" + std::to_string(s.length);
+  if (!s.transform_descriptors.empty()) {
+    r += ", transform_descriptors=[";
+    for (size_t i = 0; i < s.transform_descriptors.size(); ++i)
+      r += (i ? ", '" : "'") + s.transform_descriptors[i] + "'";
+    r += "]";
+  }
+  return r + ")";
+}
+
+void BindMetadata(nb::module_& m) {
+  nb::class_<StorageInfo>(m, "StorageInfo",
+                          "Where one stored item's bytes are: [offset, offset + length) of "
+                          "relative_path, after undoing transform_descriptors (first outermost).")
+      .def_ro("relative_path", &StorageInfo::relative_path)
+      .def_ro("offset", &StorageInfo::offset)
+      .def_ro("length", &StorageInfo::length)
+      .def_ro("transform_descriptors", &StorageInfo::transform_descriptors)
+      .def("__repr__", &StorageRepr);
+
+  nb::class_<ChunkMeta>(m, "Chunk", "One saved piece of a tensor: global offsets, sizes, storage.")
+      .def_ro("offsets", &ChunkMeta::offsets)
+      .def_ro("sizes", &ChunkMeta::sizes)
+      .def_ro("storage", &ChunkMeta::storage)
+      .def("__repr__", [](const ChunkMeta& c) {
+        return "Chunk(offsets=" + ShapeToString(c.offsets) + ", sizes=" + ShapeToString(c.sizes) +
+               ", storage=" + StorageRepr(c.storage) + ")";
+      });
+
+  nb::class_<EntryMeta>(m, "Entry",
+                        "One flattened state dict entry (one FQN): a tensor, with its global "
+                        "size and saved chunks, or a pickled value ('bytes') with its storage.")
+      .def_ro("fqn", &EntryMeta::fqn)
+      .def_prop_ro(
+          "kind", [](const EntryMeta& e) { return KindName(e.kind); }, "'tensor' or 'bytes'.")
+      .def_ro("path", &EntryMeta::path,
+              "The keys and list indices leading to the entry from the state dict root "
+              "(empty when the checkpoint does not record them).")
+      .def_prop_ro(
+          "dtype",
+          [](const EntryMeta& e) -> std::optional<std::string> {
+            if (!e.is_tensor()) return std::nullopt;
+            return std::string(TorchName(e.properties.dtype));
+          },
+          "torch's dtype name ('float32', 'bfloat16', ...) for tensors, else None.")
+      .def_prop_ro(
+          "size", [](const EntryMeta& e) { return e.size; }, "Global shape (tensors).")
+      .def_prop_ro("requires_grad", [](const EntryMeta& e) { return e.properties.requires_grad; })
+      .def_prop_ro("memory_format",
+                   [](const EntryMeta& e) { return MemoryFormatName(e.properties.memory_format); })
+      .def_prop_ro("pin_memory", [](const EntryMeta& e) { return e.properties.pin_memory; })
+      .def_ro("chunks", &EntryMeta::chunks)
+      .def_prop_ro(
+          "storage",
+          [](const EntryMeta& e) -> std::optional<StorageInfo> {
+            if (e.is_tensor()) return std::nullopt;
+            return e.storage;
+          },
+          "Where a 'bytes' entry is stored (None for tensors).")
+      .def("__repr__", [](const EntryMeta& e) {
+        if (!e.is_tensor()) return "Entry('" + e.fqn + "', bytes)";
+        return "Entry('" + e.fqn + "', " + std::string(TorchName(e.properties.dtype)) + " " +
+               ShapeToString(e.size) + ", " + std::to_string(e.chunks.size()) + " chunks)";
+      });
+
+  nb::class_<StorageMeta>(m, "StorageMeta")
+      .def_ro("checkpoint_id", &StorageMeta::checkpoint_id)
+      .def_ro("save_id", &StorageMeta::save_id)
+      .def_ro("load_id", &StorageMeta::load_id)
+      .def_ro("modules", &StorageMeta::modules);
+
+  nb::class_<Metadata>(m, "Metadata",
+                       "What a checkpoint's .metadata says: its entries in save order. "
+                       "Index it by FQN: md['model.weight'].")
+      .def_ro("entries", &Metadata::entries)
+      .def_ro("storage_meta", &Metadata::storage_meta)
+      .def_ro("version", &Metadata::version)
+      .def(
+          "keys",
+          [](const Metadata& md) {
+            std::vector<std::string> keys;
+            keys.reserve(md.entries.size());
+            for (const EntryMeta& e : md.entries) keys.push_back(e.fqn);
+            return keys;
+          },
+          "The FQNs, in save order.")
+      .def("__len__", [](const Metadata& md) { return md.entries.size(); })
+      .def("__contains__",
+           [](const Metadata& md, const std::string& fqn) { return md.Find(fqn) != nullptr; })
+      .def("__getitem__",
+           [](const Metadata& md, const std::string& fqn) {
+             const EntryMeta* e = md.Find(fqn);
+             if (e == nullptr) throw nb::key_error(fqn.c_str());
+             return *e;
+           })
+      .def("__repr__", [](const Metadata& md) {
+        return "Metadata(" + std::to_string(md.entries.size()) + " entries, version " +
+               md.version.value_or("unknown") + ")";
+      });
+}
+
+Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count,
+                  bool single_file_per_rank, bool sync_files, bool overwrite, bool checksums,
+                  std::vector<std::string> transforms, int compression_level,
+                  bool dedup_to_lowest_rank, nb::object progress) {
+  PyHelpers helpers = PyHelpers::Get();
+  ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
+  Value sd = conv.ConvertStateDict(state_dict);
+  SaveOptions o;
+  o.thread_count = thread_count;
+  o.single_file_per_rank = single_file_per_rank;
+  o.sync_files = sync_files;
+  o.overwrite = overwrite;
+  o.checksums = checksums;
+  o.transforms = std::move(transforms);
+  o.compression_level = compression_level;
+  o.dedup_to_lowest_rank = dedup_to_lowest_rank;
+  o.progress = WrapProgress(std::move(progress));
+  Result<Metadata> md = [&] {
+    nb::gil_scoped_release release;
+    return Save(sd, path, o);
+  }();
+  return ValueOrThrow(std::move(md));
+}
+
+void LoadIntoImpl(nb::handle state_dict, const std::string& path, int thread_count,
+                  bool allow_partial_load, nb::object progress, bool torch_tensors,
+                  bool weights_only) {
+  PyHelpers helpers = PyHelpers::Get();
+  ToValueConverter conv(helpers, ToValueConverter::Purpose::kLoadInto);
+  Value sd = conv.ConvertStateDict(state_dict);
+  LoadOptions o;
+  o.thread_count = thread_count;
+  o.allow_partial_load = allow_partial_load;
+  o.progress = WrapProgress(std::move(progress));
+  Status s = [&] {
+    nb::gil_scoped_release release;
+    return Load(sd, path, o);
+  }();
+  ThrowIfError(s);
+  conv.FinishLoad(state_dict, sd, torch_tensors, weights_only);
+}
+
+nb::object LoadAllImpl(const std::string& path, int thread_count, std::vector<std::string> keys,
+                       nb::object progress, bool torch_tensors, bool weights_only) {
+  PyHelpers helpers = PyHelpers::Get();
+  LoadAllOptions o;
+  o.thread_count = thread_count;
+  o.keys = std::move(keys);
+  o.progress = WrapProgress(std::move(progress));
+  Result<Value> v = [&] {
+    nb::gil_scoped_release release;
+    return LoadAll(path, o);
+  }();
+  Value value = ValueOrThrow(std::move(v));
+  return FromValue(value, helpers, FromValueOptions{torch_tensors, weights_only}, "state_dict");
+}
+
+Metadata ReadMetadataImpl(const std::string& path) {
+  Result<Metadata> md = [&] {
+    nb::gil_scoped_release release;
+    return ReadMetadata(path);
+  }();
+  return ValueOrThrow(std::move(md));
+}
+
+}  // namespace
+}  // namespace dcpp::python
+
+NB_MODULE(_dcpp, m) {
+  using namespace dcpp::python;
+  m.doc() = "dcpp's C++ core. Use the dcpp package, not this module.";
+  RegisterErrors(m);
+  BindMetadata(m);
+  m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "single_file_per_rank"_a,
+        "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
+        "dedup_to_lowest_rank"_a, "progress"_a.none());
+  m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,
+        "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a);
+  m.def("load_all", &LoadAllImpl, "path"_a, "thread_count"_a, "keys"_a, "progress"_a.none(),
+        "torch_tensors"_a, "weights_only"_a);
+  m.def("read_metadata", &ReadMetadataImpl, "path"_a);
+  BindStorage(m);
+}

@@ -1,0 +1,16 @@
+// Bindings of the storage layer (src/dcpp/engine/storage.h) for dcpp.torch:
+// torch's planners decide what goes where; these functions move the bytes,
+// many files or chunks per call, on C++ threads without the GIL.
+#ifndef DCPP_PYTHON_STORAGE_BINDINGS_H_
+#define DCPP_PYTHON_STORAGE_BINDINGS_H_
+
+#include <nanobind/nanobind.h>
+
+namespace dcpp::python {
+
+// Adds _write_files, _read and _known_transforms to `m`.
+void BindStorage(nanobind::module_& m);
+
+}  // namespace dcpp::python
+
+#endif  // DCPP_PYTHON_STORAGE_BINDINGS_H_
