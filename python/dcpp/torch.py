@@ -119,7 +119,21 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class FileSystemWriter(StorageWriter):
+class _FileSystemPath:
+    """What torch asks a filesystem storage writer or reader about its path."""
+
+    path: str | os.PathLike
+
+    @property
+    def checkpoint_id(self) -> str | os.PathLike:
+        return self.path
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        return FileSystem.validate_checkpoint_id(checkpoint_id)
+
+
+class FileSystemWriter(_FileSystemPath, StorageWriter):
     """torch.distributed.checkpoint StorageWriter whose I/O runs in dcpp's C++ core.
 
     The positional arguments are torch's FileSystemWriter's; the rest are
@@ -316,16 +330,9 @@ class FileSystemWriter(StorageWriter):
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)
 
-    @property
-    def checkpoint_id(self) -> str | os.PathLike:
-        return self.path
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        return FileSystem.validate_checkpoint_id(checkpoint_id)
 
 
-class FileSystemReader(StorageReader):
+class FileSystemReader(_FileSystemPath, StorageReader):
     """torch.distributed.checkpoint StorageReader whose I/O runs in dcpp's C++ core.
 
     Each saved chunk is read once, whatever number of requests it feeds,
@@ -494,13 +501,6 @@ class FileSystemReader(StorageReader):
         target.copy_(tensor)
         planner.commit_tensor(req, target)
 
-    @property
-    def checkpoint_id(self) -> str | os.PathLike:
-        return self.path
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        return FileSystem.validate_checkpoint_id(checkpoint_id)
 
 
 # --- dcpp.byteshuffle/1 for stock torch ------------------------------------

@@ -8,18 +8,13 @@
 #include <fstream>
 #include <random>
 
+#include "temp_dir_test_base.h"
+
 namespace dcpp::tools {
 namespace {
 
-class BenchTest : public ::testing::Test {
+class BenchTest : public TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/dcpp_bench_test_XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(root_); }
-
   // Writes an image of random bytes for `tensors` (fqn, dtype name, shape),
   // 64-byte aligned as run_benchmarks.py lays them out, and its index.
   void WriteState(const std::vector<std::tuple<std::string, std::string, Shape>>& tensors) {
@@ -44,9 +39,8 @@ class BenchTest : public ::testing::Test {
     options_.index_path = Path("state.json");
   }
 
-  std::string Path(const std::string& name) const { return root_ + "/" + name; }
+  std::string Path(const std::string& name) const { return Dir(name); }
 
-  std::string root_;
   std::string image_;
   BenchOptions options_;
 };

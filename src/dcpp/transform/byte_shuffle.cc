@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -80,28 +81,10 @@ class ByteShuffleEncoder final : public Encoder {
     header_[1] = static_cast<uint8_t>(block_log2);
   }
 
-  Status Write(std::span<const uint8_t> data) override {
-    if (state_ != State::kOpen) return NotOpen();
-    Status s = WriteImpl(data);
-    if (!s.ok()) state_ = State::kFailed;
-    return s;
-  }
-
-  Status Finish() override {
-    if (state_ != State::kOpen) return NotOpen();
-    Status s = FinishImpl();
-    state_ = s.ok() ? State::kFinished : State::kFailed;
-    return s;
-  }
+  Status DoWrite(std::span<const uint8_t> data) override { return WriteImpl(data); }
+  Status DoFinish() override { return FinishImpl(); }
 
  private:
-  enum class State { kOpen, kFinished, kFailed };
-
-  Status NotOpen() const {
-    return InvalidArgumentError(std::string(kName) + ": encoder used after " +
-                                (state_ == State::kFinished ? "Finish" : "an error"));
-  }
-
   Status EmitHeaderOnce() {
     if (header_sent_) return Status();
     header_sent_ = true;
@@ -146,63 +129,58 @@ class ByteShuffleEncoder final : public Encoder {
   ByteSink sink_;
   uint8_t header_[kShuffleHeaderSize];
   bool header_sent_ = false;
-  State state_ = State::kOpen;
   std::vector<uint8_t> pending_;   // < block_size_ bytes of the next block
   std::vector<uint8_t> shuffled_;  // one shuffled block, handed to the sink
 };
 
 }  // namespace
 
-void ShuffleBlock(const uint8_t* in, size_t size, int width, uint8_t* out) {
+namespace {
+
+// Runs `fixed(std::integral_constant<int, W>{})` for the widths with an
+// unrolled loop and `generic()` for the others, then copies the bytes of a
+// trailing partial value, which both directions leave in place.
+template <typename Fixed, typename Generic>
+void ForWidth(const uint8_t* in, size_t size, int width, uint8_t* out, Fixed fixed,
+              Generic generic) {
   const size_t n = size / static_cast<size_t>(width);
   switch (width) {
     case 1:
       std::memcpy(out, in, n);
       break;
     case 2:
-      ShuffleFixed<2>(in, n, out);
+      fixed(std::integral_constant<int, 2>{}, n);
       break;
     case 4:
-      ShuffleFixed<4>(in, n, out);
+      fixed(std::integral_constant<int, 4>{}, n);
       break;
     case 8:
-      ShuffleFixed<8>(in, n, out);
+      fixed(std::integral_constant<int, 8>{}, n);
       break;
     case 16:
-      ShuffleFixed<16>(in, n, out);
+      fixed(std::integral_constant<int, 16>{}, n);
       break;
     default:
-      ShuffleGeneric(in, n, width, out);
+      generic(n);
       break;
   }
   const size_t whole = n * static_cast<size_t>(width);
   std::memcpy(out + whole, in + whole, size - whole);
 }
 
+}  // namespace
+
+void ShuffleBlock(const uint8_t* in, size_t size, int width, uint8_t* out) {
+  ForWidth(
+      in, size, width, out, [&](auto w, size_t n) { ShuffleFixed<decltype(w)::value>(in, n, out); },
+      [&](size_t n) { ShuffleGeneric(in, n, width, out); });
+}
+
 void UnshuffleBlock(const uint8_t* in, size_t size, int width, uint8_t* out) {
-  const size_t n = size / static_cast<size_t>(width);
-  switch (width) {
-    case 1:
-      std::memcpy(out, in, n);
-      break;
-    case 2:
-      UnshuffleFixed<2>(in, n, out);
-      break;
-    case 4:
-      UnshuffleFixed<4>(in, n, out);
-      break;
-    case 8:
-      UnshuffleFixed<8>(in, n, out);
-      break;
-    case 16:
-      UnshuffleFixed<16>(in, n, out);
-      break;
-    default:
-      UnshuffleGeneric(in, n, width, out);
-      break;
-  }
-  const size_t whole = n * static_cast<size_t>(width);
-  std::memcpy(out + whole, in + whole, size - whole);
+  ForWidth(
+      in, size, width, out,
+      [&](auto w, size_t n) { UnshuffleFixed<decltype(w)::value>(in, n, out); },
+      [&](size_t n) { UnshuffleGeneric(in, n, width, out); });
 }
 
 Result<std::unique_ptr<Encoder>> NewByteShuffleEncoder(int width, int block_log2, ByteSink sink) {

@@ -8,6 +8,26 @@
 #include "dcpp/transform/zstd_stream.h"
 
 namespace dcpp::transform {
+
+Status Encoder::Write(std::span<const uint8_t> data) {
+  if (state_ != State::kOpen)
+    return InvalidArgumentError(state_ == State::kFinished
+                                    ? "stream transform encoder used after Finish"
+                                    : "stream transform encoder used after an error");
+  Status s = DoWrite(data);
+  if (!s.ok()) state_ = State::kFailed;
+  return s;
+}
+
+Status Encoder::Finish() {
+  if (state_ != State::kOpen)
+    return InvalidArgumentError(state_ == State::kFinished
+                                    ? "stream transform encoder used after Finish"
+                                    : "stream transform encoder used after an error");
+  Status s = DoFinish();
+  state_ = s.ok() ? State::kFinished : State::kFailed;
+  return s;
+}
 namespace {
 
 enum class Kind { kZstd, kByteShuffle };
@@ -66,29 +86,10 @@ class ChainEncoder final : public Encoder {
   ChainEncoder(std::vector<std::unique_ptr<Encoder>> stages, ByteSink sink, uint64_t size_hint)
       : stages_(std::move(stages)), sink_(std::move(sink)), size_hint_(size_hint) {}
 
-  Status Write(std::span<const uint8_t> data) override {
-    if (state_ != State::kOpen) return NotOpen();
-    Status s = WriteImpl(data);
-    if (!s.ok()) state_ = State::kFailed;
-    return s;
-  }
-
-  Status Finish() override {
-    if (state_ != State::kOpen) return NotOpen();
-    Status s = FinishImpl();
-    state_ = s.ok() ? State::kFinished : State::kFailed;
-    return s;
-  }
+  Status DoWrite(std::span<const uint8_t> data) override { return WriteImpl(data); }
+  Status DoFinish() override { return FinishImpl(); }
 
  private:
-  enum class State { kOpen, kFinished, kFailed };
-
-  Status NotOpen() const {
-    return InvalidArgumentError(state_ == State::kFinished
-                                    ? "stream transform encoder used after Finish"
-                                    : "stream transform encoder used after an error");
-  }
-
   Status WriteImpl(std::span<const uint8_t> data) {
     if (size_hint_ > 0 && data.size() > size_hint_ - written_) {
       return InvalidArgumentError("stream transforms: more bytes written than the " +
@@ -115,7 +116,6 @@ class ChainEncoder final : public Encoder {
   ByteSink sink_;
   const uint64_t size_hint_;
   uint64_t written_ = 0;
-  State state_ = State::kOpen;
 };
 
 }  // namespace

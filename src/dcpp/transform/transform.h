@@ -62,8 +62,18 @@ struct EncodeOptions {
 class Encoder {
  public:
   virtual ~Encoder() = default;
-  virtual Status Write(std::span<const uint8_t> data) = 0;
-  virtual Status Finish() = 0;
+  Status Write(std::span<const uint8_t> data);
+  Status Finish();
+
+ protected:
+  // The transform's own steps, called only while the encoder is usable;
+  // Write and Finish above keep the state.
+  virtual Status DoWrite(std::span<const uint8_t> data) = 0;
+  virtual Status DoFinish() = 0;
+
+ private:
+  enum class State { kOpen, kFinished, kFailed };
+  State state_ = State::kOpen;
 };
 
 // Creates the encoder chain for `descriptors` in application order (e.g.

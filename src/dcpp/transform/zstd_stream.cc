@@ -73,29 +73,15 @@ class ZstdEncoder final : public Encoder {
     }
   }
 
-  Status Write(std::span<const uint8_t> data) override {
-    if (state_ != State::kOpen) return NotOpen();
-    Status s = Compress(data, ZSTD_e_continue);
-    if (!s.ok()) state_ = State::kFailed;
-    return s;
-  }
+  Status DoWrite(std::span<const uint8_t> data) override { return Compress(data, ZSTD_e_continue); }
 
-  Status Finish() override {
-    if (state_ != State::kOpen) return NotOpen();
+  Status DoFinish() override {
     Status s = Compress({}, ZSTD_e_end);
     if (s.ok() && out_pos_ > 0) s = Emit();
-    state_ = s.ok() ? State::kFinished : State::kFailed;
     return s;
   }
 
  private:
-  enum class State { kOpen, kFinished, kFailed };
-
-  Status NotOpen() const {
-    return InvalidArgumentError(Prefixed(
-        state_ == State::kFinished ? "encoder used after Finish" : "encoder used after an error"));
-  }
-
   Status Emit() {
     Status s = sink_(std::span<const uint8_t>(out_.get(), out_pos_));
     out_pos_ = 0;
@@ -137,7 +123,6 @@ class ZstdEncoder final : public Encoder {
   std::unique_ptr<uint8_t[]> out_;  // uninitialised: zstd writes before we read
   size_t out_pos_ = 0;
   ByteSink sink_;
-  State state_ = State::kOpen;
 };
 
 }  // namespace
