@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
@@ -275,12 +276,39 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
   auto described = format::DescribeTensorArchive(*reader);
   if (!described.ok()) return described.status().WithContext(where);
   DCPP_RETURN_IF_ERROR(CheckDecoded(*described, dtype, chunk, where));
-  BoxReader box_reader(file, base + described->storage_record_offset, *described,
-                       std::max<uint64_t>(buffer_limit, 1));
+  const uint64_t record = base + described->storage_record_offset;
+  BoxReader box_reader(file, record, *described, std::max<uint64_t>(buffer_limit, 1));
+  std::optional<io::MappedRange> mapped;
+  const size_t esize = ElementSize(dtype);
   for (const ChunkTarget& t : targets) {
     Shape lo(nd);
-    for (size_t d = 0; d < nd; ++d) lo[d] = t.box_offsets[d] - chunk.offsets[d];
-    DCPP_RETURN_IF_ERROR(box_reader.Read(std::move(lo), t.box_sizes, t.dst).WithContext(where));
+    int64_t extent = 0;
+    for (size_t d = 0; d < nd; ++d) {
+      lo[d] = t.box_offsets[d] - chunk.offsets[d];
+      if (t.box_sizes[d] > 0) extent += (t.box_sizes[d] - 1) * described->strides[d];
+    }
+    const int64_t numel = NumElements(t.box_sizes);
+    if (numel == 0) continue;
+    if (extent + 1 <= 2 * numel) {
+      DCPP_RETURN_IF_ERROR(box_reader.Read(std::move(lo), t.box_sizes, t.dst).WithContext(where));
+      continue;
+    }
+    // The box needs under half of the bytes it spans (a column band of a
+    // row-major chunk): reading the span would read every row whole. Map
+    // the chunk instead and copy out only what the box holds.
+    if (!mapped) {
+      auto m = file.MapForRead(record, described->storage_nbytes);
+      if (!m.ok()) return m.status().WithContext(where);
+      mapped.emplace(std::move(*m));
+    }
+    TensorView from;
+    from.dtype = dtype;
+    from.shape = t.box_sizes;
+    from.strides = described->strides;
+    int64_t first = described->storage_offset;
+    for (size_t d = 0; d < nd; ++d) first += lo[d] * described->strides[d];
+    from.data = const_cast<uint8_t*>(mapped->data()) + first * static_cast<int64_t>(esize);
+    DCPP_RETURN_IF_ERROR(CopyTensor(from, t.dst).WithContext(where));
   }
   return Status();
 }
