@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <memory>
-#include <optional>
 
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
@@ -50,8 +49,10 @@ Result<ItemFile> OpenItem(const std::string& dir, const StorageInfo& s, std::str
 
 // Copies the part of a saved chunk inside one target box, reading only the
 // bytes the box spans. The chunk's storage record starts at `base` in `file`
-// and is described by `src` (shape, strides, storage offset). Boxes whose
-// span exceeds the scratch limit are split along their outermost dimension.
+// and is described by `src` (shape, strides, storage offset). A box that is
+// one run of bytes in the target's layout is read straight into it; other
+// boxes go through scratch memory, split along their outermost dimension
+// where their span exceeds the scratch limit.
 class BoxReader {
  public:
   BoxReader(const io::File& file, uint64_t base, const format::DecodedTensor& src, uint64_t limit)
@@ -69,6 +70,12 @@ class BoxReader {
       extent += (sz[d] - 1) * src_.strides[d];
     }
     const uint64_t span_bytes = static_cast<uint64_t>(extent + 1) * esize_;
+    const uint64_t at = base_ + static_cast<uint64_t>(first) * esize_;
+    if (SameContiguousLayout(sz, dst) && static_cast<int64_t>(span_bytes / esize_) == numel) {
+      // The box is one run of the stored bytes in the target's own order:
+      // read it straight into place, in one piece whatever its size.
+      return file_.ReadAt(at, {static_cast<uint8_t*>(dst.data), span_bytes});
+    }
     if (span_bytes > limit_ && numel > 1) {
       // Split along the dimension with the largest stride among those > 1.
       size_t d = nd;
@@ -86,12 +93,6 @@ class BoxReader {
         DCPP_RETURN_IF_ERROR(Read(std::move(sub_lo), std::move(sub_sz), part));
       }
       return Status();
-    }
-    const uint64_t at = base_ + static_cast<uint64_t>(first) * esize_;
-    if (SameContiguousLayout(sz, dst) && static_cast<int64_t>(span_bytes / esize_) == numel) {
-      // The box is one run of the stored bytes in the target's own order:
-      // read it straight into place.
-      return file_.ReadAt(at, {static_cast<uint8_t*>(dst.data), span_bytes});
     }
     if (scratch_size_ < span_bytes) {
       scratch_.reset(new (std::nothrow) uint8_t[span_bytes]);
@@ -276,39 +277,12 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
   auto described = format::DescribeTensorArchive(*reader);
   if (!described.ok()) return described.status().WithContext(where);
   DCPP_RETURN_IF_ERROR(CheckDecoded(*described, dtype, chunk, where));
-  const uint64_t record = base + described->storage_record_offset;
-  BoxReader box_reader(file, record, *described, std::max<uint64_t>(buffer_limit, 1));
-  std::optional<io::MappedRange> mapped;
-  const size_t esize = ElementSize(dtype);
+  BoxReader box_reader(file, base + described->storage_record_offset, *described,
+                       std::max<uint64_t>(buffer_limit, 1));
   for (const ChunkTarget& t : targets) {
     Shape lo(nd);
-    int64_t extent = 0;
-    for (size_t d = 0; d < nd; ++d) {
-      lo[d] = t.box_offsets[d] - chunk.offsets[d];
-      if (t.box_sizes[d] > 0) extent += (t.box_sizes[d] - 1) * described->strides[d];
-    }
-    const int64_t numel = NumElements(t.box_sizes);
-    if (numel == 0) continue;
-    if (extent + 1 <= 2 * numel) {
-      DCPP_RETURN_IF_ERROR(box_reader.Read(std::move(lo), t.box_sizes, t.dst).WithContext(where));
-      continue;
-    }
-    // The box needs under half of the bytes it spans (a column band of a
-    // row-major chunk): reading the span would read every row whole. Map
-    // the chunk instead and copy out only what the box holds.
-    if (!mapped) {
-      auto m = file.MapForRead(record, described->storage_nbytes);
-      if (!m.ok()) return m.status().WithContext(where);
-      mapped.emplace(std::move(*m));
-    }
-    TensorView from;
-    from.dtype = dtype;
-    from.shape = t.box_sizes;
-    from.strides = described->strides;
-    int64_t first = described->storage_offset;
-    for (size_t d = 0; d < nd; ++d) first += lo[d] * described->strides[d];
-    from.data = const_cast<uint8_t*>(mapped->data()) + first * static_cast<int64_t>(esize);
-    DCPP_RETURN_IF_ERROR(CopyTensor(from, t.dst).WithContext(where));
+    for (size_t d = 0; d < nd; ++d) lo[d] = t.box_offsets[d] - chunk.offsets[d];
+    DCPP_RETURN_IF_ERROR(box_reader.Read(std::move(lo), t.box_sizes, t.dst).WithContext(where));
   }
   return Status();
 }

@@ -73,15 +73,16 @@ struct ChunkTarget {
 // sizes and storage) of the tensor `name` with dtype `dtype`. Untransformed
 // chunks are read partially: only the byte ranges the targets need (a
 // contiguous target whose box is a contiguous run of the chunk is read
-// straight into its memory; a box that needs under half of the bytes it
-// spans, such as a column band of a row-major chunk, is copied out of a
-// read-only mapping of the chunk, so only its pages are touched);
-// transformed chunks are read and decoded whole. At most `buffer_limit`
-// bytes of scratch memory per call beyond one decoded transformed chunk
-// (mapped pages belong to the page cache, not to the process). Checks the archive against the metadata
-// (dtype, shape): DataLoss naming the tensor, its chunk and the file.
+// straight into its memory); transformed chunks are read and decoded whole.
+// Other boxes are read span by span through at most `buffer_limit` bytes of
+// scratch memory per call (beyond one decoded transformed chunk): a column
+// band of a row-major chunk reads the rows it crosses and copies its part
+// out. The default, 1 MiB, keeps that scratch in the CPU cache, so the rows
+// cost one pass over memory, not a write and a read-back. Checks the
+// archive against the metadata (dtype, shape): DataLoss naming the tensor,
+// its chunk and the file.
 Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
-                 std::span<const ChunkTarget> targets, uint64_t buffer_limit = 64 << 20);
+                 std::span<const ChunkTarget> targets, uint64_t buffer_limit = 1 << 20);
 
 }  // namespace dcpp::engine
 

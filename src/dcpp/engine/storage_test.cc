@@ -53,6 +53,7 @@ TEST_F(StorageTest, PartialReadsOfALargeChunk) {
   ASSERT_TRUE(infos.ok()) << infos.status().ToString();
   const ChunkMeta chunk = ChunkOf((*infos)[0], {rows, cols});
   ExpectBox(root_, chunk, 0, rows, 0, cols, 64 << 20);      // everything, straight into place
+  ExpectBox(root_, chunk, 0, rows, 0, cols, 4096);          // the same, whatever the scratch
   ExpectBox(root_, chunk, 100, 50, 0, cols, 64 << 20);      // a row band
   ExpectBox(root_, chunk, 0, rows, 233, 233, 64 << 20);     // a column band
   ExpectBox(root_, chunk, 17, 301, 5, 600, 4096);           // split into many small reads

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -92,43 +91,6 @@ Result<uint64_t> File::Size() const {
   struct stat st;
   if (::fstat(fd_, &st) != 0) return OsError("stat", path_);
   return static_cast<uint64_t>(st.st_size);
-}
-
-Result<MappedRange> File::MapForRead(uint64_t offset, uint64_t length) const {
-  if (fd_ < 0) return InternalError(path_ + ": MapForRead() on a closed file");
-  if (length == 0) return InvalidArgumentError(path_ + ": cannot map an empty range");
-  if (!OffsetFits(offset, length) || length > std::numeric_limits<size_t>::max() / 2)
-    return OffsetError(path_, offset, length);
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t start = offset / page * page;
-  const size_t base_size = static_cast<size_t>(offset - start + length);
-  void* base = ::mmap(nullptr, base_size, PROT_READ, MAP_PRIVATE, fd_, static_cast<off_t>(start));
-  if (base == MAP_FAILED) return OsError("mmap", path_);
-  // Reads run front to back: let the kernel read ahead and drop pages early.
-  ::madvise(base, base_size, MADV_SEQUENTIAL);
-  return MappedRange(base, base_size, static_cast<const uint8_t*>(base) + (offset - start),
-                     static_cast<size_t>(length));
-}
-
-MappedRange::MappedRange(MappedRange&& other) noexcept
-    : base_(std::exchange(other.base_, nullptr)),
-      base_size_(std::exchange(other.base_size_, 0)),
-      data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
-
-MappedRange& MappedRange::operator=(MappedRange&& other) noexcept {
-  if (this != &other) {
-    if (base_ != nullptr) ::munmap(base_, base_size_);
-    base_ = std::exchange(other.base_, nullptr);
-    base_size_ = std::exchange(other.base_size_, 0);
-    data_ = std::exchange(other.data_, nullptr);
-    size_ = std::exchange(other.size_, 0);
-  }
-  return *this;
-}
-
-MappedRange::~MappedRange() {
-  if (base_ != nullptr) ::munmap(base_, base_size_);
 }
 
 Status File::ReadAt(uint64_t offset, std::span<uint8_t> out) const {

@@ -16,8 +16,6 @@
 
 namespace dcpp::io {
 
-class MappedRange;
-
 // An open file descriptor, closed when the File is destroyed. Move-only.
 //
 // Thread safety: ReadAt/WriteAt/WriteVAt use positional I/O (pread/pwrite)
@@ -60,14 +58,6 @@ class File {
   // made of owned headers and borrowed tensor bytes go out without a copy.
   Status WriteVAt(uint64_t offset, std::span<const std::span<const uint8_t>> pieces);
 
-  // Maps bytes [offset, offset + length) read-only (a private view of the
-  // page cache: no copy until touched). The file must not shrink while the
-  // mapping lives: touching a page past a new end raises SIGBUS, so map only
-  // files nobody truncates (checkpoint data files are never changed after
-  // they are written) and check the range against Size() first.
-  // InvalidArgument for an empty range; the OS error otherwise.
-  Result<MappedRange> MapForRead(uint64_t offset, uint64_t length) const;
-
   // Flushes the file's data (and the metadata needed to read it) to stable
   // storage (fdatasync).
   Status Sync();
@@ -82,30 +72,6 @@ class File {
 
   int fd_ = -1;
   std::string path_;
-};
-
-// A read-only file mapping made by File::MapForRead; unmapped on
-// destruction. Move-only. data() is valid while the object lives (the File
-// may be closed meanwhile).
-class MappedRange {
- public:
-  MappedRange(MappedRange&& other) noexcept;
-  MappedRange& operator=(MappedRange&& other) noexcept;
-  MappedRange(const MappedRange&) = delete;
-  MappedRange& operator=(const MappedRange&) = delete;
-  ~MappedRange();
-
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  friend class File;
-  MappedRange(void* base, size_t base_size, const uint8_t* data, size_t size)
-      : base_(base), base_size_(base_size), data_(data), size_(size) {}
-  void* base_ = nullptr;  // page-aligned start of the mapping
-  size_t base_size_ = 0;
-  const uint8_t* data_ = nullptr;
-  size_t size_ = 0;
 };
 
 // mkdir -p: creates `path` and any missing parents (mode 0755 before umask).

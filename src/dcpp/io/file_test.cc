@@ -89,31 +89,6 @@ TEST_F(FileTest, WriteThenReadBack) {
   EXPECT_EQ(whole->substr(0, 11), "hello WORLD");
 }
 
-TEST_F(FileTest, MapForReadSeesTheBytesAtAnyOffset) {
-  std::string content(3 * 4096 + 123, '\0');
-  for (size_t i = 0; i < content.size(); ++i) content[i] = static_cast<char>(i * 13);
-  {
-    auto f = File::CreateForWrite(P("m"));
-    ASSERT_TRUE(f.ok());
-    ASSERT_TRUE(f->WriteAt(0, B(content)).ok());
-    ASSERT_TRUE(f->Close().ok());
-  }
-  auto f = File::OpenForRead(P("m"));
-  ASSERT_TRUE(f.ok());
-  for (uint64_t offset :
-       {uint64_t{0}, uint64_t{1}, uint64_t{4095}, uint64_t{4096}, uint64_t{9000}}) {
-    const uint64_t length = content.size() - offset;
-    auto m = f->MapForRead(offset, length);
-    ASSERT_TRUE(m.ok()) << m.status().ToString();
-    ASSERT_EQ(m->size(), length);
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>(m->data()), length), content.substr(offset))
-        << offset;
-    MappedRange moved = std::move(*m);  // the mapping moves with the object
-    EXPECT_EQ(moved.data()[0], static_cast<uint8_t>(content[offset]));
-  }
-  EXPECT_EQ(f->MapForRead(0, 0).status().code(), StatusCode::kInvalidArgument);
-}
-
 TEST_F(FileTest, ReadPastEndIsDataLoss) {
   ASSERT_TRUE(WriteFileAtomically(P("short"), B("0123456789"), false).ok());
   auto r = File::OpenForRead(P("short"));
