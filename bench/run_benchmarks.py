@@ -411,6 +411,36 @@ def machine_limits(nbytes, a, log):
     return out
 
 
+COMPRESSION_CASES = [  # (what, dtype, transforms, level)
+    ("bf16 weights, zstd level 1 (dcpp's default)", "bfloat16", "stream.zstd/1", 1),
+    ("bf16 weights, zstd level 3 (torch's)", "bfloat16", "stream.zstd/1", 3),
+    ("bf16 weights, byteshuffle + zstd level 1", "bfloat16", "dcpp.byteshuffle/1,stream.zstd/1", 1),
+    ("whole state, zstd level 1", "", "stream.zstd/1", 1),
+    ("whole state, byteshuffle + zstd level 1", "", "dcpp.byteshuffle/1,stream.zstd/1", 1),
+]
+
+
+def compression(image, index, a, log):
+    """The transforms alone on one core (`dcpp bench compress`): dcpp's
+    encoder and decoder, and libzstd's one-shot compression of the same
+    tensors, best of a.reps passes each."""
+    out = []
+    for what, dtype, transforms, level in COMPRESSION_CASES:
+        cmd = [a.dcpp, "bench", "compress", "--image", image, "--index", index,
+               "--transforms", transforms, "--level", str(level), "--repeats", str(a.reps)]
+        if dtype:
+            cmd += ["--dtype", dtype]
+        r = measure(cmd, a.timeout)
+        r["what"] = what
+        out.append(r)
+        if "error" in r:
+            log(f"    {what}: {r['error']}")
+        else:
+            log(f"    {what}: {r['bytes'] / r['encode_seconds'] / 1e9:.2f} GB/s, "
+                f"ratio {r['bytes'] / r['stored_bytes']:.3f}")
+    return out
+
+
 def _read_file(path):
     with open(path, "rb") as fh:
         while fh.read(16 * MIB):
@@ -535,6 +565,27 @@ def render(results, a):
             s = limits[key]
             out.append(f"| {s['what']} | `{s['command']}` | {_cell_time(s)} |")
         out.append("")
+    for name, rows in results.get("compress", {}).items():
+        out += ["### Compression on one core (transformer-like state)", "",
+                "`dcpp bench compress`: each tensor compressed on its own through dcpp's encoder "
+                "(what a save runs per item on an I/O thread, zstd workers off) and decoded "
+                "again, and libzstd's one-shot `ZSTD_compressCCtx` at the same level on the same "
+                "tensors, the bound for dcpp's streaming encoder. Best of the repetitions. "
+                "Ratio = input bytes / compressed bytes.", "",
+                "| data, transforms | bytes | dcpp encode | libzstd one-shot | dcpp / libzstd "
+                "| ratio | dcpp decode |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "error" in r:
+                out.append(f"| {r['what']} | **error:** {r['error']} | | | | | |")
+                continue
+            enc = r["bytes"] / r["encode_seconds"] / 1e9
+            lib = r["bytes"] / r["libzstd_seconds"] / 1e9
+            lib_cell = (f"{lib:.2f} GB/s" if "byteshuffle" not in r["what"]
+                        else f"{lib:.2f} GB/s (zstd alone)")
+            out.append(f"| {r['what']} | {_mib(r['bytes'])} | {enc:.2f} GB/s | {lib_cell} | "
+                       f"{enc / lib:.0%} | {r['bytes'] / r['stored_bytes']:.3f} | "
+                       f"{r['bytes'] / r['decode_seconds'] / 1e9:.2f} GB/s |")
+        out.append("")
     out.append(END)
     return "\n".join(out)
 
@@ -641,7 +692,7 @@ def main(argv):
     results = {"command": "python3 bench/run_benchmarks.py " + " ".join(
                    shlex.quote(x) for x in argv),
                "machine": machine_description(a), "settings": vars(a), "states": {},
-               "limits": {}, "baseline": {}}
+               "limits": {}, "baseline": {}, "compress": {}}
     idle = {"dcpp": measure([a.dcpp, "bench", "memcpy", "--bytes", "0"], a.timeout),
             "torch": measure([sys.executable, TORCH_SIDE, "idle"], a.timeout)}
     results["baseline"] = {e: r.get("max_rss_bytes", 0) for e, r in idle.items()}
@@ -663,6 +714,9 @@ def main(argv):
                 st["cases"].append(dict(name=case.name, op=case.op, dd=case.dd, config=case.save,
                                         load_ranks=case.load_ranks, **r))
             results["states"][name] = st
+            if name == "transformer" and (not wanted or any(w in "compress" for w in wanted)):
+                log("  compression on one core")
+                results.setdefault("compress", {})[name] = compression(image, index, a, log)
     finally:
         shutil.rmtree(os.path.join(a.dir, "ckpt"), ignore_errors=True)
         if not a.keep_images:

@@ -34,7 +34,7 @@ commands:
   inspect CKPT       list what a checkpoint holds (reads only .metadata)
   convert SRC DST    rewrite a checkpoint with dcpp's writer and options
   demo               save a synthetic training state, load it resharded, verify
-  bench              time one save, load or memcpy (used by bench/run_benchmarks.py)
+  bench              time one save, load, compression or memcpy (bench/run_benchmarks.py)
 
 Run `dcpp <command> --help` for a command's options.
 
@@ -102,6 +102,7 @@ options:
 
 constexpr const char* kBenchHelp =
     R"(usage: dcpp bench save|load --image F --index F.json --ckpt DIR [options]
+       dcpp bench compress --image F --index F.json [--dtype D] [options]
        dcpp bench memcpy --bytes N
 
 Times one operation on a state given as an image file (every tensor's bytes)
@@ -114,6 +115,12 @@ state is read into memory (save) or allocated and touched (load) first.
   save     dcpp::Save of the image's tensors to DIR
   load     dcpp::Load from DIR into preallocated tensors, then compare every
            loaded byte with the image
+  compress the stream transforms alone on one thread: every tensor of dtype D
+           (default: all) through --transforms (default stream.zstd/1), then
+           decoded and checked, and libzstd's one-shot compression of the
+           same tensors at the same level for comparison; prints op, dtype,
+           tensors, bytes, stored_bytes, encode_seconds, decode_seconds,
+           libzstd_stored_bytes, libzstd_seconds (best of --repeats)
   memcpy   one memcpy of N bytes between touched buffers
 
 options:
@@ -128,9 +135,12 @@ options:
   --level L            zstd level (default 1)
   --no-verify          load without comparing with the image
   --bytes N            memcpy size
+  --dtype D            compress: only tensors of this torch dtype (bfloat16 ...)
+  --repeats R          compress: timed passes, the best is reported (default 3)
 
-example:
+examples:
   dcpp bench save --image /tmp/s.img --index /tmp/s.json --ckpt /tmp/ck --ranks 4
+  dcpp bench compress --image /tmp/s.img --index /tmp/s.json --dtype bfloat16
 )";
 
 struct Args {
@@ -305,11 +315,41 @@ int Bench(int argc, char** argv) {
               {"--transforms", true},
               {"--level", true},
               {"--no-verify", false},
-              {"--bytes", true}},
+              {"--bytes", true},
+              {"--dtype", true},
+              {"--repeats", true}},
              args, error))
     return Usage(kBenchHelp, error);
-  if (args.positional.size() != 1) return Usage(kBenchHelp, "bench takes save, load or memcpy");
+  if (args.positional.size() != 1)
+    return Usage(kBenchHelp, "bench takes save, load, compress or memcpy");
   const std::string& op = args.positional[0];
+  std::vector<std::string> transforms;
+  if (args.flags.count("--transforms")) {
+    const std::string& list = args.flags["--transforms"];
+    for (size_t start = 0; start <= list.size();) {
+      size_t comma = list.find(',', start);
+      if (comma == std::string::npos) comma = list.size();
+      if (comma > start) transforms.push_back(list.substr(start, comma - start));
+      start = comma + 1;
+    }
+  }
+  long level = 1;
+  if (args.flags.count("--level") && !ParseInt(args.flags["--level"], -131072, 22, level))
+    return Usage(kBenchHelp, "--level must be an integer in [-131072, 22]");
+  if (op == "compress") {
+    for (const char* f : {"--image", "--index"})
+      if (args.flags[f].empty()) return Usage(kBenchHelp, std::string("compress needs ") + f);
+    long repeats = 3;
+    if (args.flags.count("--repeats") && !ParseInt(args.flags["--repeats"], 1, 1000, repeats))
+      return Usage(kBenchHelp, "--repeats must be an integer in [1, 1000]");
+    if (transforms.empty()) transforms = {"stream.zstd/1"};
+    auto r = dcpp::tools::BenchCompress(args.flags["--image"], args.flags["--index"],
+                                        args.flags["--dtype"], transforms, static_cast<int>(level),
+                                        static_cast<int>(repeats));
+    if (!r.ok()) return Fail(r.status());
+    std::printf("%s\n", dcpp::tools::CompressResultJson(*r).c_str());
+    return kExitOk;
+  }
   dcpp::Result<dcpp::tools::BenchResult> result = dcpp::InternalError("bench: not run");
   if (op == "memcpy") {
     long long bytes = -1;
@@ -330,9 +370,7 @@ int Bench(int argc, char** argv) {
       const char* name;
       long lo, hi;
       int* out;
-    } ints[] = {{"--threads", 1, 1024, &o.thread_count},
-                {"--ranks", 1, 4096, &o.ranks},
-                {"--level", -131072, 22, &o.compression_level}};
+    } ints[] = {{"--threads", 1, 1024, &o.thread_count}, {"--ranks", 1, 4096, &o.ranks}};
     for (auto& f : ints) {
       if (!args.flags.count(f.name)) continue;
       long v;
@@ -341,17 +379,10 @@ int Bench(int argc, char** argv) {
                                      std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]");
       *f.out = static_cast<int>(v);
     }
+    o.compression_level = static_cast<int>(level);
     o.sync_files = !args.flags.count("--no-fsync");
     o.verify = !args.flags.count("--no-verify");
-    if (args.flags.count("--transforms")) {
-      const std::string& list = args.flags["--transforms"];
-      for (size_t start = 0; start <= list.size();) {
-        size_t comma = list.find(',', start);
-        if (comma == std::string::npos) comma = list.size();
-        if (comma > start) o.transforms.push_back(list.substr(start, comma - start));
-        start = comma + 1;
-      }
-    }
+    o.transforms = transforms;
     result = op == "save" ? dcpp::tools::BenchSave(o) : dcpp::tools::BenchLoad(o);
   } else {
     return Usage(kBenchHelp, "unknown bench operation '" + op + "'");

@@ -12,10 +12,14 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <unordered_set>
 
+#include <zstd.h>
+
 #include "dcpp/format/json.h"
+#include "dcpp/transform/transform.h"
 
 namespace dcpp::tools {
 namespace {
@@ -491,6 +495,124 @@ Result<BenchResult> BenchMemcpy(uint64_t bytes) {
                               std::memcmp(dst.get(), src.get(), static_cast<size_t>(bytes)) == 0);
   if (!r.verified) return InternalError("bench: memcpy produced different bytes");
   return r;
+}
+
+Result<CompressResult> BenchCompress(const std::string& image_path, const std::string& index_path,
+                                     const std::string& dtype,
+                                     const std::vector<std::string>& transforms, int level,
+                                     int repeats) {
+  if (repeats < 1) return InvalidArgumentError("bench: repeats must be >= 1");
+  std::optional<DType> want;
+  if (!dtype.empty()) {
+    want = DTypeFromTorchName(dtype);
+    if (!want) return InvalidArgumentError("bench: unknown dtype '" + dtype + "' (torch's names, "
+                                           "e.g. bfloat16, float32)");
+  }
+  BenchOptions o;
+  o.image_path = image_path;
+  o.index_path = index_path;
+  DCPP_ASSIGN_OR_RETURN(auto image, OpenForReading(image_path));
+  DCPP_ASSIGN_OR_RETURN(Inputs in, ReadIndex(o, *image));
+  std::vector<const BenchTensor*> picked;
+  for (const BenchTensor& t : in.tensors)
+    if ((!want || t.dtype == *want) && t.nbytes > 0) picked.push_back(&t);
+  if (picked.empty())
+    return InvalidArgumentError("bench: " + index_path + " has no " +
+                                (dtype.empty() ? std::string("non-empty") : dtype) + " tensor");
+  DCPP_ASSIGN_OR_RETURN(Buffer bytes, AllocateTouched(in.image_bytes, 0));
+  DCPP_RETURN_IF_ERROR(PreadAll(*image, image_path, 0, bytes.get(), in.image_bytes));
+  auto data = [&](const BenchTensor& t) {
+    return std::span<const uint8_t>(bytes.get() + t.offset, static_cast<size_t>(t.nbytes));
+  };
+
+  CompressResult r;
+  r.dtype = dtype;
+  r.transforms = transforms;
+  r.compression_level = level;
+  r.tensors = picked.size();
+  for (const BenchTensor* t : picked) r.bytes += t->nbytes;
+
+  // dcpp's encoders, as a save runs them on one I/O thread. The output goes
+  // to memory reserved beforehand, as a save's goes to the page cache.
+  std::vector<std::string> encoded(picked.size()), recorded;
+  for (size_t i = 0; i < picked.size(); ++i)  // touched, as libzstd's buffer below is
+    encoded[i].resize(ZSTD_compressBound(static_cast<size_t>(picked[i]->nbytes)) + 4096);
+  r.encode_seconds = 1e300;
+  for (int rep = 0; rep < repeats; ++rep) {
+    const auto t0 = Clock::now();
+    for (size_t i = 0; i < picked.size(); ++i) {
+      transform::EncodeOptions eo;
+      eo.zstd_level = level;
+      eo.zstd_workers = 1;
+      eo.element_size = static_cast<int>(ElementSize(picked[i]->dtype));
+      eo.size_hint = picked[i]->nbytes;
+      std::string& out = encoded[i];
+      out.clear();  // keeps the reserved capacity
+      auto sink = [&out](std::span<const uint8_t> b) {
+        out.append(reinterpret_cast<const char*>(b.data()), b.size());
+        return Status();
+      };
+      DCPP_ASSIGN_OR_RETURN(auto encoder, transform::NewEncoder(transforms, eo, sink, &recorded));
+      DCPP_RETURN_IF_ERROR(encoder->Write(data(*picked[i])));
+      DCPP_RETURN_IF_ERROR(encoder->Finish());
+    }
+    r.encode_seconds = std::min(r.encode_seconds, SecondsSince(t0));
+  }
+  for (const auto& e : encoded) r.stored_bytes += e.size();
+  r.decode_seconds = 1e300;
+  for (int rep = 0; rep < repeats; ++rep) {
+    const auto t0 = Clock::now();
+    for (size_t i = 0; i < picked.size(); ++i) {
+      const auto& e = encoded[i];
+      DCPP_ASSIGN_OR_RETURN(
+          std::string back,
+          transform::DecodeAll(recorded, {reinterpret_cast<const uint8_t*>(e.data()), e.size()},
+                               picked[i]->nbytes));
+      if (rep == 0 && (back.size() != picked[i]->nbytes ||
+                       std::memcmp(back.data(), data(*picked[i]).data(), back.size()) != 0))
+        return InternalError("bench: '" + picked[i]->fqn + "' decodes to different bytes");
+    }
+    r.decode_seconds = std::min(r.decode_seconds, SecondsSince(t0));
+  }
+
+  // libzstd alone: one-shot compression into a buffer of the bound's size.
+  std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> cctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
+  if (!cctx) return ResourceExhaustedError("bench: cannot create a zstd context");
+  uint64_t largest = 0;
+  for (const BenchTensor* t : picked) largest = std::max(largest, t->nbytes);
+  std::vector<uint8_t> out(ZSTD_compressBound(static_cast<size_t>(largest)));
+  r.libzstd_seconds = 1e300;
+  for (int rep = 0; rep < repeats; ++rep) {
+    uint64_t stored = 0;
+    const auto t0 = Clock::now();
+    for (const BenchTensor* t : picked) {
+      const size_t n = ZSTD_compressCCtx(cctx.get(), out.data(), out.size(), data(*t).data(),
+                                         data(*t).size(), level);
+      if (ZSTD_isError(n)) return InternalError(std::string("bench: ") + ZSTD_getErrorName(n));
+      stored += n;
+    }
+    r.libzstd_seconds = std::min(r.libzstd_seconds, SecondsSince(t0));
+    r.libzstd_stored_bytes = stored;
+  }
+  return r;
+}
+
+std::string CompressResultJson(const CompressResult& r) {
+  json::Object o;
+  o.Set("op", "compress");
+  o.Set("dtype", r.dtype);
+  json::Array transforms;
+  for (const auto& t : r.transforms) transforms.emplace_back(t);
+  o.Set("transforms", std::move(transforms));
+  o.Set("compression_level", r.compression_level);
+  o.Set("tensors", r.tensors);
+  o.Set("bytes", r.bytes);
+  o.Set("stored_bytes", r.stored_bytes);
+  o.Set("encode_seconds", r.encode_seconds);
+  o.Set("decode_seconds", r.decode_seconds);
+  o.Set("libzstd_stored_bytes", r.libzstd_stored_bytes);
+  o.Set("libzstd_seconds", r.libzstd_seconds);
+  return json::Serialize(json::Json(std::move(o)));
 }
 
 std::string BenchResultJson(const BenchResult& r) {

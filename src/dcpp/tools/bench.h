@@ -95,6 +95,39 @@ Result<BenchResult> BenchLoad(const BenchOptions& options);
 // ResourceExhausted when the buffers cannot be allocated.
 Result<BenchResult> BenchMemcpy(uint64_t bytes);
 
+// What BenchCompress measured, on one thread.
+struct CompressResult {
+  std::string dtype;                     // the tensors compressed (empty: all)
+  std::vector<std::string> transforms;   // in application order
+  int compression_level = 1;
+  size_t tensors = 0;
+  uint64_t bytes = 0;                    // input bytes
+  uint64_t stored_bytes = 0;             // output of the transforms
+  double encode_seconds = 0;             // dcpp's encoders, the tensors one after another
+  double decode_seconds = 0;             // undoing them again (checked against the input)
+  uint64_t libzstd_stored_bytes = 0;     // ZSTD_compressCCtx alone, same level
+  double libzstd_seconds = 0;
+};
+
+// Reads the image and index, then compresses every tensor of dtype `dtype`
+// (all tensors when empty) through `transforms` at `level` on the calling
+// thread (zstd workers off), as a save compresses one item; decodes the
+// result and checks it against the input; and, as the bound dcpp's encoder
+// is held to, times libzstd's one-shot ZSTD_compressCCtx at the same level
+// on the same tensors. Each is timed over all selected tensors, best of
+// `repeats` (>= 1). InvalidArgument for an unknown dtype name or transform,
+// or when no tensor has the dtype; Internal if a round trip differs.
+Result<CompressResult> BenchCompress(const std::string& image_path, const std::string& index_path,
+                                     const std::string& dtype,
+                                     const std::vector<std::string>& transforms, int level,
+                                     int repeats = 3);
+
+// One line of JSON (no newline) with every field of `result`: op
+// ("compress"), dtype, transforms, compression_level, tensors, bytes,
+// stored_bytes, encode_seconds, decode_seconds, libzstd_stored_bytes,
+// libzstd_seconds.
+std::string CompressResultJson(const CompressResult& result);
+
 // One line of JSON (no newline) with every field of `result` ("op",
 // "seconds", "bytes", "tensors", "ranks", "threads", "transforms",
 // "compression_level", "rss_before_bytes", "max_rss_bytes", "verified").

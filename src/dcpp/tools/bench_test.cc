@@ -204,6 +204,41 @@ TEST_F(BenchTest, ReportsMissingInputs) {
   EXPECT_EQ(BenchLoad(options_).status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_F(BenchTest, CompressesTheTensorsOfOneDType) {
+  // Random bytes do not compress; a run of zeros does, so the ratio shows
+  // which tensors were picked.
+  WriteState({{"a", "bfloat16", {64, 64}}, {"b", "float32", {256, 64}}});
+  std::memset(image_.data() + 8192, 0, 256 * 64 * 4);
+  std::ofstream(Path("state.img"), std::ios::binary).write(image_.data(), image_.size());
+  auto bf16 = BenchCompress(Path("state.img"), Path("state.json"), "bfloat16", {"stream.zstd/1"},
+                            1, 1);
+  ASSERT_TRUE(bf16.ok()) << bf16.status().ToString();
+  EXPECT_EQ(bf16->tensors, 1u);
+  EXPECT_EQ(bf16->bytes, 64u * 64 * 2);
+  EXPECT_GT(bf16->stored_bytes, bf16->bytes);  // random: a little framing on top
+  EXPECT_GT(bf16->libzstd_stored_bytes, bf16->bytes);
+  EXPECT_GT(bf16->encode_seconds, 0);
+  auto all = BenchCompress(Path("state.img"), Path("state.json"), "",
+                           {"dcpp.byteshuffle/1", "stream.zstd/1"}, 3, 2);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(all->tensors, 2u);
+  EXPECT_LT(all->stored_bytes, all->bytes / 2);  // the zeros did compress
+  const std::string j = CompressResultJson(*all);
+  for (const char* key : {"\"op\":\"compress\"", "\"transforms\":[\"dcpp.byteshuffle/1\",",
+                          "\"compression_level\":3", "\"stored_bytes\":", "\"decode_seconds\":",
+                          "\"libzstd_seconds\":"})
+    EXPECT_NE(j.find(key), std::string::npos) << key << " in " << j;
+
+  EXPECT_EQ(BenchCompress(Path("state.img"), Path("state.json"), "float16", {"stream.zstd/1"}, 1)
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);  // no such tensor
+  EXPECT_EQ(BenchCompress(Path("state.img"), Path("state.json"), "", {"stream.nope/1"}, 1)
+                .status()
+                .code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST(BenchMemcpyTest, CopiesAndReports) {
   auto r = BenchMemcpy(3 << 20);
   ASSERT_TRUE(r.ok());
