@@ -11,8 +11,11 @@ to; --no-sync turns it off for all) and loads into preallocated tensors
 (page cache warm: the data was just written). Runs alternate between the
 implementations so drift in machine load hits both; the table shows the
 best and the median of the repeats and the speedup of dcpp over torch by
-medians. Loaded tensors are checked
-against the saved ones once per implementation.
+medians. Loaded tensors are checked against the saved ones once per
+implementation. The last row is the machine's own bound for the same bytes:
+dd writing one file (with conv=fdatasync when the writers sync) and reading
+it from the page cache; its "speedup" is the most any storage layer could
+gain over torch's here.
 
 --write-docs replaces the section between `<!-- pybench:begin -->` and
 `<!-- pybench:end -->` in the given markdown file (appending it if absent).
@@ -20,8 +23,10 @@ against the saved ones once per implementation.
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,6 +131,35 @@ def implementations(args):
     return impls
 
 
+def _dd_seconds(args):
+    """Runs dd and returns the seconds it reports for its copy."""
+    proc = subprocess.run(["dd", *args], capture_output=True, text=True, check=True)
+    m = re.search(r"copied, ([0-9.e+-]+) s", proc.stderr)
+    if not m:
+        raise SystemExit(f"cannot read dd's output: {proc.stderr!r}")
+    return float(m.group(1))
+
+
+def machine_limit(args, nbytes, root):
+    """The machine's own bound for the same bytes, as a pseudo-implementation:
+    dd writing one file sequentially (with conv=fdatasync when the writers
+    sync) and dd reading it back from the page cache."""
+    f = os.path.join(root, "dd.bin")
+    count = max(1, -(-nbytes // (4 << 20)))
+    write = ["if=/dev/zero", f"of={f}", "bs=4M", f"count={count}"]
+    if not args.no_sync:
+        write.append("conv=fdatasync")
+    impl = Impl(f"machine limit: dd write{', fdatasync' if not args.no_sync else ''} / "
+                "dd read (page cache warm)", None, None)
+    for _ in range(args.repeats):
+        os.sync()
+        impl.save_s.append(_dd_seconds(write))
+        impl.load_s.append(_dd_seconds([f"if={f}", "of=/dev/null", "bs=4M"]))
+        impl.stored = os.path.getsize(f)
+        os.remove(f)
+    return impl
+
+
 def run(args):
     dtype = getattr(torch, args.dtype)
     sd = make_state(args.size_mib, args.tensors, dtype)
@@ -148,6 +182,7 @@ def run(args):
                 if rep == 0:
                     check(sd, target)
                 shutil.rmtree(path)
+        impls.append(machine_limit(args, data, root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return sd, data, impls
