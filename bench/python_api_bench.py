@@ -11,7 +11,8 @@ to; --no-sync turns it off for all) and loads into preallocated tensors
 (page cache warm: the data was just written). Runs alternate between the
 implementations so drift in machine load hits both; the table shows the
 best and the median of the repeats and the speedup of dcpp over torch by
-medians. Loaded tensors are checked against the saved ones once per
+medians. Every save and load starts after os.sync(), so no earlier write is
+flushed inside it. Loaded tensors are checked against the saved ones once per
 implementation. The last row is the machine's own bound for the same bytes:
 dd writing one file (with conv=fdatasync when the writers sync) and reading
 it from the page cache; its "speedup" is the most any storage layer could
@@ -171,11 +172,13 @@ def run(args):
             order = impls if rep % 2 == 0 else impls[::-1]
             for impl in order:
                 path = os.path.join(root, f"{impl.name[:4]}-{rep}")
+                os.sync()  # earlier writes are not flushed inside this measurement
                 t0 = time.perf_counter()
                 impl.save(sd, path)
                 impl.save_s.append(time.perf_counter() - t0)
                 impl.stored = dir_bytes(path)
                 target = zeros_like(sd)
+                os.sync()
                 t0 = time.perf_counter()
                 impl.load(target, path)
                 impl.load_s.append(time.perf_counter() - t0)

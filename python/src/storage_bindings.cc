@@ -69,8 +69,10 @@ StorageInfo StorageFromPython(nb::handle s, const std::string& where) {
 
 // _write_files(dir, files, ...): files is a list of (name, items); an item
 // is (fqn, "tensor", tensor) or (fqn, "bytes", buffer). Writes every file
-// (WriteDataFile), up to `threads` at a time, and returns per file a list
-// of (offset, length, recorded descriptors) per item.
+// (WriteDataFile) on `threads` threads in all: files in parallel, and the
+// threads left over shared among them (untransformed items of one file are
+// written in parallel too). Returns per file a list of (offset, length,
+// recorded descriptors) per item.
 nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bool sync,
                     std::vector<std::string> transforms, int compression_level, int threads) {
   PyHelpers helpers = PyHelpers::Get();
@@ -119,10 +121,13 @@ nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bo
   options.sync = sync;
   options.transforms = std::move(transforms);
   options.compression_level = compression_level;
+  if (threads < 1) throw nb::value_error("threads must be >= 1");
+  const size_t parallel_files = std::min<size_t>(jobs.size(), static_cast<size_t>(threads));
+  options.threads = parallel_files == 0 ? 1 : std::max(1, threads / static_cast<int>(parallel_files));
   std::vector<std::optional<Result<std::vector<StorageInfo>>>> results(jobs.size());
   {
     nb::gil_scoped_release release;
-    RunParallel(jobs.size(), threads, [&](size_t i) {
+    RunParallel(jobs.size(), static_cast<int>(parallel_files), [&](size_t i) {
       results[i] = engine::WriteDataFile(dir, jobs[i].name, jobs[i].items, options);
     });
   }
@@ -226,7 +231,7 @@ void BindStorage(nb::module_& m) {
   m.def("_write_files", &WriteFiles, "dir"_a, "files"_a, "checksums"_a, "sync"_a, "transforms"_a,
         "compression_level"_a, "threads"_a);
   m.def("_read", &Read, "dir"_a, "chunk_jobs"_a, "byte_jobs"_a, "threads"_a,
-        "buffer_limit"_a = uint64_t{64} << 20);
+        "buffer_limit"_a = engine::kReadScratchBytes);
   m.def("_known_transforms", &transform::KnownDescriptors,
         "The stream transform descriptors this build reads and writes.");
 }

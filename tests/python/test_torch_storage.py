@@ -103,6 +103,26 @@ def test_same_files_and_entries_as_torchs_writer(tmp_path):
     assert md.version == "1.0.0" and md.storage_meta.save_id
 
 
+@pytest.mark.parametrize("thread_count,io_threads", [(1, 1), (1, 4), (2, 3)])
+def test_io_threads_change_nothing_on_disk(tmp_path, thread_count, io_threads):
+    # Several threads filling one file write the very bytes one thread writes.
+    sd = state()
+    sd["model"]["big"] = random_tensor((300, 300), torch.float32, 9)  # above 64 KiB
+    paths = {}
+    for n in (1, io_threads):
+        paths[n] = tmp_path / f"io{n}"
+        dcp.save(sd, storage_writer=dtorch.FileSystemWriter(
+            paths[n], thread_count=thread_count, io_threads=n))
+    names = sorted(f for f in os.listdir(paths[1]) if f.endswith(".distcp"))
+    assert len(names) == thread_count
+    assert names == sorted(f for f in os.listdir(paths[io_threads]) if f.endswith(".distcp"))
+    for name in names:
+        assert (paths[1] / name).read_bytes() == (paths[io_threads] / name).read_bytes()
+    out = zeros_like(sd)
+    dcp.load(out, storage_reader=dcp.FileSystemReader(paths[io_threads]))
+    assert_state_equal(sd, out)
+
+
 def test_one_file_per_item(ckpt):
     sd = state()
     dcp.save(sd, storage_writer=dtorch.FileSystemWriter(ckpt, single_file_per_rank=False))
@@ -222,6 +242,8 @@ def test_writer_rejects_bad_options(tmp_path):
     # (A ByteShuffle subclass with another descriptor is not dcpp's transform.)
     with pytest.raises(ValueError, match="thread_count"):
         dtorch.FileSystemWriter(tmp_path, thread_count=0)
+    with pytest.raises(ValueError, match="io_threads"):
+        dtorch.FileSystemWriter(tmp_path, io_threads=-1)
     with pytest.raises(ValueError, match="both"):
         dtorch.FileSystemWriter(tmp_path, transforms=[], _extensions=[])
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <memory>
+#include <mutex>
 
+#include "dcpp/base/thread_pool.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
 #include "dcpp/io/dcp_layout.h"
@@ -139,62 +141,118 @@ Status CheckDecoded(const format::DecodedTensor& d, DType dtype, const ChunkMeta
   return Status();
 }
 
+// One item as the bytes that go to the file before transforms: for a tensor
+// its torch.save archive (owned headers around the borrowed tensor bytes),
+// otherwise the caller's bytes.
+struct ItemBytes {
+  format::zip::Layout layout;  // owns the archive's headers
+  std::vector<Bytes> pieces;
+  uint64_t size = 0;
+  uint64_t in_bytes = 0;  // the caller's bytes (tensor bytes or `bytes`)
+};
+
+ItemBytes BytesOf(const StoreItem& item, const format::zip::WriteOptions& zip_options) {
+  ItemBytes b;
+  if (item.is_tensor) {
+    b.layout = format::EncodeTensorArchive(item.tensor, zip_options);
+    for (const auto& p : b.layout.pieces)
+      b.pieces.push_back(p.is_borrowed ? p.borrowed : format::zip::AsBytes(p.owned));
+    b.in_bytes = item.tensor.nbytes();
+  } else {
+    b.pieces.push_back(item.bytes);
+    b.in_bytes = item.bytes.size();
+  }
+  for (const auto& p : b.pieces) b.size += p.size();
+  return b;
+}
+
+std::string SavingWhere(const StoreItem& item, const std::string& path) {
+  return "saving " + Quoted(item.name) + " to " + path;
+}
+
+// Untransformed items on several threads: every item's size is known before
+// a byte is written (the archive's headers do not depend on the data), so
+// each goes straight to its own offset.
+Status WriteInParallel(io::File& file, const std::string& path, std::span<const StoreItem> items,
+                       const StoreOptions& options, std::vector<StorageInfo>& infos,
+                       const std::function<void(size_t, uint64_t)>& on_item) {
+  format::zip::WriteOptions sizing;
+  sizing.compute_crc32 = false;  // a CRC is a fixed-size field: same layout
+  uint64_t offset = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const uint64_t size = items[i].is_tensor
+                              ? format::EncodeTensorArchive(items[i].tensor, sizing).total_size
+                              : items[i].bytes.size();
+    infos[i].offset = offset;
+    infos[i].length = size;
+    offset += size;
+  }
+  format::zip::WriteOptions zip_options;
+  zip_options.compute_crc32 = options.checksums;
+  std::mutex mu;  // on_item is called one item at a time
+  return ParallelFor(items.size(), options.threads, [&](size_t i) -> Status {
+    const ItemBytes b = BytesOf(items[i], zip_options);
+    if (b.size != infos[i].length)
+      return InternalError(SavingWhere(items[i], path) + ": the archive's size changed");
+    DCPP_RETURN_IF_ERROR(
+        file.WriteVAt(infos[i].offset, b.pieces).WithContext(SavingWhere(items[i], path)));
+    if (on_item) {
+      std::lock_guard<std::mutex> lock(mu);
+      on_item(i, b.in_bytes);
+    }
+    return Status();
+  });
+}
+
 }  // namespace
 
 Result<std::vector<StorageInfo>> WriteDataFile(
     const std::string& dir, const std::string& name, std::span<const StoreItem> items,
     const StoreOptions& options, const std::function<void(size_t, uint64_t)>& on_item) {
+  if (options.threads < 1)
+    return InvalidArgumentError("StoreOptions.threads must be >= 1, got " +
+                                std::to_string(options.threads));
   const std::string path = io::JoinPath(dir, name);
   DCPP_ASSIGN_OR_RETURN(io::File file, io::File::CreateForWrite(path));
-  format::zip::WriteOptions zip_options;
-  zip_options.compute_crc32 = options.checksums;
-  std::vector<StorageInfo> infos;
-  infos.reserve(items.size());
-  uint64_t offset = 0;
-  std::vector<Bytes> pieces;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const StoreItem& item = items[i];
-    format::zip::Layout layout;
-    pieces.clear();
-    uint64_t in_bytes = 0;
-    if (item.is_tensor) {
-      layout = format::EncodeTensorArchive(item.tensor, zip_options);
-      for (const auto& p : layout.pieces)
-        pieces.push_back(p.is_borrowed ? p.borrowed : format::zip::AsBytes(p.owned));
-      in_bytes = item.tensor.nbytes();
-    } else {
-      pieces.push_back(item.bytes);
-      in_bytes = item.bytes.size();
+  std::vector<StorageInfo> infos(items.size(), StorageInfo{name, 0, 0, {}});
+  if (options.transforms.empty() && options.threads > 1 && items.size() > 1) {
+    DCPP_RETURN_IF_ERROR(WriteInParallel(file, path, items, options, infos, on_item));
+  } else {
+    // One item after another: transformed sizes are known only once written.
+    format::zip::WriteOptions zip_options;
+    zip_options.compute_crc32 = options.checksums;
+    uint64_t offset = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const StoreItem& item = items[i];
+      const ItemBytes b = BytesOf(item, zip_options);
+      StorageInfo& info = infos[i];
+      info.offset = offset;
+      const std::string where = SavingWhere(item, path);
+      if (options.transforms.empty()) {
+        DCPP_RETURN_IF_ERROR(file.WriteVAt(offset, b.pieces).WithContext(where));
+        info.length = b.size;
+      } else {
+        transform::EncodeOptions eo;
+        eo.zstd_level = options.compression_level;
+        eo.zstd_workers = options.zstd_workers;
+        eo.element_size = item.is_tensor ? static_cast<int>(ElementSize(item.tensor.dtype)) : 1;
+        eo.size_hint = b.size;
+        uint64_t written = 0;
+        auto sink = [&](std::span<const uint8_t> out) -> Status {
+          DCPP_RETURN_IF_ERROR(file.WriteAt(offset + written, out));
+          written += out.size();
+          return Status();
+        };
+        auto encoder =
+            transform::NewEncoder(options.transforms, eo, sink, &info.transform_descriptors);
+        if (!encoder.ok()) return encoder.status().WithContext(where);
+        for (const auto& p : b.pieces) DCPP_RETURN_IF_ERROR((*encoder)->Write(p).WithContext(where));
+        DCPP_RETURN_IF_ERROR((*encoder)->Finish().WithContext(where));
+        info.length = written;
+      }
+      offset += info.length;
+      if (on_item) on_item(i, b.in_bytes);
     }
-    uint64_t total = 0;
-    for (const auto& p : pieces) total += p.size();
-    StorageInfo info{name, offset, 0, {}};
-    const std::string where = "saving " + Quoted(item.name) + " to " + path;
-    if (options.transforms.empty()) {
-      DCPP_RETURN_IF_ERROR(file.WriteVAt(offset, pieces).WithContext(where));
-      info.length = total;
-    } else {
-      transform::EncodeOptions eo;
-      eo.zstd_level = options.compression_level;
-      eo.zstd_workers = options.zstd_workers;
-      eo.element_size = item.is_tensor ? static_cast<int>(ElementSize(item.tensor.dtype)) : 1;
-      eo.size_hint = total;
-      uint64_t written = 0;
-      auto sink = [&](std::span<const uint8_t> out) -> Status {
-        DCPP_RETURN_IF_ERROR(file.WriteAt(offset + written, out));
-        written += out.size();
-        return Status();
-      };
-      auto encoder =
-          transform::NewEncoder(options.transforms, eo, sink, &info.transform_descriptors);
-      if (!encoder.ok()) return encoder.status().WithContext(where);
-      for (const auto& p : pieces) DCPP_RETURN_IF_ERROR((*encoder)->Write(p).WithContext(where));
-      DCPP_RETURN_IF_ERROR((*encoder)->Finish().WithContext(where));
-      info.length = written;
-    }
-    offset += info.length;
-    infos.push_back(std::move(info));
-    if (on_item) on_item(i, in_bytes);
   }
   if (options.sync) DCPP_RETURN_IF_ERROR(file.Sync());
   DCPP_RETURN_IF_ERROR(file.Close());

@@ -39,15 +39,22 @@ struct StoreOptions {
   // zstd threads per item (transform::EncodeOptions::zstd_workers): 0 picks
   // by size; 1 when the caller already compresses several items at once.
   int zstd_workers = 0;
+  // Threads writing the file's items at once (>= 1). Untransformed items
+  // go straight to offsets computed beforehand, so several threads fill one
+  // file; transformed items are written one after another (their sizes are
+  // known only once compressed; zstd_workers parallelizes those).
+  int threads = 1;
 };
 
 // Creates (or truncates) `dir/name` and writes `items` back to back in
-// order. Returns one StorageInfo per item
+// order, on up to options.threads threads. Returns one StorageInfo per item
 // (relative_path = name). Calls on_item(i, bytes_in) after item i is
-// written, from this thread. Memory: the caller's tensors are not copied
+// written, one call at a time (from this thread, or from a writing thread
+// when options.threads > 1). Memory: the caller's tensors are not copied
 // (zip headers and tensor bytes leave in one vectored write); with
 // transforms, a few MiB of buffers per call. On error the partial file is
-// left for the caller to remove, and the error names the item and the file.
+// left for the caller to remove, and the error names the item and the file;
+// InvalidArgument when options.threads < 1.
 Result<std::vector<StorageInfo>> WriteDataFile(
     const std::string& dir, const std::string& name, std::span<const StoreItem> items,
     const StoreOptions& options,
@@ -69,6 +76,9 @@ struct ChunkTarget {
   std::vector<int64_t> box_sizes;
 };
 
+// ReadChunk's default scratch: small enough to stay in the CPU cache.
+inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
+
 // Fills `targets` from one saved tensor chunk: `chunk` (its global offsets,
 // sizes and storage) of the tensor `name` with dtype `dtype`. Untransformed
 // chunks are read partially: only the byte ranges the targets need (a
@@ -82,7 +92,7 @@ struct ChunkTarget {
 // archive against the metadata (dtype, shape): DataLoss naming the tensor,
 // its chunk and the file.
 Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
-                 std::span<const ChunkTarget> targets, uint64_t buffer_limit = 1 << 20);
+                 std::span<const ChunkTarget> targets, uint64_t buffer_limit = kReadScratchBytes);
 
 }  // namespace dcpp::engine
 

@@ -103,6 +103,46 @@ TEST_F(StorageTest, SeveralItemsInOneFileAndBytes) {
   ExpectBox(root_, ChunkOf((*infos)[2], {800, 400}), 1, 799, 1, 300, 64 << 20);
 }
 
+TEST_F(StorageTest, SeveralThreadsWriteTheSameFileAsOne) {
+  std::vector<std::vector<float>> data;
+  std::vector<std::string> blobs = {"first blob", std::string(100000, 'x'), ""};
+  std::vector<StoreItem> items;
+  for (int i = 0; i < 9; ++i) {
+    if (i % 3 == 1) {
+      const std::string& b = blobs[i / 3];
+      items.push_back({false, {}, {reinterpret_cast<const uint8_t*>(b.data()), b.size()},
+                       "blob" + std::to_string(i)});
+      continue;
+    }
+    const int64_t rows = 1 + i * 37, cols = 3 + (i % 4) * 100;  // below and above 64 KiB
+    data.push_back(Matrix(rows, cols));
+    items.push_back({true, MakeView(data.back().data(), DType::kFloat32, {rows, cols}), {},
+                     "t" + std::to_string(i)});
+  }
+  auto one = WriteDataFile(root_, "one.distcp", items, {});
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  StoreOptions parallel;
+  parallel.threads = 3;
+  std::vector<int> calls(items.size(), 0);
+  auto three = WriteDataFile(root_, "three.distcp", items, parallel,
+                             [&](size_t i, uint64_t) { calls[i]++; });
+  ASSERT_TRUE(three.ok()) << three.status().ToString();
+  EXPECT_EQ(calls, std::vector<int>(items.size(), 1));
+  ASSERT_EQ(three->size(), one->size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    EXPECT_EQ((*three)[i].relative_path, "three.distcp");
+    EXPECT_EQ((*three)[i].offset, (*one)[i].offset) << i;
+    EXPECT_EQ((*three)[i].length, (*one)[i].length) << i;
+  }
+  auto a = io::ReadWholeFile(root_ + "/one.distcp", 1 << 30);
+  auto b = io::ReadWholeFile(root_ + "/three.distcp", 1 << 30);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(*a == *b);  // byte for byte, CRCs included
+  parallel.threads = 0;
+  EXPECT_EQ(WriteDataFile(root_, "none.distcp", items, parallel).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST_F(StorageTest, MetadataThatDisagreesWithTheFileIsDataLoss) {
   auto m = Matrix(600, 700);
   StoreItem item{true, MakeView(m.data(), DType::kFloat32, {600, 700}), {}, "m"};
