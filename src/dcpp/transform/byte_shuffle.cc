@@ -196,35 +196,92 @@ Result<std::unique_ptr<Encoder>> NewByteShuffleEncoder(int width, int block_log2
   return std::unique_ptr<Encoder>(new ByteShuffleEncoder(width, block_log2, std::move(sink)));
 }
 
-Result<std::string> ByteShuffleDecode(std::span<const uint8_t> stored, uint64_t max_output) {
-  if (stored.size() < kShuffleHeaderSize) {
-    return DataLossError(std::string(kName) + ": stream of " + std::to_string(stored.size()) +
-                         " bytes is shorter than its 2-byte header");
+namespace {
+
+// Reads the header, then unshuffles each block once it has fully arrived
+// (the last one at Finish). Holds one block, allocated as its bytes come.
+class ByteShuffleDecoder final : public Decoder {
+ public:
+  ByteShuffleDecoder(uint64_t max_output, ByteSink sink)
+      : max_output_(max_output), sink_(std::move(sink)) {}
+
+  Status DoWrite(std::span<const uint8_t> data) override {
+    while (header_size_ < kShuffleHeaderSize && !data.empty()) {
+      header_[header_size_++] = data.front();
+      data = data.subspan(1);
+      if (header_size_ == kShuffleHeaderSize) DCPP_RETURN_IF_ERROR(CheckHeader());
+    }
+    if (data.size() > max_output_ - payload_)
+      return DataLossError(std::string(kName) + ": decoded size " +
+                           std::to_string(payload_ + data.size()) + "+ exceeds the limit of " +
+                           std::to_string(max_output_) + " bytes");
+    payload_ += data.size();
+    while (!data.empty()) {
+      if (pending_.empty() && data.size() >= block_size_) {
+        // A whole block in the caller's buffer: unshuffle it from there.
+        DCPP_RETURN_IF_ERROR(EmitBlock(data.first(static_cast<size_t>(block_size_))));
+        data = data.subspan(static_cast<size_t>(block_size_));
+        continue;
+      }
+      const size_t take = static_cast<size_t>(
+          std::min<uint64_t>(data.size(), block_size_ - pending_.size()));
+      pending_.insert(pending_.end(), data.begin(), data.begin() + take);
+      data = data.subspan(take);
+      if (pending_.size() == block_size_) DCPP_RETURN_IF_ERROR(EmitPending());
+    }
+    return Status();
   }
-  const int width = stored[0];
-  const int block_log2 = stored[1];
-  if (width < 1 || width > kShuffleMaxWidth) {
-    return DataLossError(std::string(kName) + ": header byte 0 (element width) is " +
-                         std::to_string(width) + ", expected 1..16");
+
+  Status DoFinish() override {
+    if (header_size_ < kShuffleHeaderSize)
+      return DataLossError(std::string(kName) + ": stream of " + std::to_string(header_size_) +
+                           " bytes is shorter than its 2-byte header");
+    return pending_.empty() ? Status() : EmitPending();
   }
-  if (block_log2 > kShuffleMaxBlockLog2) {
-    return DataLossError(std::string(kName) + ": header byte 1 (block exponent) is " +
-                         std::to_string(block_log2) + ", expected 0..30");
+
+ private:
+  Status CheckHeader() {
+    const int width = header_[0], block_log2 = header_[1];
+    if (width < 1 || width > kShuffleMaxWidth)
+      return DataLossError(std::string(kName) + ": header byte 0 (element width) is " +
+                           std::to_string(width) + ", expected 1..16");
+    if (block_log2 > kShuffleMaxBlockLog2)
+      return DataLossError(std::string(kName) + ": header byte 1 (block exponent) is " +
+                           std::to_string(block_log2) + ", expected 0..30");
+    width_ = width;
+    // width <= 16 and block_log2 <= 30: the block size fits in 35 bits.
+    block_size_ = static_cast<uint64_t>(width) << block_log2;
+    return Status();
   }
-  const std::span<const uint8_t> payload = stored.subspan(kShuffleHeaderSize);
-  if (payload.size() > max_output) {
-    return DataLossError(std::string(kName) + ": decoded size " + std::to_string(payload.size()) +
-                         " exceeds the limit of " + std::to_string(max_output) + " bytes");
+
+  Status EmitBlock(std::span<const uint8_t> block) {
+    unshuffled_.resize(block.size());
+    UnshuffleBlock(block.data(), block.size(), width_, unshuffled_.data());
+    return sink_(std::span<const uint8_t>(unshuffled_.data(), unshuffled_.size()));
   }
-  std::string out(payload.size(), '\0');
-  // width <= 16 and block_log2 <= 30: the block size fits in 35 bits.
-  const uint64_t block_size = static_cast<uint64_t>(width) << block_log2;
-  uint8_t* dst = reinterpret_cast<uint8_t*>(out.data());
-  for (uint64_t pos = 0; pos < payload.size(); pos += block_size) {
-    const size_t size = static_cast<size_t>(std::min<uint64_t>(block_size, payload.size() - pos));
-    UnshuffleBlock(payload.data() + pos, size, width, dst + pos);
+
+  Status EmitPending() {
+    Status s = EmitBlock(pending_);
+    pending_.clear();
+    return s;
   }
-  return out;
+
+  const uint64_t max_output_;
+  ByteSink sink_;
+  uint8_t header_[kShuffleHeaderSize] = {};
+  size_t header_size_ = 0;
+  int width_ = 1;
+  uint64_t block_size_ = 1;
+  uint64_t payload_ = 0;             // bytes after the header so far
+  std::vector<uint8_t> pending_;     // < block_size_ bytes of the current block
+  std::vector<uint8_t> unshuffled_;  // one block, handed to the sink
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Decoder>> NewByteShuffleDecoder(uint64_t max_output, ByteSink sink) {
+  if (!sink) return InvalidArgumentError(std::string(kName) + ": no sink");
+  return std::unique_ptr<Decoder>(new ByteShuffleDecoder(max_output, std::move(sink)));
 }
 
 }  // namespace dcpp::transform::internal

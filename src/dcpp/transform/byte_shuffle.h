@@ -45,10 +45,11 @@ void UnshuffleBlock(const uint8_t* in, size_t size, int width, uint8_t* out);
 // 1 <= width <= 16 and 0 <= block_log2 <= 24 (bounded encoder memory).
 Result<std::unique_ptr<Encoder>> NewByteShuffleEncoder(int width, int block_log2, ByteSink sink);
 
-// Decodes a whole dcpp.byteshuffle/1 stream. DataLoss (naming the
-// transform) for a missing or invalid header, or when the decoded size
-// would exceed `max_output`. Thread-safe.
-Result<std::string> ByteShuffleDecode(std::span<const uint8_t> stored, uint64_t max_output);
+// A decoder for a dcpp.byteshuffle/1 stream, emitting one block at a time
+// (it holds one block: a hostile header cannot make it allocate more than
+// the bytes that arrive). DataLoss (naming the transform) for a missing or
+// invalid header, or more than `max_output` decoded bytes.
+Result<std::unique_ptr<Decoder>> NewByteShuffleDecoder(uint64_t max_output, ByteSink sink);
 
 }  // namespace dcpp::transform::internal
 

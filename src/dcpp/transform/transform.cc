@@ -9,21 +9,21 @@
 
 namespace dcpp::transform {
 
-Status Encoder::Write(std::span<const uint8_t> data) {
+Status StreamStage::Write(std::span<const uint8_t> data) {
   if (state_ != State::kOpen)
     return InvalidArgumentError(state_ == State::kFinished
-                                    ? "stream transform encoder used after Finish"
-                                    : "stream transform encoder used after an error");
+                                    ? "stream transform used after Finish"
+                                    : "stream transform used after an error");
   Status s = DoWrite(data);
   if (!s.ok()) state_ = State::kFailed;
   return s;
 }
 
-Status Encoder::Finish() {
+Status StreamStage::Finish() {
   if (state_ != State::kOpen)
     return InvalidArgumentError(state_ == State::kFinished
-                                    ? "stream transform encoder used after Finish"
-                                    : "stream transform encoder used after an error");
+                                    ? "stream transform used after Finish"
+                                    : "stream transform used after an error");
   Status s = DoFinish();
   state_ = s.ok() ? State::kFinished : State::kFailed;
   return s;
@@ -196,8 +196,84 @@ Result<std::string> EncodeAll(const std::vector<std::string>& descriptors,
   return out;
 }
 
-Result<std::string> DecodeAll(const std::vector<std::string>& recorded,
-                              std::span<const uint8_t> stored, uint64_t max_output) {
+namespace {
+
+// The decoding stages of a chain, front (recorded[0]) to back. A failure
+// is named after the stage it started in when the chain has several: each
+// stage's sink notes whether the error came from further down.
+class ChainDecoder final : public Decoder {
+ public:
+  ChainDecoder(std::vector<std::string> recorded, std::vector<Kind> kinds, uint64_t max_output,
+               ByteSink sink)
+      : recorded_(std::move(recorded)), failed_below_(kinds.size(), false) {
+    // caps[i]: the most stage i may produce. The last stage yields the item
+    // (max_output); an earlier one yields what the next stage decodes,
+    // which can be a little larger than that stage's own output.
+    std::vector<uint64_t> caps(kinds.size(), max_output);
+    for (size_t i = kinds.size() - 1; i-- > 0;) {
+      const uint64_t next = caps[i + 1];
+      caps[i] = kinds[i + 1] == Kind::kZstd ? internal::ZstdEncodedBound(next)
+                : next > std::numeric_limits<uint64_t>::max() - internal::kShuffleHeaderSize
+                    ? std::numeric_limits<uint64_t>::max()
+                    : next + internal::kShuffleHeaderSize;
+    }
+    stages_.resize(kinds.size());
+    for (size_t i = kinds.size(); i-- > 0;) {
+      ByteSink next = sink;
+      if (i + 1 < kinds.size()) {
+        Decoder* successor = stages_[i + 1].get();
+        next = [successor](std::span<const uint8_t> b) { return successor->Write(b); };
+      }
+      ByteSink noted = [this, i, next = std::move(next)](std::span<const uint8_t> b) {
+        Status st = next(b);
+        if (!st.ok()) failed_below_[i] = true;
+        return st;
+      };
+      auto stage = kinds[i] == Kind::kZstd ? internal::NewZstdDecoder(caps[i], std::move(noted))
+                                           : internal::NewByteShuffleDecoder(caps[i], std::move(noted));
+      if (!stage.ok()) {
+        init_ = stage.status();
+        return;
+      }
+      stages_[i] = std::move(stage).value();
+    }
+  }
+
+  Status init() const { return init_; }
+
+  Status DoWrite(std::span<const uint8_t> data) override {
+    if (data.empty()) return Status();
+    return Named(stages_.front()->Write(data));
+  }
+
+  Status DoFinish() override {
+    // Front to back: each Finish flushes into the next stage, still open.
+    for (auto& stage : stages_) DCPP_RETURN_IF_ERROR(Named(stage->Finish()));
+    return Status();
+  }
+
+ private:
+  Status Named(Status s) const {
+    if (s.ok()) return s;
+    for (size_t i = 0; i < stages_.size(); ++i) {
+      if (failed_below_[i]) continue;
+      if (recorded_.size() == 1) return s;  // the transform's own message names it
+      return s.WithContext("transform " + std::to_string(i) + " '" + recorded_[i] + "'");
+    }
+    return s;  // the caller's sink failed
+  }
+
+  std::vector<std::string> recorded_;
+  std::vector<std::unique_ptr<Decoder>> stages_;
+  std::vector<bool> failed_below_;
+  Status init_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Decoder>> NewDecoder(const std::vector<std::string>& recorded,
+                                            uint64_t max_output, ByteSink sink) {
+  if (!sink) return InvalidArgumentError("stream transforms: no sink");
   // All descriptors first: an unknown one is a clearer error than whatever
   // an earlier stage makes of the bytes.
   std::vector<Kind> kinds;
@@ -207,41 +283,43 @@ Result<std::string> DecodeAll(const std::vector<std::string>& recorded,
     kinds.push_back(k);
   }
   if (kinds.empty()) {
-    if (stored.size() > max_output) {
-      return DataLossError("stored item of " + std::to_string(stored.size()) +
-                           " bytes exceeds the limit of " + std::to_string(max_output) + " bytes");
-    }
-    return std::string(reinterpret_cast<const char*>(stored.data()), stored.size());
+    // Nothing to undo: the stored bytes are the item (within the limit).
+    class Passthrough final : public Decoder {
+     public:
+      Passthrough(uint64_t max_output, ByteSink sink) : max_(max_output), sink_(std::move(sink)) {}
+      Status DoWrite(std::span<const uint8_t> data) override {
+        if (data.size() > max_ - seen_)
+          return DataLossError("stored item exceeds the limit of " + std::to_string(max_) +
+                               " bytes");
+        seen_ += data.size();
+        return data.empty() ? Status() : sink_(data);
+      }
+      Status DoFinish() override { return Status(); }
+
+     private:
+      const uint64_t max_;
+      uint64_t seen_ = 0;
+      ByteSink sink_;
+    };
+    return std::unique_ptr<Decoder>(new Passthrough(max_output, std::move(sink)));
   }
-  // caps[i]: the most stage i may produce. The last stage yields the item
-  // (max_output); an earlier one yields what the next stage decodes, which
-  // can be a little larger than that stage's own output.
-  std::vector<uint64_t> caps(kinds.size(), max_output);
-  for (size_t i = kinds.size() - 1; i-- > 0;) {
-    const uint64_t next = caps[i + 1];
-    caps[i] = kinds[i + 1] == Kind::kZstd ? internal::ZstdEncodedBound(next)
-              : next > std::numeric_limits<uint64_t>::max() - internal::kShuffleHeaderSize
-                  ? std::numeric_limits<uint64_t>::max()
-                  : next + internal::kShuffleHeaderSize;
-  }
-  std::string current;
-  for (size_t i = 0; i < kinds.size(); ++i) {
-    const std::span<const uint8_t> input =
-        i == 0 ? stored
-               : std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(current.data()),
-                                          current.size());
-    Result<std::string> r = kinds[i] == Kind::kZstd ? internal::ZstdDecode(input, caps[i])
-                                                    : internal::ByteShuffleDecode(input, caps[i]);
-    if (!r.ok()) {
-      // The transform's own message names it; say which descriptor it was
-      // when the chain has several, or recorded a minor version.
-      return recorded.size() > 1 ? r.status().WithContext("transform " + std::to_string(i) + " '" +
-                                                          recorded[i] + "'")
-                                 : r.status();
-    }
-    current = std::move(r).value();
-  }
-  return current;
+  auto chain = std::make_unique<ChainDecoder>(recorded, std::move(kinds), max_output,
+                                              std::move(sink));
+  DCPP_RETURN_IF_ERROR(chain->init());
+  return std::unique_ptr<Decoder>(std::move(chain));
+}
+
+Result<std::string> DecodeAll(const std::vector<std::string>& recorded,
+                              std::span<const uint8_t> stored, uint64_t max_output) {
+  std::string out;
+  DCPP_ASSIGN_OR_RETURN(auto decoder,
+                        NewDecoder(recorded, max_output, [&out](std::span<const uint8_t> b) {
+                          out.append(reinterpret_cast<const char*>(b.data()), b.size());
+                          return Status();
+                        }));
+  DCPP_RETURN_IF_ERROR(decoder->Write(stored));
+  DCPP_RETURN_IF_ERROR(decoder->Finish());
+  return out;
 }
 
 }  // namespace dcpp::transform

@@ -52,21 +52,22 @@ struct EncodeOptions {
   uint64_t size_hint = 0;
 };
 
-// Encodes one item's stream. Write any number of times, then Finish once;
-// output goes to the sink as it is produced, in pieces of bounded size (at
-// most about 1 MiB; the encoder holds at most a few MiB regardless of the
-// input size, plus zstd's per-worker buffers when it uses workers). After an
-// error, or after Finish, every call returns an error (InvalidArgument, or
-// the error itself for the failing call). Not thread-safe (one item, one
-// thread at a time).
-class Encoder {
+// One item's byte stream passing through transforms, fed in pieces: Write
+// any number of times, then Finish once; output goes to the sink as it is
+// produced, in pieces of bounded size (at most about 1 MiB; a stage holds
+// at most a few MiB whatever the input size, plus zstd's per-worker buffers
+// when an encoder uses workers). After an error, or after Finish, every
+// call returns an error (InvalidArgument, or the error itself for the
+// failing call). Not thread-safe (one item, one thread at a time). Encoders
+// and decoders are both such stages.
+class StreamStage {
  public:
-  virtual ~Encoder() = default;
+  virtual ~StreamStage() = default;
   Status Write(std::span<const uint8_t> data);
   Status Finish();
 
  protected:
-  // The transform's own steps, called only while the encoder is usable;
+  // The transform's own steps, called only while the stage is usable;
   // Write and Finish above keep the state.
   virtual Status DoWrite(std::span<const uint8_t> data) = 0;
   virtual Status DoFinish() = 0;
@@ -75,6 +76,8 @@ class Encoder {
   enum class State { kOpen, kFinished, kFailed };
   State state_ = State::kOpen;
 };
+using Encoder = StreamStage;  // takes an item's bytes, emits what is stored
+using Decoder = StreamStage;  // takes the stored bytes, emits the item's
 
 // Creates the encoder chain for `descriptors` in application order (e.g.
 // {"dcpp.byteshuffle/1", "stream.zstd/1"}): data written to the result goes
@@ -92,8 +95,20 @@ Result<std::string> EncodeAll(const std::vector<std::string>& descriptors,
                               const EncodeOptions& options, std::span<const uint8_t> data,
                               std::vector<std::string>* recorded);
 
+// Creates the decoder chain undoing `recorded` (metadata order: recorded[0]
+// is undone first): the stored bytes written to the result come out of
+// `sink` as the original stream, in pieces of at most about 1 MiB, so an
+// item of any size decodes in a few MiB of memory. Limits and errors as
+// DecodeAll's (the limits apply to the bytes produced so far, the
+// truncation checks at Finish); an error returned by `sink` is returned as
+// it is. InvalidArgument for an unknown or malformed descriptor, before any
+// bytes are written.
+Result<std::unique_ptr<Decoder>> NewDecoder(const std::vector<std::string>& recorded,
+                                            uint64_t max_output, ByteSink sink);
+
 // Undoes `recorded` (metadata order: recorded[0] is undone first) on one
-// item's stored bytes and returns the original stream. `max_output` caps the
+// item's stored bytes and returns the original stream (NewDecoder over a
+// buffer). `max_output` caps the
 // final size, and each intermediate at what max_output bytes can at most
 // encode to through the transforms still to undo (untrusted input must not
 // make us allocate without bound): exceeding it is DataLoss. Corrupt or

@@ -276,6 +276,51 @@ TEST(TransformChain, SinkErrorStopsTheEncoder) {
   EXPECT_EQ((*e)->Finish().code(), StatusCode::kInvalidArgument);
 }
 
+TEST(TransformChain, StreamingDecoderTakesAnyPiecesAndEmitsBoundedOnes) {
+  EncodeOptions o;
+  o.element_size = 2;
+  const std::string data = Bf16Weights(3 << 20, 11);  // 6 MiB decoded
+  for (const auto& chain : {kZstd, kShuffleThenZstd}) {
+    std::vector<std::string> recorded;
+    auto stored = EncodeAll(chain, o, Bytes(data), &recorded);
+    ASSERT_TRUE(stored.ok());
+    for (size_t piece : {size_t{1}, size_t{4093}, size_t{1} << 22}) {
+      if (piece == 1 && chain.size() > 1) continue;  // a byte at a time: once is enough
+      std::string back;
+      size_t largest = 0;
+      auto d = NewDecoder(recorded, data.size(), [&](std::span<const uint8_t> b) {
+        largest = std::max(largest, b.size());
+        back.append(reinterpret_cast<const char*>(b.data()), b.size());
+        return Status();
+      });
+      ASSERT_TRUE(d.ok()) << d.status().ToString();
+      for (size_t pos = 0; pos < stored->size(); pos += piece)
+        ASSERT_TRUE((*d)->Write(Bytes(*stored).subspan(pos, std::min(piece, stored->size() - pos)))
+                        .ok());
+      ASSERT_TRUE((*d)->Finish().ok());
+      EXPECT_EQ(back, data) << chain.size() << " transforms, pieces of " << piece;
+      EXPECT_LE(largest, size_t{2} << 20);  // bounded output pieces, whatever the input
+    }
+    // Cut short: the end of the stream is where truncation shows.
+    auto d = NewDecoder(recorded, data.size(), [](std::span<const uint8_t>) { return Status(); });
+    ASSERT_TRUE(d.ok());
+    ASSERT_TRUE((*d)->Write(Bytes(*stored).first(stored->size() / 2)).ok());
+    Status s = (*d)->Finish();
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+    EXPECT_NE(s.message().find("truncated"), std::string::npos) << s.ToString();
+    // The sink's own error comes back unchanged, without a transform's name.
+    auto failing = NewDecoder(recorded, data.size(), [](std::span<const uint8_t>) {
+      return DataLossError("the archive is odd");
+    });
+    ASSERT_TRUE(failing.ok());
+    s = (*failing)->Write(Bytes(*stored));
+    if (s.ok()) s = (*failing)->Finish();
+    EXPECT_EQ(s, DataLossError("the archive is odd"));
+  }
+  EXPECT_EQ(NewDecoder({"stream.nope/1"}, 1, [](auto) { return Status(); }).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST(TransformChain, WriteAfterFinishIsRefused) {
   for (const auto& chain : {std::vector<std::string>{}, kZstd, kShuffle}) {
     auto e = NewEncoder(
@@ -607,9 +652,19 @@ TEST(TransformByteShuffle, MatchesTheDocumentedLayoutForAllWidths) {
           ASSERT_TRUE((*e)->Finish().ok());
           ASSERT_EQ(stored, ReferenceShuffle(data, width, block_log2))
               << "width " << width << " block 2^" << block_log2 << " size " << n;
-          auto back = internal::ByteShuffleDecode(Bytes(stored), n);
-          ASSERT_TRUE(back.ok()) << back.status().ToString();
-          ASSERT_EQ(*back, data);
+          // Decoded in the same pieces: blocks arrive split or several at once.
+          std::string back;
+          auto d = internal::NewByteShuffleDecoder(n, [&](auto b) {
+            back.append(reinterpret_cast<const char*>(b.data()), b.size());
+            return Status();
+          });
+          ASSERT_TRUE(d.ok());
+          for (size_t pos = 0; pos < stored.size(); pos += piece) {
+            ASSERT_TRUE(
+                (*d)->Write(Bytes(stored).subspan(pos, std::min(piece, stored.size() - pos))).ok());
+          }
+          ASSERT_TRUE((*d)->Finish().ok());
+          ASSERT_EQ(back, data);
         }
       }
     }

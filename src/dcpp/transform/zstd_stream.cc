@@ -191,99 +191,98 @@ Result<std::unique_ptr<Encoder>> NewZstdEncoder(int level, int workers, uint64_t
       new ZstdEncoder(std::move(cctx), workers, capacity, std::move(sink)));
 }
 
-Result<std::string> ZstdDecode(std::span<const uint8_t> stored, uint64_t max_output) {
-  const std::string of_size = " of " + std::to_string(stored.size()) + " stored bytes";
-  if (stored.empty()) return DataLossError(Prefixed("no zstd frame (the stored item is empty)"));
+namespace {
 
+// Decodes frames back to back as their bytes arrive, into a buffer of
+// MaxOutPiece() bytes handed to the sink whenever it fills.
+class ZstdDecoder final : public Decoder {
+ public:
+  ZstdDecoder(DCtxPtr dctx, uint64_t max_output, ByteSink sink)
+      : dctx_(std::move(dctx)),
+        max_output_(max_output),
+        out_(new uint8_t[MaxOutPiece()]),
+        sink_(std::move(sink)) {}
+
+  ~ZstdDecoder() override {
+    if (!SpareDCtx()) {
+      ZSTD_DCtx_reset(dctx_.get(), ZSTD_reset_session_only);
+      SpareDCtx() = std::move(dctx_);
+    }
+  }
+
+  Status DoWrite(std::span<const uint8_t> data) override {
+    ZSTD_inBuffer in{data.data(), data.size(), 0};
+    while (true) {
+      ZSTD_outBuffer ob{out_.get(), MaxOutPiece(), out_pos_};
+      const size_t ret = ZSTD_decompressStream(dctx_.get(), &ob, &in);
+      if (ZSTD_isError(ret)) return Corrupt(ret, consumed_ + in.pos);
+      produced_ += ob.pos - out_pos_;
+      out_pos_ = ob.pos;
+      if (produced_ > max_output_)
+        return DataLossError(Prefixed("decoded size exceeds the limit of " +
+                                      std::to_string(max_output_) + " bytes"));
+      if (out_pos_ == MaxOutPiece()) DCPP_RETURN_IF_ERROR(Emit());
+      in_frame_ = ret != 0;
+      if (!in_frame_) {  // a frame ended and is fully flushed
+        ++frames_;
+        frame_start_ = consumed_ + in.pos;
+      }
+      // Done when zstd has taken all the input and had room to flush.
+      if (in.pos == in.size && ob.pos < ob.size) break;
+    }
+    consumed_ += data.size();
+    return Status();
+  }
+
+  Status DoFinish() override {
+    if (consumed_ == 0) return DataLossError(Prefixed("no zstd frame (the stored item is empty)"));
+    if (in_frame_)
+      return DataLossError(Prefixed("truncated: the input ends inside the zstd frame starting at "
+                                    "byte offset " +
+                                    std::to_string(frame_start_) + " of " +
+                                    std::to_string(consumed_) + " stored bytes"));
+    return out_pos_ > 0 ? Emit() : Status();
+  }
+
+ private:
+  Status Corrupt(size_t code, uint64_t at) {
+    const std::string name = ZSTD_getErrorName(code);
+    if (frames_ > 0 && ZSTD_getErrorCode(code) == ZSTD_error_prefix_unknown)
+      return DataLossError(Prefixed("the bytes from byte offset " + std::to_string(frame_start_) +
+                                    ", after the zstd frame(s), are not a zstd frame (" + name +
+                                    ")"));
+    return DataLossError(Prefixed("corrupt zstd frame starting at byte offset " +
+                                  std::to_string(frame_start_) + " (error near byte " +
+                                  std::to_string(at) + "): " + name));
+  }
+
+  Status Emit() {
+    Status s = sink_(std::span<const uint8_t>(out_.get(), out_pos_));
+    out_pos_ = 0;
+    return s;
+  }
+
+  DCtxPtr dctx_;
+  const uint64_t max_output_;
+  std::unique_ptr<uint8_t[]> out_;  // uninitialised: zstd writes before we read
+  size_t out_pos_ = 0;
+  ByteSink sink_;
+  uint64_t consumed_ = 0;     // stored bytes taken by earlier Writes
+  uint64_t produced_ = 0;     // decoded bytes so far
+  uint64_t frame_start_ = 0;  // stored offset where the current frame began
+  uint64_t frames_ = 0;
+  bool in_frame_ = false;     // the last frame seen is unfinished
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Decoder>> NewZstdDecoder(uint64_t max_output, ByteSink sink) {
+  if (!sink) return InvalidArgumentError(Prefixed("no sink"));
   DCtxPtr dctx = std::move(SpareDCtx());
   if (!dctx) dctx.reset(ZSTD_createDCtx());
   if (!dctx) return ResourceExhaustedError(Prefixed("cannot allocate a decompression context"));
   ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
-  struct PutBack {
-    DCtxPtr* d;
-    ~PutBack() {
-      if (!SpareDCtx()) SpareDCtx() = std::move(*d);
-    }
-  } put_back{&dctx};
-
-  // Initial size: the first frame's declared content size if it has one
-  // (only a hint: zstd checks it against the real size), else a guess from
-  // the input; never more than max_output.
-  uint64_t initial = 0;
-  const unsigned long long declared = ZSTD_getFrameContentSize(stored.data(), stored.size());
-  if (declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != ZSTD_CONTENTSIZE_ERROR) {
-    if (declared > max_output) {
-      return DataLossError(Prefixed("the first frame declares " + std::to_string(declared) +
-                                    " decoded bytes, above the limit of " +
-                                    std::to_string(max_output)));
-    }
-    initial = declared;
-  } else {
-    const uint64_t guess =
-        stored.size() > (uint64_t{64} << 20) / 4 ? uint64_t{64} << 20 : stored.size() * 4;
-    initial = std::max<uint64_t>(guess, 64 << 10);
-  }
-  initial = std::min(initial, max_output);
-
-  std::string out;
-  out.resize(static_cast<size_t>(initial));
-  size_t produced = 0;
-  ZSTD_inBuffer in{stored.data(), stored.size(), 0};
-  size_t frame_start = 0;  // input offset where the current frame began
-  uint64_t frames = 0;
-  while (true) {
-    uint8_t probe;
-    bool probing = false;
-    if (produced == out.size()) {
-      if (out.size() < max_output) {
-        const uint64_t grown = std::max<uint64_t>(out.size() * uint64_t{2}, 1 << 20);
-        out.resize(static_cast<size_t>(std::min<uint64_t>(grown, max_output)));
-      } else {
-        // At the limit: one more byte of output means the data is too big.
-        probing = true;
-      }
-    }
-    ZSTD_outBuffer ob =
-        probing ? ZSTD_outBuffer{&probe, 1, 0} : ZSTD_outBuffer{out.data(), out.size(), produced};
-    const size_t ret = ZSTD_decompressStream(dctx.get(), &ob, &in);
-    if (ZSTD_isError(ret)) {
-      ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
-      const std::string name = ZSTD_getErrorName(ret);
-      if (frames > 0 && ZSTD_getErrorCode(ret) == ZSTD_error_prefix_unknown) {
-        return DataLossError(Prefixed("the " + std::to_string(stored.size() - frame_start) +
-                                      " bytes after the zstd frame(s) ending at byte offset " +
-                                      std::to_string(frame_start) + of_size +
-                                      " are not a zstd frame (" + name + ")"));
-      }
-      return DataLossError(Prefixed("corrupt zstd frame starting at byte offset " +
-                                    std::to_string(frame_start) + of_size + ": " + name));
-    }
-    if (probing) {
-      if (ob.pos > 0) {
-        ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
-        return DataLossError(
-            Prefixed("decoded size exceeds the limit of " + std::to_string(max_output) + " bytes"));
-      }
-    } else {
-      produced = ob.pos;
-    }
-    if (ret == 0) {  // a frame ended and is fully flushed
-      ++frames;
-      frame_start = in.pos;
-      if (in.pos == in.size) break;
-      continue;
-    }
-    if (in.pos == in.size && ob.pos < ob.size) {
-      // Output room left and no input left, yet the frame is unfinished.
-      ZSTD_DCtx_reset(dctx.get(), ZSTD_reset_session_only);
-      return DataLossError(
-          Prefixed("truncated: the input ends inside the zstd frame starting at "
-                   "byte offset " +
-                   std::to_string(frame_start) + of_size));
-    }
-  }
-  out.resize(produced);
-  return out;
+  return std::unique_ptr<Decoder>(new ZstdDecoder(std::move(dctx), max_output, std::move(sink)));
 }
 
 }  // namespace dcpp::transform::internal

@@ -38,14 +38,15 @@ Result<std::unique_ptr<Encoder>> NewZstdEncoder(int level, int workers, uint64_t
 // UINT64_MAX): what a compressed intermediate of a transform chain may be.
 uint64_t ZstdEncodedBound(uint64_t size);
 
-// Decodes every zstd frame in `stored` (one or more, back to back, as a
-// streaming decoder reads them; skippable frames are skipped) into one
-// buffer that never grows beyond `max_output`. DataLoss naming
-// "stream.zstd/1" for empty, truncated or corrupt input, bytes after the
-// last frame that do not form a frame, a checksum mismatch, or output past
-// `max_output`. Frames needing a window above 128 MiB are refused (zstd's
-// default decoder limit). Thread-safe; reuses a per-thread decoder context.
-Result<std::string> ZstdDecode(std::span<const uint8_t> stored, uint64_t max_output);
+// A decoder for every zstd frame in the stored stream (one or more, back to
+// back, as a streaming decoder reads them; skippable frames are skipped),
+// emitting pieces of at most about 1 MiB. DataLoss naming "stream.zstd/1"
+// for empty, truncated or corrupt input, bytes after the last frame that do
+// not form a frame, a checksum mismatch, or more than `max_output` decoded
+// bytes (noticed within 1 MiB of the limit). Frames needing a window above
+// 128 MiB are refused (zstd's default decoder limit). Reuses a per-thread
+// decoder context.
+Result<std::unique_ptr<Decoder>> NewZstdDecoder(uint64_t max_output, ByteSink sink);
 
 }  // namespace dcpp::transform::internal
 
