@@ -108,8 +108,8 @@ struct LoadAllOptions {
 // their memory; they must not change until Save returns.
 // Memory: tensor bytes are never staged (only non-dense tensors are copied
 // to a contiguous buffer first); with transforms each I/O thread holds a few
-// MiB of buffers (plus zstd's own, about 2 MiB per worker at level 1). On failure nothing
-// that looks like a checkpoint is left behind and an existing checkpoint at
+// MiB of buffers (plus zstd's own, about 2 MiB per worker at level 1). On
+// failure nothing that looks like a checkpoint is left behind and an existing checkpoint at
 // the path is untouched. With a process group, a failure on any rank makes
 // every rank return the same error naming each failed rank and its reason.
 Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir,
@@ -124,9 +124,13 @@ Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir
 // Reads: each saved chunk a rank needs is opened once; of a large
 // untransformed chunk only the byte ranges the requested pieces span are
 // read, straight into the destination when the layouts agree, else through
-// at most 64 MiB of scratch per I/O thread. Small (<= 1 MiB) and transformed
-// chunks are read whole: memory beyond the destination tensors is at most
-// thread_count x (64 MiB + the largest such chunk, stored and decoded).
+// 1 MiB of scratch per I/O thread. A large transformed (compressed) chunk is
+// decoded as it is read, its tensor bytes copied into the destinations as
+// they pass. Small chunks (<= 1 MiB) are read whole. Memory beyond the
+// destination tensors: a few MiB per I/O thread (plus zstd's window, 2 MiB
+// at most for what dcpp and torch write); only a compressed chunk that
+// torch stored in a permuted layout (a transposed tensor saved as is) is
+// decoded whole in memory, stored and decoded.
 Status Load(Value& state_dict, const std::string& checkpoint_dir, const LoadOptions& options = {});
 
 // Loads the whole checkpoint (or the entries selected by options.keys) into

@@ -153,10 +153,22 @@ def test_zstd_written_by_dcpp_reads_with_torch(ckpt, how):
 
 def test_zstd_written_by_torch_reads_with_dcpp(ckpt):
     sd = state()
+    # Above 1 MiB, dcpp decodes a compressed chunk as it reads it, routing
+    # torch's archive into the targets without holding it.
+    sd["model"]["big"] = random_tensor((700, 600), torch.float32, 5)
+    sd["model"]["big_t"] = random_tensor((600, 700), torch.bfloat16, 6).t()  # kept transposed
     dcp.save(sd, storage_writer=dcp.FileSystemWriter(ckpt, _extensions=[ZStandard()]))
     out = zeros_like(sd)
     dcp.load(out, storage_reader=dtorch.FileSystemReader(ckpt))
     assert_state_equal(sd, out)
+    # And into column shards of them, as a resharded load asks.
+    big = torch.zeros(700, 200)
+    big_t = torch.zeros(100, 600, dtype=torch.bfloat16)
+    dcpp.load({"model": {"big": dcpp.ShardedTensor([700, 600], [dcpp.Shard(big, [0, 300])]),
+                         "big_t": dcpp.ShardedTensor([700, 600], [dcpp.Shard(big_t, [550, 0])])}},
+              ckpt, allow_partial_load=True)
+    assert torch.equal(big.view(torch.int32), sd["model"]["big"][:, 300:500].view(torch.int32))
+    assert torch.equal(big_t.view(torch.int16), sd["model"]["big_t"][550:650].view(torch.int16))
 
 
 def test_byteshuffle_zstd_reads_with_stock_torch_through_the_registry(ckpt):

@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "dcpp/base/thread_pool.h"
+#include "dcpp/engine/chunk_stream.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
 #include "dcpp/io/dcp_layout.h"
@@ -29,6 +30,10 @@ constexpr uint64_t kWholeReadBelow = uint64_t{1} << 20;
 // item is decoded (headers, data.pkl): a cap on what corrupt data can make
 // the decoder allocate, far above what torch or dcpp write.
 constexpr uint64_t kArchiveSlack = uint64_t{64} << 20;
+// A transformed chunk above kWholeReadBelow is read in blocks of this size
+// and its decoded tensor bytes pass through windows of about this size.
+constexpr uint64_t kStreamReadBytes = uint64_t{1} << 20;
+constexpr uint64_t kStreamWindowBytes = uint64_t{256} << 10;
 
 // An open data file and the byte range of one item in it, checked against
 // the file's size (metadata is untrusted: never read or allocate what the
@@ -131,6 +136,35 @@ class BoxReader {
   std::unique_ptr<uint8_t[]> scratch_;
   uint64_t scratch_size_ = 0;
 };
+
+// Decodes a transformed chunk as it is read, block by block, and lets a
+// ChunkStream copy the tensor's bytes into the targets as they pass: a few
+// MiB of memory whatever the chunk's size. Sets *fits to false (targets
+// unspecified) when the archive is not laid out as ChunkStream assumes.
+// Errors: the file's range or its transformed data is bad (DataLoss naming
+// the item and the file), or the read failed.
+Status StreamChunk(const std::string& dir, std::string_view name, DType dtype,
+                   const ChunkMeta& chunk, std::span<const ChunkTarget> targets, bool* fits) {
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(dir, chunk.storage, name));
+  const uint64_t chunk_bytes = static_cast<uint64_t>(NumElements(chunk.sizes)) * ElementSize(dtype);
+  ChunkStream stream(dtype, chunk, targets, kStreamWindowBytes);
+  auto decoder = transform::NewDecoder(
+      chunk.storage.transform_descriptors, chunk_bytes + kArchiveSlack,
+      [&stream](std::span<const uint8_t> piece) { return stream.Write(piece); });
+  const std::string where = Quoted(name) + " in " + f.path;
+  if (!decoder.ok()) return decoder.status().WithContext(where);
+  std::unique_ptr<uint8_t[]> block(new (std::nothrow) uint8_t[kStreamReadBytes]);
+  if (!block) return ResourceExhaustedError("cannot allocate a read buffer").WithContext(where);
+  for (uint64_t done = 0; done < chunk.storage.length;) {
+    const uint64_t n = std::min(kStreamReadBytes, chunk.storage.length - done);
+    const std::span<uint8_t> piece(block.get(), static_cast<size_t>(n));
+    DCPP_RETURN_IF_ERROR(f.file.ReadAt(chunk.storage.offset + done, piece));
+    DCPP_RETURN_IF_ERROR((*decoder)->Write(piece).WithContext(where));
+    done += n;
+  }
+  DCPP_RETURN_IF_ERROR((*decoder)->Finish().WithContext(where));
+  return stream.Finish(fits);
+}
 
 Status CheckDecoded(const format::DecodedTensor& d, DType dtype, const ChunkMeta& chunk,
                     const std::string& where) {
@@ -303,6 +337,13 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
     return Status();
   };
 
+  if (!chunk.storage.transform_descriptors.empty() && chunk_bytes > kWholeReadBelow) {
+    bool fits = false;
+    DCPP_RETURN_IF_ERROR(StreamChunk(dir, name, dtype, chunk, targets, &fits));
+    if (fits) return Status();
+    // Not laid out as DCP writers lay archives out: read it whole below,
+    // which either succeeds or says what is wrong.
+  }
   if (!chunk.storage.transform_descriptors.empty() || chunk.storage.length <= kWholeReadBelow) {
     DCPP_ASSIGN_OR_RETURN(std::string blob,
                           ReadItem(dir, chunk.storage, name, chunk_bytes + kArchiveSlack));

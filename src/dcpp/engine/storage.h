@@ -80,17 +80,21 @@ struct ChunkTarget {
 inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
 
 // Fills `targets` from one saved tensor chunk: `chunk` (its global offsets,
-// sizes and storage) of the tensor `name` with dtype `dtype`. Untransformed
-// chunks are read partially: only the byte ranges the targets need (a
-// contiguous target whose box is a contiguous run of the chunk is read
-// straight into its memory); transformed chunks are read and decoded whole.
-// Other boxes are read span by span through at most `buffer_limit` bytes of
-// scratch memory per call (beyond one decoded transformed chunk): a column
-// band of a row-major chunk reads the rows it crosses and copies its part
-// out. The default, 1 MiB, keeps that scratch in the CPU cache, so the rows
-// cost one pass over memory, not a write and a read-back. Checks the
-// archive against the metadata (dtype, shape): DataLoss naming the tensor,
-// its chunk and the file.
+// sizes and storage) of the tensor `name` with dtype `dtype`.
+//  - Untransformed chunks above 1 MiB are read partially: a box that is one
+//    run of the chunk in the target's own layout is read straight into the
+//    target; any other is read span by span through at most `buffer_limit`
+//    bytes of scratch (a column band reads the rows it crosses and copies
+//    its part out). The default, 1 MiB, keeps the scratch in the CPU cache,
+//    so the rows cost one pass over memory, not a write and a read-back.
+//  - Transformed chunks above 1 MiB are decoded as they are read, their
+//    tensor bytes copied into the targets as they pass (ChunkStream): a few
+//    MiB whatever the chunk's size. One not stored row-major from element 0
+//    (a permuted layout torch kept) is then read again and decoded whole.
+//  - Smaller chunks are read (and decoded) whole.
+// Checks the archive against the metadata (dtype, shape): DataLoss naming
+// the tensor, its chunk and the file; corrupt transformed data is DataLoss
+// naming the tensor and the file.
 Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
                  std::span<const ChunkTarget> targets, uint64_t buffer_limit = kReadScratchBytes);
 
