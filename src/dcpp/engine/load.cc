@@ -2,6 +2,7 @@
 // requested tensor needs (box intersection, so any saved sharding loads),
 // read each needed chunk once, in parallel, and copy the overlaps into place.
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 #include "dcpp/base/thread_pool.h"
@@ -158,28 +159,28 @@ std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metada
   return index;
 }
 
-// The metadata for a load: read once by rank 0 and shared, so N ranks do
-// not all read (and unpickle) the same file from shared storage.
+// The metadata for a load: read and decoded once by rank 0, whose bytes
+// are shared, so N ranks do not all read the same file from shared
+// storage; a bad file gives every rank rank 0's error.
 Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir) {
+  if (pg.size() == 1) return io::ReadCheckpointMetadata(dir);
   constexpr int kCoordinator = 0;
   engine::WireWriter w;
+  std::optional<Result<Metadata>> mine;
   if (pg.rank() == kCoordinator) {
-    auto bytes = io::ReadWholeFile(io::JoinPath(dir, io::kMetadataFileName), uint64_t{4} << 30);
-    // Decode once here too, so a bad file gives every rank the same error.
-    Status s = bytes.status();
-    if (s.ok()) s = io::ReadCheckpointMetadata(dir).status();
-    w.Status(s);
-    w.Str(s.ok() ? *bytes : std::string());
+    auto bytes = io::ReadCheckpointMetadataBytes(dir);
+    mine = bytes.ok() ? io::DecodeCheckpointMetadata(dir, *bytes) : bytes.status();
+    w.Status(mine->status());
+    w.Str(mine->ok() ? *bytes : std::string());
   }
   DCPP_ASSIGN_OR_RETURN(std::string msg, pg.Broadcast(w.Take(), kCoordinator));
+  if (mine) return std::move(*mine);
   engine::WireReader r(msg);
   Status status;
   DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
   if (!status.ok()) return status;
   DCPP_ASSIGN_OR_RETURN(std::string bytes, r.Str());
-  auto md = format::DecodeMetadata(bytes);
-  if (!md.ok()) return md.status().WithContext(io::JoinPath(dir, io::kMetadataFileName));
-  return md;
+  return io::DecodeCheckpointMetadata(dir, bytes);
 }
 
 // Plans and runs this rank's reads into `state_dict` (Stateful already

@@ -25,7 +25,7 @@ Result<bool> HasCommittedCheckpoint(const std::string& dir) {
   return Exists(JoinPath(dir, kMetadataFileName));
 }
 
-Result<Metadata> ReadCheckpointMetadata(const std::string& dir) {
+Result<std::string> ReadCheckpointMetadataBytes(const std::string& dir) {
   DCPP_ASSIGN_OR_RETURN(bool dir_exists, Exists(dir));
   if (!dir_exists) return NotFoundError("checkpoint directory " + dir + " does not exist");
   DCPP_ASSIGN_OR_RETURN(bool is_dir, IsDirectory(dir));
@@ -35,11 +35,19 @@ Result<Metadata> ReadCheckpointMetadata(const std::string& dir) {
   if (!committed)
     return NotFoundError(dir + " holds no committed checkpoint: " + std::string(kMetadataFileName) +
                          " is missing (a save that did not finish leaves none)");
-  DCPP_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(path, kMaxMetadataBytes));
+  return ReadWholeFile(path, kMaxMetadataBytes);
+}
+
+Result<Metadata> DecodeCheckpointMetadata(const std::string& dir, std::string_view bytes) {
   auto md = format::DecodeMetadata(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
-  if (!md.ok()) return md.status().WithContext(path);
+  if (!md.ok()) return md.status().WithContext(JoinPath(dir, kMetadataFileName));
   return md;
+}
+
+Result<Metadata> ReadCheckpointMetadata(const std::string& dir) {
+  DCPP_ASSIGN_OR_RETURN(std::string bytes, ReadCheckpointMetadataBytes(dir));
+  return DecodeCheckpointMetadata(dir, bytes);
 }
 
 Status CommitMetadata(const std::string& dir, const Metadata& md, bool sync) {

@@ -26,6 +26,13 @@ std::string DataFileName(int rank, int n, std::string_view tag = {});
 // prefixed with the file's path.
 Result<Metadata> ReadCheckpointMetadata(const std::string& dir);
 
+// The two halves of ReadCheckpointMetadata, for callers that pass the bytes
+// on (a load shares rank 0's read with the other ranks): the file's bytes
+// (the same NotFound errors), and their decoding (errors prefixed with the
+// path of dir's .metadata).
+Result<std::string> ReadCheckpointMetadataBytes(const std::string& dir);
+Result<Metadata> DecodeCheckpointMetadata(const std::string& dir, std::string_view bytes);
+
 // Whether `dir/.metadata` exists (a committed checkpoint is there).
 Result<bool> HasCommittedCheckpoint(const std::string& dir);
 
