@@ -182,6 +182,8 @@ bool ChunkStream::Describes() const {
   // targets) read as zeros: the description needs only what lies around it.
   const uint64_t head = head_.size(), size = head + record_bytes_ + tail_.size();
   auto read_at = [&](uint64_t offset, uint64_t length) -> Result<std::string> {
+    if (offset > size || length > size - offset)
+      return DataLossError("read past the end of the streamed archive");
     std::string out(static_cast<size_t>(length), '\0');
     for (uint64_t i = 0; i < length;) {
       const uint64_t at = offset + i;
@@ -192,7 +194,7 @@ bool ChunkStream::Describes() const {
       } else if (at < head + record_bytes_) {
         n = std::min(length - i, head + record_bytes_ - at);
       } else {
-        n = length - i;  // OpenRanged asks only for ranges inside the archive
+        n = length - i;  // the rest lies in the tail (checked above)
         std::memcpy(out.data() + i, tail_.data() + (at - head - record_bytes_),
                     static_cast<size_t>(n));
       }

@@ -304,6 +304,12 @@ BenchResult MakeResult(const char* op, const BenchOptions& o, const Inputs& in) 
   return r;
 }
 
+json::Array StringArray(const std::vector<std::string>& strings) {
+  json::Array a;
+  for (const auto& s : strings) a.emplace_back(s);
+  return a;
+}
+
 }  // namespace
 
 Result<std::vector<BenchTensor>> ParseBenchIndex(std::string_view json_text, uint64_t image_bytes) {
@@ -601,9 +607,7 @@ std::string CompressResultJson(const CompressResult& r) {
   json::Object o;
   o.Set("op", "compress");
   o.Set("dtype", r.dtype);
-  json::Array transforms;
-  for (const auto& t : r.transforms) transforms.emplace_back(t);
-  o.Set("transforms", std::move(transforms));
+  o.Set("transforms", StringArray(r.transforms));
   o.Set("compression_level", r.compression_level);
   o.Set("tensors", r.tensors);
   o.Set("bytes", r.bytes);
@@ -623,9 +627,7 @@ std::string BenchResultJson(const BenchResult& r) {
   o.Set("tensors", r.tensors);
   o.Set("ranks", r.ranks);
   o.Set("threads", r.thread_count);
-  json::Array transforms;
-  for (const auto& t : r.transforms) transforms.emplace_back(t);
-  o.Set("transforms", std::move(transforms));
+  o.Set("transforms", StringArray(r.transforms));
   o.Set("compression_level", r.compression_level);
   o.Set("rss_before_bytes", r.rss_before_bytes);
   o.Set("max_rss_bytes", r.max_rss_bytes);

@@ -312,6 +312,8 @@ Result<std::unique_ptr<Decoder>> NewDecoder(const std::vector<std::string>& reco
 Result<std::string> DecodeAll(const std::vector<std::string>& recorded,
                               std::span<const uint8_t> stored, uint64_t max_output) {
   std::string out;
+  // One allocation when the outermost zstd frame says how big it is.
+  out.reserve(static_cast<size_t>(std::min(internal::ZstdDeclaredSize(stored), max_output)));
   DCPP_ASSIGN_OR_RETURN(auto decoder,
                         NewDecoder(recorded, max_output, [&out](std::span<const uint8_t> b) {
                           out.append(reinterpret_cast<const char*>(b.data()), b.size());

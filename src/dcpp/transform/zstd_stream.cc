@@ -139,6 +139,11 @@ int ZstdWorkersFor(int requested, uint64_t size_hint) {
   return std::min(workers, b.upperBound);
 }
 
+uint64_t ZstdDeclaredSize(std::span<const uint8_t> stored) {
+  const unsigned long long n = ZSTD_getFrameContentSize(stored.data(), stored.size());
+  return n == ZSTD_CONTENTSIZE_UNKNOWN || n == ZSTD_CONTENTSIZE_ERROR ? 0 : n;
+}
+
 uint64_t ZstdEncodedBound(uint64_t size) {
   // ZSTD_compressBound is size + size/256 + a small constant; the checked
   // form also works where size_t is narrower than 64 bits.

@@ -34,6 +34,11 @@ int ZstdWorkersFor(int requested, uint64_t size_hint);
 Result<std::unique_ptr<Encoder>> NewZstdEncoder(int level, int workers, uint64_t size_hint,
                                                 ByteSink sink);
 
+// The content size the zstd frame at the start of `stored` declares, or 0
+// when it declares none or `stored` does not start with a zstd frame. A
+// hint for sizing a buffer, never trusted as the real size.
+uint64_t ZstdDeclaredSize(std::span<const uint8_t> stored);
+
 // The most bytes one zstd frame of `size` input bytes takes (saturating at
 // UINT64_MAX): what a compressed intermediate of a transform chain may be.
 uint64_t ZstdEncodedBound(uint64_t size);
