@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <numeric>
 
+#include "dcpp/io/file.h"
 #include "temp_dir_test_base.h"
 
 namespace dcpp {
@@ -83,6 +84,35 @@ TEST_F(CheckpointTest, SaveThenLoadAllAndInPlace) {
       EXPECT_EQ(*read_md, *md);
     }
   }
+}
+
+TEST_F(CheckpointTest, IoThreadsWriteTheSameFiles) {
+  // Several threads in one file (io_threads > files) write what one writes.
+  Value sd = SampleState();
+  sd["model"]["big"] = Iota(DType::kFloat32, {300, 200}, 3);  // above 64 KiB: borrowed
+  for (int files : {1, 2}) {
+    std::vector<std::string> dirs;
+    for (int io : {1, 4}) {
+      SaveOptions o;
+      o.thread_count = files;
+      o.io_threads = io;
+      dirs.push_back(Dir("io" + std::to_string(files) + "_" + std::to_string(io)));
+      ASSERT_TRUE(Save(sd, dirs.back(), o).ok());
+    }
+    for (int f = 0; f < files; ++f) {
+      const std::string name = "/__0_" + std::to_string(f) + ".distcp";
+      auto a = io::ReadWholeFile(dirs[0] + name, 1 << 30);
+      auto b = io::ReadWholeFile(dirs[1] + name, 1 << 30);
+      ASSERT_TRUE(a.ok() && b.ok()) << name;
+      EXPECT_TRUE(*a == *b) << name;
+    }
+    auto all = LoadAll(dirs[1]);
+    ASSERT_TRUE(all.ok());
+    EXPECT_TRUE(all->Equals(sd));
+  }
+  SaveOptions bad;
+  bad.io_threads = -1;
+  EXPECT_EQ(Save(sd, Dir("bad_io"), bad).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(CheckpointTest, StridedSourcesAndDestinations) {

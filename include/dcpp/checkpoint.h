@@ -50,9 +50,15 @@ struct SaveOptions {
   // DCP's dedup_save_to_lowest_rank: replicated items are written by the
   // lowest rank holding them instead of spreading them by size.
   bool dedup_to_lowest_rank = false;
-  // I/O threads, and with single_file_per_rank the number of data files per
-  // rank (DCP's FileSystemWriter thread_count). Must be >= 1.
+  // With single_file_per_rank, the number of data files per rank (DCP's
+  // FileSystemWriter thread_count). Must be >= 1.
   int thread_count = 1;
+  // Threads writing this rank's data files: the files in parallel, and
+  // where threads outnumber files, several threads within one file
+  // (uncompressed items go straight to offsets computed beforehand, so the
+  // bytes are the same as one thread's). 0 (default): max(thread_count,
+  // min(8, hardware threads)); negative is InvalidArgument.
+  int io_threads = 0;
   // true: thread_count files per rank; false: one file per item.
   bool single_file_per_rank = true;
   // fsync data files and the metadata, and the directory after the commit.

@@ -112,6 +112,7 @@ def save(
     path: str | os.PathLike,
     *,
     thread_count: int = 1,
+    io_threads: int = 0,
     single_file_per_rank: bool = True,
     sync_files: bool = True,
     overwrite: bool = True,
@@ -134,8 +135,11 @@ def save(
 
     Options mirror the C++ ``dcpp::SaveOptions``:
 
-    * ``thread_count``: I/O threads, and (with ``single_file_per_rank``) data
-      files (DCP's FileSystemWriter ``thread_count``); >= 1.
+    * ``thread_count``: data files per process with ``single_file_per_rank``
+      (DCP's FileSystemWriter ``thread_count``); >= 1.
+    * ``io_threads``: threads writing them, several within one file where
+      they outnumber the files; 0 (default): ``max(thread_count, min(8,
+      CPUs))``.
     * ``single_file_per_rank``: False writes one file per item.
     * ``sync_files``: fsync the data, the metadata and the directory.
     * ``overwrite``: False raises :class:`AlreadyExistsError` if ``path``
@@ -160,6 +164,7 @@ def save(
         state_dict,
         _path(path),
         thread_count=_int("thread_count", thread_count, 1),
+        io_threads=_int("io_threads", io_threads, 0),
         single_file_per_rank=bool(single_file_per_rank),
         sync_files=bool(sync_files),
         overwrite=bool(overwrite),

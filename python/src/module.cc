@@ -177,7 +177,7 @@ void BindMetadata(nb::module_& m) {
 }
 
 Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count,
-                  bool single_file_per_rank, bool sync_files, bool overwrite, bool checksums,
+                  int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite, bool checksums,
                   std::vector<std::string> transforms, int compression_level,
                   bool dedup_to_lowest_rank, nb::object progress) {
   PyHelpers helpers = PyHelpers::Get();
@@ -185,6 +185,7 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   Value sd = conv.ConvertStateDict(state_dict);
   SaveOptions o;
   o.thread_count = thread_count;
+  o.io_threads = io_threads;
   o.single_file_per_rank = single_file_per_rank;
   o.sync_files = sync_files;
   o.overwrite = overwrite;
@@ -249,7 +250,8 @@ NB_MODULE(_dcpp, m) {
   m.doc() = "dcpp's C++ core. Use the dcpp package, not this module.";
   RegisterErrors(m);
   BindMetadata(m);
-  m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "single_file_per_rank"_a,
+  m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
+        "single_file_per_rank"_a,
         "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
         "dedup_to_lowest_rank"_a, "progress"_a.none());
   m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,

@@ -147,6 +147,8 @@ def test_bad_arguments_raise_type_and_value_errors(ckpt):
         dcpp.save({}, 42)
     with pytest.raises(ValueError, match="thread_count"):
         dcpp.save({}, ckpt, thread_count=0)
+    with pytest.raises(ValueError, match="io_threads"):
+        dcpp.save({}, ckpt, io_threads=-1)
     with pytest.raises(TypeError, match="transforms"):
         dcpp.save({}, ckpt, transforms="stream.zstd/1")
     with pytest.raises(ValueError, match="tensors"):

@@ -166,11 +166,12 @@ def test_sharded_tensor_saves_pieces_and_loads_any_layout(ckpt):
 
 @pytest.mark.parametrize("options", [
     dict(thread_count=3),
+    dict(io_threads=3),
     dict(single_file_per_rank=False),
     dict(sync_files=False, checksums=False),
     dict(transforms=["stream.zstd/1"], compression_level=3),
     dict(transforms=["dcpp.byteshuffle/1", "stream.zstd/1"]),
-], ids=["threads", "file_per_item", "nosync", "zstd", "shuffle_zstd"])
+], ids=["threads", "io_threads", "file_per_item", "nosync", "zstd", "shuffle_zstd"])
 def test_save_options_round_trip(ckpt, options):
     sd = {f"t{i}": random_array((64, 17), np.float32, i) for i in range(5)}
     sd["v"] = {"x": 1}

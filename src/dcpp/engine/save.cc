@@ -98,7 +98,7 @@ class ProgressReporter {
 Status WriteOneFile(const std::string& dir, const std::string& name,
                     const std::vector<size_t>& item_ids,
                     const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
-                    ProgressReporter& progress) {
+                    int parallel_files, int threads_per_file, ProgressReporter& progress) {
   std::vector<engine::StoreItem> store(item_ids.size());
   for (size_t k = 0; k < item_ids.size(); ++k) {
     const engine::WriteItem& item = *items[item_ids[k]];
@@ -115,9 +115,9 @@ Status WriteOneFile(const std::string& dir, const std::string& name,
   so.sync = o.sync_files;
   so.transforms = o.transforms;
   so.compression_level = o.compression_level;
-  // Files are written by thread_count threads at once; give zstd's own
-  // workers only the cores those leave idle.
-  so.zstd_workers = o.thread_count >= DefaultThreadCount() ? 1 : 0;
+  so.threads = threads_per_file;
+  // Several files compressing at once leave zstd's own workers no idle core.
+  so.zstd_workers = parallel_files >= DefaultThreadCount() ? 1 : 0;
   DCPP_ASSIGN_OR_RETURN(std::vector<StorageInfo> infos,
                         engine::WriteDataFile(dir, name, store, so, [&](size_t, uint64_t bytes) {
                           progress.Add(bytes, 1);
@@ -283,9 +283,15 @@ Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
     names[f] = io::DataFileName(rank, static_cast<int>(f), tag);
   std::vector<std::atomic<bool>> started(files.size());
   DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
-  Status s = ParallelFor(files.size(), o.thread_count, [&](size_t f) {
+  const int io_threads =
+      o.io_threads > 0 ? o.io_threads : std::max(o.thread_count, DefaultThreadCount());
+  const int parallel_files = static_cast<int>(
+      std::clamp<size_t>(files.size(), 1, static_cast<size_t>(io_threads)));
+  const int threads_per_file = std::max(1, io_threads / parallel_files);
+  Status s = ParallelFor(files.size(), parallel_files, [&](size_t f) {
     started[f] = true;
-    return WriteOneFile(dir, names[f], files[f], mine, o, progress);
+    return WriteOneFile(dir, names[f], files[f], mine, o, parallel_files, threads_per_file,
+                        progress);
   });
   for (size_t f = 0; f < files.size(); ++f)
     if (started[f]) created->push_back(io::JoinPath(dir, names[f]));
@@ -306,6 +312,9 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
   if (o.thread_count < 1)
     local = InvalidArgumentError("SaveOptions.thread_count must be >= 1, got " +
                                  std::to_string(o.thread_count));
+  else if (o.io_threads < 0)
+    local = InvalidArgumentError("SaveOptions.io_threads must be >= 0, got " +
+                                 std::to_string(o.io_threads));
   else if (dir.empty())
     local = InvalidArgumentError("checkpoint path is empty");
   if (local.ok() && !o.transforms.empty()) {

@@ -405,6 +405,7 @@ Result<BenchResult> BenchSave(const BenchOptions& o) {
     SaveOptions so;
     so.process_group = pg;
     so.thread_count = o.thread_count;
+    so.io_threads = o.thread_count;  // as many threads as torch's writer gets
     so.sync_files = o.sync_files;
     so.transforms = o.transforms;
     so.compression_level = o.compression_level;
