@@ -243,19 +243,21 @@ class ChainDecoder final : public Decoder {
 
   Status DoWrite(std::span<const uint8_t> data) override {
     if (data.empty()) return Status();
-    return Named(stages_.front()->Write(data));
+    return Named(stages_.front()->Write(data), 0);
   }
 
   Status DoFinish() override {
     // Front to back: each Finish flushes into the next stage, still open.
-    for (auto& stage : stages_) DCPP_RETURN_IF_ERROR(Named(stage->Finish()));
+    for (size_t k = 0; k < stages_.size(); ++k)
+      DCPP_RETURN_IF_ERROR(Named(stages_[k]->Finish(), k));
     return Status();
   }
 
  private:
-  Status Named(Status s) const {
+  // `s` came from a call into stage `first`: it started there or below.
+  Status Named(Status s, size_t first) const {
     if (s.ok()) return s;
-    for (size_t i = 0; i < stages_.size(); ++i) {
+    for (size_t i = first; i < stages_.size(); ++i) {
       if (failed_below_[i]) continue;
       if (recorded_.size() == 1) return s;  // the transform's own message names it
       return s.WithContext("transform " + std::to_string(i) + " '" + recorded_[i] + "'");

@@ -321,6 +321,29 @@ TEST(TransformChain, StreamingDecoderTakesAnyPiecesAndEmitsBoundedOnes) {
             StatusCode::kInvalidArgument);
 }
 
+TEST(TransformChain, ErrorsNameTheStageTheyStartIn) {
+  // Applied zstd, then shuffle: undone shuffle (stage 0), then zstd (stage
+  // 1). Cut at a shuffle block boundary, the shuffle stage decodes and
+  // finishes fine and zstd, finishing next, finds its frame truncated: the
+  // error names zstd, not the stage before it.
+  EncodeOptions o;
+  o.element_size = 2;
+  const std::string data = Bf16Weights(1 << 20, 12);
+  std::vector<std::string> recorded;
+  auto stored = EncodeAll({"stream.zstd/1", "dcpp.byteshuffle/1"}, o, Bytes(data), &recorded);
+  ASSERT_TRUE(stored.ok());
+  ASSERT_EQ(recorded, (std::vector<std::string>{"dcpp.byteshuffle/1", "stream.zstd/1"}));
+  const size_t block = size_t{2} << internal::kShuffleDefaultBlockLog2;  // element width 2
+  ASSERT_GT(stored->size(), internal::kShuffleHeaderSize + block);
+  auto r = DecodeAll(recorded, Bytes(*stored).first(internal::kShuffleHeaderSize + block),
+                     data.size());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find("transform 1 'stream.zstd/1'"), std::string::npos)
+      << r.status().ToString();
+  EXPECT_NE(r.status().message().find("truncated"), std::string::npos) << r.status().ToString();
+}
+
 TEST(TransformChain, WriteAfterFinishIsRefused) {
   for (const auto& chain : {std::vector<std::string>{}, kZstd, kShuffle}) {
     auto e = NewEncoder(
