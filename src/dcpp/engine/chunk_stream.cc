@@ -46,6 +46,10 @@ ChunkStream::ChunkStream(DType dtype, const ChunkMeta& chunk, std::span<const Ch
       record_bytes_(static_cast<uint64_t>(NumElements(chunk.sizes)) * ElementSize(dtype)),
       index_(chunk.sizes.size(), 0) {
   const Shape& s = chunk_.sizes;
+  if (record_bytes_ == 0 || s.empty()) {
+    window_size_ = record_bytes_;  // no bytes, or a 0-d tensor: one element
+    return;
+  }
   // The outermost dimension whose one index step fits the window.
   uint64_t slab = esize_;
   for (size_t d = s.size(); d-- > 0;) {
@@ -54,13 +58,10 @@ ChunkStream::ChunkStream(DType dtype, const ChunkMeta& chunk, std::span<const Ch
     if (d == 0 || slab * static_cast<uint64_t>(s[d]) > window_bytes) break;
     slab *= static_cast<uint64_t>(s[d]);
   }
-  if (!s.empty()) {
-    window_rows_ = std::clamp<int64_t>(static_cast<int64_t>(window_bytes / slab_bytes_), 1,
-                                       std::max<int64_t>(s[window_dim_], 1));
-    window_size_ = static_cast<uint64_t>(std::min(window_rows_, s[window_dim_])) * slab_bytes_;
-  } else {
-    window_size_ = record_bytes_;  // a 0-d tensor: one element
-  }
+  // Every dimension is > 0 here, so slab_bytes_ >= esize_ > 0.
+  window_rows_ = std::clamp<int64_t>(static_cast<int64_t>(window_bytes / slab_bytes_), 1,
+                                     s[window_dim_]);
+  window_size_ = static_cast<uint64_t>(window_rows_) * slab_bytes_;
 }
 
 Status ChunkStream::Write(std::span<const uint8_t> piece) {
@@ -208,6 +209,7 @@ bool ChunkStream::Describes() const {
   if (!d.ok() || d->dtype != dtype_ || d->shape != chunk_.sizes || d->storage_offset != 0 ||
       d->storage_record_offset != head || d->storage_nbytes != record_bytes_)
     return false;
+  if (record_bytes_ == 0) return true;  // no element to misplace
   const Shape expected = RowMajorStrides(d->shape);
   for (size_t k = 0; k < d->shape.size(); ++k)
     if (d->shape[k] > 1 && d->strides[k] != expected[k]) return false;

@@ -88,6 +88,19 @@ TEST(ChunkStreamTest, RoutesArchivesTorchWrote) {
   }
 }
 
+TEST(ChunkStreamTest, EmptyAndScalarChunks) {
+  std::vector<float> none;
+  const std::string empty =
+      format::EncodeTensorArchive(MakeView(none.data(), DType::kFloat32, {5, 0, 3})).Flatten();
+  EXPECT_TRUE(Stream(empty, DType::kFloat32, Chunk({0, 0, 0}, {5, 0, 3}), {}, 7, 1 << 20));
+  double x = 2.5, out = 0;
+  const std::string scalar =
+      format::EncodeTensorArchive(MakeView(&x, DType::kFloat64, {})).Flatten();
+  const ChunkTarget t{MakeView(&out, DType::kFloat64, {}), {}, {}};
+  EXPECT_TRUE(Stream(scalar, DType::kFloat64, Chunk({}, {}), {&t, 1}, 3, 1 << 20));
+  EXPECT_EQ(out, 2.5);
+}
+
 TEST(ChunkStreamTest, AnythingElseDoesNotFit) {
   std::vector<float> out(6);
   const ChunkTarget t{MakeView(out.data(), DType::kFloat32, {3, 2}), {0, 0}, {3, 2}};
