@@ -585,6 +585,22 @@ TEST(TransformZstd, CorruptBytesAreDataLoss) {
   EXPECT_LT(harmless, positions / 50);
 }
 
+TEST(TransformZstd, FrameEndingAsTheOutputBufferFillsIsComplete) {
+  // The decoder hands output on in pieces of 8 x ZSTD_CStreamOutSize()
+  // bytes; an item of exactly one or two such pieces ends its frame just as
+  // a piece fills, which must not read as a frame left open.
+  const size_t piece = 8 * ZSTD_CStreamOutSize();
+  for (size_t n : {piece, 2 * piece}) {
+    const std::string data = TextBytes(n, 9);
+    std::vector<std::string> recorded;
+    auto stored = EncodeAll(kZstd, {}, Bytes(data), &recorded);
+    ASSERT_TRUE(stored.ok());
+    auto back = DecodeAll(recorded, Bytes(*stored), n);
+    ASSERT_TRUE(back.ok()) << n << ": " << back.status().ToString();
+    EXPECT_EQ(*back, data);
+  }
+}
+
 TEST(TransformZstd, TruncatedIsDataLoss) {
   const std::string data = TextBytes(200000, 19);
   const std::string stored = MustEncode(kZstd, data);

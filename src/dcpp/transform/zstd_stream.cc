@@ -219,6 +219,7 @@ class ZstdDecoder final : public Decoder {
     ZSTD_inBuffer in{data.data(), data.size(), 0};
     while (true) {
       ZSTD_outBuffer ob{out_.get(), MaxOutPiece(), out_pos_};
+      const size_t in_before = in.pos, out_before = out_pos_;
       const size_t ret = ZSTD_decompressStream(dctx_.get(), &ob, &in);
       if (ZSTD_isError(ret)) return Corrupt(ret, consumed_ + in.pos);
       produced_ += ob.pos - out_pos_;
@@ -227,10 +228,15 @@ class ZstdDecoder final : public Decoder {
         return DataLossError(Prefixed("decoded size exceeds the limit of " +
                                       std::to_string(max_output_) + " bytes"));
       if (out_pos_ == MaxOutPiece()) DCPP_RETURN_IF_ERROR(Emit());
-      in_frame_ = ret != 0;
-      if (!in_frame_) {  // a frame ended and is fully flushed
+      if (ret == 0) {  // a frame ended and is fully flushed
+        in_frame_ = false;
         ++frames_;
         frame_start_ = consumed_ + in.pos;
+      } else if (in.pos > in_before || ob.pos > out_before) {
+        // Only progress opens a frame: a call with no input left (after a
+        // frame ended just as the buffer filled) asks for the next frame's
+        // header, which need not come.
+        in_frame_ = true;
       }
       // Done when zstd has taken all the input and had room to flush.
       if (in.pos == in.size && ob.pos < ob.size) break;
