@@ -177,8 +177,8 @@ void BindMetadata(nb::module_& m) {
 }
 
 Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count,
-                  int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite, bool checksums,
-                  std::vector<std::string> transforms, int compression_level,
+                  int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite,
+                  bool checksums, std::vector<std::string> transforms, int compression_level,
                   bool dedup_to_lowest_rank, nb::object progress) {
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);

@@ -122,12 +122,12 @@ nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bo
   options.transforms = std::move(transforms);
   options.compression_level = compression_level;
   if (threads < 1) throw nb::value_error("threads must be >= 1");
-  const size_t parallel_files = std::min<size_t>(jobs.size(), static_cast<size_t>(threads));
-  options.threads = parallel_files == 0 ? 1 : std::max(1, threads / static_cast<int>(parallel_files));
+  const engine::WriterThreads split = engine::SplitWriterThreads(jobs.size(), threads);
+  options.threads = split.per_file;
   std::vector<std::optional<Result<std::vector<StorageInfo>>>> results(jobs.size());
   {
     nb::gil_scoped_release release;
-    RunParallel(jobs.size(), static_cast<int>(parallel_files), [&](size_t i) {
+    RunParallel(jobs.size(), split.parallel_files, [&](size_t i) {
       results[i] = engine::WriteDataFile(dir, jobs[i].name, jobs[i].items, options);
     });
   }

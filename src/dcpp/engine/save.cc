@@ -98,7 +98,7 @@ class ProgressReporter {
 Status WriteOneFile(const std::string& dir, const std::string& name,
                     const std::vector<size_t>& item_ids,
                     const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
-                    int parallel_files, int threads_per_file, ProgressReporter& progress) {
+                    engine::WriterThreads threads, ProgressReporter& progress) {
   std::vector<engine::StoreItem> store(item_ids.size());
   for (size_t k = 0; k < item_ids.size(); ++k) {
     const engine::WriteItem& item = *items[item_ids[k]];
@@ -115,9 +115,9 @@ Status WriteOneFile(const std::string& dir, const std::string& name,
   so.sync = o.sync_files;
   so.transforms = o.transforms;
   so.compression_level = o.compression_level;
-  so.threads = threads_per_file;
+  so.threads = threads.per_file;
   // Several files compressing at once leave zstd's own workers no idle core.
-  so.zstd_workers = parallel_files >= DefaultThreadCount() ? 1 : 0;
+  so.zstd_workers = threads.parallel_files >= DefaultThreadCount() ? 1 : 0;
   DCPP_ASSIGN_OR_RETURN(std::vector<StorageInfo> infos,
                         engine::WriteDataFile(dir, name, store, so, [&](size_t, uint64_t bytes) {
                           progress.Add(bytes, 1);
@@ -285,13 +285,10 @@ Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
   DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
   const int io_threads =
       o.io_threads > 0 ? o.io_threads : std::max(o.thread_count, DefaultThreadCount());
-  const int parallel_files = static_cast<int>(
-      std::clamp<size_t>(files.size(), 1, static_cast<size_t>(io_threads)));
-  const int threads_per_file = std::max(1, io_threads / parallel_files);
-  Status s = ParallelFor(files.size(), parallel_files, [&](size_t f) {
+  const engine::WriterThreads split = engine::SplitWriterThreads(files.size(), io_threads);
+  Status s = ParallelFor(files.size(), split.parallel_files, [&](size_t f) {
     started[f] = true;
-    return WriteOneFile(dir, names[f], files[f], mine, o, parallel_files, threads_per_file,
-                        progress);
+    return WriteOneFile(dir, names[f], files[f], mine, o, split, progress);
   });
   for (size_t f = 0; f < files.size(); ++f)
     if (started[f]) created->push_back(io::JoinPath(dir, names[f]));

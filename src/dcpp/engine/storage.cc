@@ -240,6 +240,14 @@ Status WriteInParallel(io::File& file, const std::string& path, std::span<const 
 
 }  // namespace
 
+WriterThreads SplitWriterThreads(size_t files, int threads) {
+  const size_t t = static_cast<size_t>(std::max(threads, 1));
+  WriterThreads w;
+  w.parallel_files = static_cast<int>(std::clamp<size_t>(files, 1, t));
+  w.per_file = std::max(1, static_cast<int>(t) / w.parallel_files);
+  return w;
+}
+
 Result<std::vector<StorageInfo>> WriteDataFile(
     const std::string& dir, const std::string& name, std::span<const StoreItem> items,
     const StoreOptions& options, const std::function<void(size_t, uint64_t)>& on_item) {

@@ -46,6 +46,15 @@ struct StoreOptions {
   int threads = 1;
 };
 
+// How `threads` writing threads (>= 1) spread over `files` data files:
+// up to `threads` files at once, and the threads left over shared among
+// them (StoreOptions::threads of each file).
+struct WriterThreads {
+  int parallel_files = 1;  // >= 1, even for no files
+  int per_file = 1;        // >= 1
+};
+WriterThreads SplitWriterThreads(size_t files, int threads);
+
 // Creates (or truncates) `dir/name` and writes `items` back to back in
 // order, on up to options.threads threads. Returns one StorageInfo per item
 // (relative_path = name). Calls on_item(i, bytes_in) after item i is

@@ -143,6 +143,19 @@ TEST_F(StorageTest, SeveralThreadsWriteTheSameFileAsOne) {
             StatusCode::kInvalidArgument);
 }
 
+TEST(SplitWriterThreadsTest, FilesFirstThenThreadsWithinFiles) {
+  struct Case {
+    size_t files;
+    int threads, parallel_files, per_file;
+  } cases[] = {{1, 4, 1, 4}, {2, 4, 2, 2}, {3, 4, 3, 1}, {8, 2, 2, 1},
+               {3, 8, 3, 2}, {0, 4, 1, 4}, {2, 0, 1, 1}};
+  for (const Case& c : cases) {
+    const WriterThreads w = SplitWriterThreads(c.files, c.threads);
+    EXPECT_EQ(w.parallel_files, c.parallel_files) << c.files << " files, " << c.threads;
+    EXPECT_EQ(w.per_file, c.per_file) << c.files << " files, " << c.threads;
+  }
+}
+
 TEST_F(StorageTest, MetadataThatDisagreesWithTheFileIsDataLoss) {
   auto m = Matrix(600, 700);
   StoreItem item{true, MakeView(m.data(), DType::kFloat32, {600, 700}), {}, "m"};
