@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "dcpp/engine/chunk_stream.h"
+#include "dcpp/storage/chunk_stream.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
 
@@ -29,11 +29,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   chunk.offsets.assign(chunk.sizes.size(), 3);
   const size_t nbytes = static_cast<size_t>(NumElements(chunk.sizes)) * ElementSize(dtype);
   std::vector<uint8_t> out(nbytes, 0xA5);
-  const engine::ChunkTarget target{MakeView(out.data(), dtype, chunk.sizes), chunk.offsets,
+  const storage::ChunkTarget target{MakeView(out.data(), dtype, chunk.sizes), chunk.offsets,
                                    chunk.sizes};
   const size_t piece = size > 0 ? 1 + data[0] % 97 : 1;
   const uint64_t window = size > 1 ? 1 + data[1] * 3 : 64;
-  engine::ChunkStream stream(dtype, chunk, {&target, 1}, window);
+  storage::ChunkStream stream(dtype, chunk, {&target, 1}, window);
   for (size_t at = 0; at < size; at += piece) {
     const size_t n = piece < size - at ? piece : size - at;
     if (!stream.Write(archive.subspan(at, n)).ok()) std::abort();  // it never fails

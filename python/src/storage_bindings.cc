@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "convert.h"
-#include "dcpp/engine/storage.h"
+#include "dcpp/storage/data_files.h"
 #include "dcpp/transform/transform.h"
 #include "errors.h"
 
@@ -79,7 +79,7 @@ nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bo
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
   struct FileJob {
     std::string name;
-    std::vector<engine::StoreItem> items;
+    std::vector<storage::StoreItem> items;
     std::vector<Tensor> copies;  // dense copies of non-dense tensors
   };
   std::vector<FileJob> jobs;
@@ -88,7 +88,7 @@ nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bo
     FileJob job;
     job.name = nb::cast<std::string>(f[0]);
     for (nb::handle item : f[1]) {
-      engine::StoreItem si;
+      storage::StoreItem si;
       si.name = nb::cast<std::string>(item[0]);
       const std::string kind = nb::cast<std::string>(item[1]);
       nb::handle data = item[2];
@@ -116,19 +116,19 @@ nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bo
     jobs.push_back(std::move(job));
   }
 
-  engine::StoreOptions options;
+  storage::StoreOptions options;
   options.checksums = checksums;
   options.sync = sync;
   options.transforms = std::move(transforms);
   options.compression_level = compression_level;
   if (threads < 1) throw nb::value_error("threads must be >= 1");
-  const engine::WriterThreads split = engine::SplitWriterThreads(jobs.size(), threads);
+  const storage::WriterThreads split = storage::SplitWriterThreads(jobs.size(), threads);
   options.threads = split.per_file;
   std::vector<std::optional<Result<std::vector<StorageInfo>>>> results(jobs.size());
   {
     nb::gil_scoped_release release;
     RunParallel(jobs.size(), split.parallel_files, [&](size_t i) {
-      results[i] = engine::WriteDataFile(dir, jobs[i].name, jobs[i].items, options);
+      results[i] = storage::WriteDataFile(dir, jobs[i].name, jobs[i].items, options);
     });
   }
   nb::list out;
@@ -155,7 +155,7 @@ nb::list Read(const std::string& dir, nb::handle chunk_jobs, nb::handle byte_job
     std::string fqn;
     DType dtype;
     ChunkMeta chunk;
-    std::vector<engine::ChunkTarget> targets;
+    std::vector<storage::ChunkTarget> targets;
   };
   struct ByteJob {
     std::string fqn;
@@ -173,7 +173,7 @@ nb::list Read(const std::string& dir, nb::handle chunk_jobs, nb::handle byte_job
     job.chunk.sizes = nb::cast<Shape>(j[3]);
     job.chunk.storage = StorageFromPython(j[4], where);
     for (nb::handle t : j[5]) {
-      engine::ChunkTarget target;
+      storage::ChunkTarget target;
       Tensor dst = conv.ConvertTensor(t[0], where);
       if (dst.dtype() != job.dtype)
         throw nb::value_error((where + ": the destination is " +
@@ -208,11 +208,11 @@ nb::list Read(const std::string& dir, nb::handle chunk_jobs, nb::handle byte_job
     RunParallel(bytes.size() + chunks.size(), threads, [&](size_t i) {
       if (i < bytes.size()) {
         const ByteJob& b = bytes[i];
-        byte_results[i] = engine::ReadItem(dir, b.storage, b.fqn, b.max_bytes);
+        byte_results[i] = storage::ReadItem(dir, b.storage, b.fqn, b.max_bytes);
       } else {
         const ChunkJob& c = chunks[i - bytes.size()];
         chunk_status[i - bytes.size()] =
-            engine::ReadChunk(dir, c.fqn, c.dtype, c.chunk, c.targets, buffer_limit);
+            storage::ReadChunk(dir, c.fqn, c.dtype, c.chunk, c.targets, buffer_limit);
       }
     });
   }
@@ -231,7 +231,7 @@ void BindStorage(nb::module_& m) {
   m.def("_write_files", &WriteFiles, "dir"_a, "files"_a, "checksums"_a, "sync"_a, "transforms"_a,
         "compression_level"_a, "threads"_a);
   m.def("_read", &Read, "dir"_a, "chunk_jobs"_a, "byte_jobs"_a, "threads"_a,
-        "buffer_limit"_a = engine::kReadScratchBytes);
+        "buffer_limit"_a = storage::kReadScratchBytes);
   m.def("_known_transforms", &transform::KnownDescriptors,
         "The stream transform descriptors this build reads and writes.");
 }

@@ -1,4 +1,4 @@
-// Bindings of the storage layer (src/dcpp/engine/storage.h) for dcpp.torch:
+// Bindings of the storage layer (src/dcpp/storage/data_files.h) for dcpp.torch:
 // torch's planners decide what goes where; these functions move the bytes,
 // many files or chunks per call, on C++ threads without the GIL.
 #ifndef DCPP_PYTHON_STORAGE_BINDINGS_H_

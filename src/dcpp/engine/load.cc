@@ -7,7 +7,7 @@
 
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
-#include "dcpp/engine/storage.h"
+#include "dcpp/storage/data_files.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/metadata_codec.h"
 #include "dcpp/format/torch_pickle.h"
@@ -46,13 +46,13 @@ Status RunChunkTask(const std::string& dir, const ChunkTask& task) {
   const EntryMeta& e = *task.entry;
   const ChunkMeta& c = e.chunks[task.chunk];
   const plan::Box chunk_box{c.offsets, c.sizes};
-  std::vector<engine::ChunkTarget> targets;
+  std::vector<storage::ChunkTarget> targets;
   for (const TensorTarget& t : task.targets) {
     auto overlap = plan::Intersect(chunk_box, t.box);
     if (!overlap) continue;
     targets.push_back({plan::SubView(t.view, t.box, *overlap), overlap->offsets, overlap->sizes});
   }
-  return engine::ReadChunk(dir, e.fqn, e.properties.dtype, c, targets);
+  return storage::ReadChunk(dir, e.fqn, e.properties.dtype, c, targets);
 }
 
 Status RunBytesTask(const std::string& dir, const BytesTask& task) {
@@ -60,7 +60,7 @@ Status RunBytesTask(const std::string& dir, const BytesTask& task) {
   // A pickled value expands at most this much through its transforms (a cap
   // against decompression bombs, far above what real values need).
   const uint64_t cap = std::min<uint64_t>(s.length, uint64_t{1} << 32) * 64 + (uint64_t{64} << 20);
-  DCPP_ASSIGN_OR_RETURN(std::string blob, engine::ReadItem(dir, s, task.entry->fqn, cap));
+  DCPP_ASSIGN_OR_RETURN(std::string blob, storage::ReadItem(dir, s, task.entry->fqn, cap));
   auto value = format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(task.entry->fqn));
   if (!value.ok()) return value.status().WithContext(s.relative_path);
   *task.slot = std::move(*value);

@@ -9,7 +9,7 @@
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/items.h"
-#include "dcpp/engine/storage.h"
+#include "dcpp/storage/data_files.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
@@ -98,8 +98,8 @@ class ProgressReporter {
 Status WriteOneFile(const std::string& dir, const std::string& name,
                     const std::vector<size_t>& item_ids,
                     const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
-                    engine::WriterThreads threads, ProgressReporter& progress) {
-  std::vector<engine::StoreItem> store(item_ids.size());
+                    storage::WriterThreads threads, ProgressReporter& progress) {
+  std::vector<storage::StoreItem> store(item_ids.size());
   for (size_t k = 0; k < item_ids.size(); ++k) {
     const engine::WriteItem& item = *items[item_ids[k]];
     store[k].is_tensor = item.is_tensor();
@@ -110,7 +110,7 @@ Status WriteOneFile(const std::string& dir, const std::string& name,
     }
     store[k].name = item.fqn;
   }
-  engine::StoreOptions so;
+  storage::StoreOptions so;
   so.checksums = o.checksums;
   so.sync = o.sync_files;
   so.transforms = o.transforms;
@@ -119,7 +119,7 @@ Status WriteOneFile(const std::string& dir, const std::string& name,
   // Several files compressing at once leave zstd's own workers no idle core.
   so.zstd_workers = threads.parallel_files >= DefaultThreadCount() ? 1 : 0;
   DCPP_ASSIGN_OR_RETURN(std::vector<StorageInfo> infos,
-                        engine::WriteDataFile(dir, name, store, so, [&](size_t, uint64_t bytes) {
+                        storage::WriteDataFile(dir, name, store, so, [&](size_t, uint64_t bytes) {
                           progress.Add(bytes, 1);
                         }));
   for (size_t k = 0; k < item_ids.size(); ++k) items[item_ids[k]]->storage = std::move(infos[k]);
@@ -285,7 +285,7 @@ Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
   DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
   const int io_threads =
       o.io_threads > 0 ? o.io_threads : std::max(o.thread_count, DefaultThreadCount());
-  const engine::WriterThreads split = engine::SplitWriterThreads(files.size(), io_threads);
+  const storage::WriterThreads split = storage::SplitWriterThreads(files.size(), io_threads);
   Status s = ParallelFor(files.size(), split.parallel_files, [&](size_t f) {
     started[f] = true;
     return WriteOneFile(dir, names[f], files[f], mine, o, split, progress);

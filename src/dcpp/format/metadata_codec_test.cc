@@ -19,7 +19,7 @@ namespace {
 using namespace std::string_literals;
 namespace fs = std::filesystem;
 
-fs::path TestDataDir() { return fs::path(__FILE__).parent_path() / "testdata"; }
+fs::path TestDataDir() { return DCPP_TESTDATA_DIR; }
 
 std::string ReadFile(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

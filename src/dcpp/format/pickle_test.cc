@@ -15,7 +15,7 @@ namespace {
 using namespace std::string_literals;
 
 std::filesystem::path TestDataDir() {
-  return std::filesystem::path(__FILE__).parent_path() / "testdata";
+  return std::filesystem::path(DCPP_TESTDATA_DIR);
 }
 
 std::string ReadTestFile(const std::string& name) {

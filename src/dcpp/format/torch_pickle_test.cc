@@ -26,8 +26,7 @@ namespace pk = pickle;
 // ---------------------------------------------------------------------------
 
 std::string TestdataDir() {
-  const std::string file = __FILE__;
-  return file.substr(0, file.rfind('/') + 1) + "testdata/";
+  return std::string(DCPP_TESTDATA_DIR) + "/";
 }
 
 std::string ReadFileOrDie(const std::string& path) {

@@ -23,8 +23,7 @@ namespace {
 // ---- Helpers ----
 
 std::string TestDataDir() {
-  const std::string file = __FILE__;
-  return file.substr(0, file.rfind('/') + 1) + "testdata/";
+  return std::string(DCPP_TESTDATA_DIR) + "/";
 }
 
 std::optional<std::string> ReadFile(const std::string& path) {

@@ -1,4 +1,4 @@
-#include "dcpp/engine/chunk_stream.h"
+#include "dcpp/storage/chunk_stream.h"
 
 #include <algorithm>
 #include <cstring>
@@ -8,7 +8,7 @@
 #include "dcpp/format/zip.h"
 #include "dcpp/plan/reshard.h"
 
-namespace dcpp::engine {
+namespace dcpp::storage {
 namespace {
 
 constexpr std::string_view kLocalHeaderSignature("PK\x03\x04", 4);
@@ -221,4 +221,4 @@ Status ChunkStream::Finish(bool* fits) {
   return Status();
 }
 
-}  // namespace dcpp::engine
+}  // namespace dcpp::storage

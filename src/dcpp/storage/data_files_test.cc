@@ -1,4 +1,4 @@
-#include "dcpp/engine/storage.h"
+#include "dcpp/storage/data_files.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 #include "dcpp/io/file.h"
 #include "temp_dir_test_base.h"
 
-namespace dcpp::engine {
+namespace dcpp::storage {
 namespace {
 
 class StorageTest : public TempDirTest {};
@@ -276,4 +276,4 @@ TEST_F(StorageTest, LargeTransformedChunksDecodeAsTheyAreRead) {
 }
 
 }  // namespace
-}  // namespace dcpp::engine
+}  // namespace dcpp::storage

@@ -5,8 +5,8 @@
 // An item is stored as a torch.save archive (a tensor item: the tensor alone;
 // a BYTE_IO item: whatever archive the caller made), optionally passed through
 // stream transforms; StorageInfo records where and how.
-#ifndef DCPP_ENGINE_STORAGE_H_
-#define DCPP_ENGINE_STORAGE_H_
+#ifndef DCPP_STORAGE_DATA_FILES_H_
+#define DCPP_STORAGE_DATA_FILES_H_
 
 #include <cstdint>
 #include <functional>
@@ -18,7 +18,7 @@
 #include "dcpp/status.h"
 #include "dcpp/tensor.h"
 
-namespace dcpp::engine {
+namespace dcpp::storage {
 
 // One item for WriteDataFile: a tensor (written as its torch.save archive,
 // bytes taken straight from `tensor`'s memory, which must stay valid and
@@ -107,6 +107,6 @@ inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
 Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
                  std::span<const ChunkTarget> targets, uint64_t buffer_limit = kReadScratchBytes);
 
-}  // namespace dcpp::engine
+}  // namespace dcpp::storage
 
-#endif  // DCPP_ENGINE_STORAGE_H_
+#endif  // DCPP_STORAGE_DATA_FILES_H_

@@ -1,4 +1,4 @@
-#include "dcpp/engine/chunk_stream.h"
+#include "dcpp/storage/chunk_stream.h"
 
 #include <gtest/gtest.h>
 
@@ -7,12 +7,11 @@
 
 #include "dcpp/format/torch_pickle.h"
 
-namespace dcpp::engine {
+namespace dcpp::storage {
 namespace {
 
 std::string Testdata(const std::string& name) {
-  const std::string file = __FILE__;
-  const std::string dir = file.substr(0, file.rfind("/engine/")) + "/format/testdata/";
+  const std::string dir = std::string(DCPP_TESTDATA_DIR) + "/";
   std::ifstream in(dir + name, std::ios::binary);
   EXPECT_TRUE(in.good()) << "cannot open " << dir + name;
   std::stringstream ss;
@@ -133,4 +132,4 @@ TEST(ChunkStreamTest, AnythingElseDoesNotFit) {
 }
 
 }  // namespace
-}  // namespace dcpp::engine
+}  // namespace dcpp::storage

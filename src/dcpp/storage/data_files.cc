@@ -1,18 +1,18 @@
-#include "dcpp/engine/storage.h"
+#include "dcpp/storage/data_files.h"
 
 #include <algorithm>
 #include <memory>
 #include <mutex>
 
 #include "dcpp/base/thread_pool.h"
-#include "dcpp/engine/chunk_stream.h"
+#include "dcpp/storage/chunk_stream.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
 #include "dcpp/io/dcp_layout.h"
 #include "dcpp/io/file.h"
 #include "dcpp/transform/transform.h"
 
-namespace dcpp::engine {
+namespace dcpp::storage {
 namespace {
 
 using format::zip::Bytes;
@@ -394,4 +394,4 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
   return Status();
 }
 
-}  // namespace dcpp::engine
+}  // namespace dcpp::storage

@@ -19,20 +19,20 @@
 // layout, an unusual writer, a hostile file) is never trusted: Finish says
 // so, and the caller reads the chunk whole instead, which either succeeds
 // or names what is wrong.
-#ifndef DCPP_ENGINE_CHUNK_STREAM_H_
-#define DCPP_ENGINE_CHUNK_STREAM_H_
+#ifndef DCPP_STORAGE_CHUNK_STREAM_H_
+#define DCPP_STORAGE_CHUNK_STREAM_H_
 
 #include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "dcpp/engine/storage.h"
+#include "dcpp/storage/data_files.h"
 #include "dcpp/metadata.h"
 #include "dcpp/status.h"
 #include "dcpp/tensor.h"
 
-namespace dcpp::engine {
+namespace dcpp::storage {
 
 class ChunkStream {
  public:
@@ -85,6 +85,6 @@ class ChunkStream {
   uint64_t window_size_ = 0;  // bytes the current window takes
 };
 
-}  // namespace dcpp::engine
+}  // namespace dcpp::storage
 
-#endif  // DCPP_ENGINE_CHUNK_STREAM_H_
+#endif  // DCPP_STORAGE_CHUNK_STREAM_H_
