@@ -198,7 +198,8 @@ Result<std::unique_ptr<storage::StorageLock>> AcquireLock(storage::Storage& stor
   while (true) {
     auto lock = storage.TryLock(io::kLockFileName, holder);
     if (lock.ok() || lock.status().code() != StatusCode::kAborted) return lock;
-    if (std::chrono::steady_clock::now() + pause > deadline) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
       std::string what = lock.status().message();
       what += timeout_ms > 0 ? "; still held after waiting " + std::to_string(timeout_ms) + " ms"
                              : "";
@@ -208,7 +209,7 @@ Result<std::unique_ptr<storage::StorageLock>> AcquireLock(storage::Storage& stor
                           "The lock is released when its holder exits, so a holder that is "
                           "gone never blocks a save");
     }
-    std::this_thread::sleep_for(pause);
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
     pause = std::min(pause * 2, std::chrono::milliseconds(200));
   }
 }
