@@ -232,7 +232,8 @@ std::vector<Fault> EveryFault(const std::map<OpKind, uint64_t>& counts, uint64_t
         out.push_back({false, k, i, FaultType::kShortWrite});
         out.push_back({false, k, i, FaultType::kNoSpace});
       } else {
-        out.push_back({false, k, i, k == OpKind::kCreate ? FaultType::kNoSpace : FaultType::kIoError});
+        out.push_back(
+            {false, k, i, k == OpKind::kCreate ? FaultType::kNoSpace : FaultType::kIoError});
       }
     }
   }

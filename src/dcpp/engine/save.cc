@@ -187,7 +187,8 @@ Result<std::unique_ptr<storage::StorageLock>> AcquireLock(storage::Storage& stor
                                                            int64_t timeout_ms) {
   const std::string holder = LockHolderLine(tag);
   const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 0));
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 0));
   auto pause = std::chrono::milliseconds(10);
   while (true) {
     auto lock = storage.TryLock(io::kLockFileName, holder);
@@ -203,7 +204,8 @@ Result<std::unique_ptr<storage::StorageLock>> AcquireLock(storage::Storage& stor
                           "The lock is released when its holder exits, so a holder that is "
                           "gone never blocks a save");
     }
-    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
+    std::this_thread::sleep_for(
+        std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
     pause = std::min(pause * 2, std::chrono::milliseconds(200));
   }
 }

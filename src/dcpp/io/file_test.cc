@@ -305,7 +305,8 @@ TEST_F(FileKindTest, NonRegularFilesAreRefusedWithoutBlocking) {
 
 TEST_F(FileKindTest, CreateNeverWritesThroughASymlink) {
   const std::string target = JoinPath(dir_, "target"), link = JoinPath(dir_, "link");
-  ASSERT_TRUE(WriteFileAtomically(target, {reinterpret_cast<const uint8_t*>("keep"), 4}, false).ok());
+  ASSERT_TRUE(
+      WriteFileAtomically(target, {reinterpret_cast<const uint8_t*>("keep"), 4}, false).ok());
   ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
   EXPECT_FALSE(File::CreateForWrite(link).ok());
   EXPECT_EQ(*ReadWholeFile(target, 100), "keep");

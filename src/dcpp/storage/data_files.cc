@@ -64,7 +64,8 @@ Result<ItemFile> OpenItem(Storage& storage, const StorageInfo& s, std::string_vi
 // where their span exceeds the scratch limit.
 class BoxReader {
  public:
-  BoxReader(const ReadableFile& file, uint64_t base, const format::DecodedTensor& src, uint64_t limit)
+  BoxReader(const ReadableFile& file, uint64_t base, const format::DecodedTensor& src,
+            uint64_t limit)
       : file_(file), base_(base), src_(src), esize_(ElementSize(src.dtype)), limit_(limit) {}
 
   // `lo`/`sz`: the box in chunk-local coordinates; `dst` has shape `sz`.
@@ -209,7 +210,8 @@ std::string SavingWhere(const StoreItem& item, const std::string& path) {
 // Untransformed items on several threads: every item's size is known before
 // a byte is written (the archive's headers do not depend on the data), so
 // each goes straight to its own offset.
-Status WriteInParallel(WritableFile& file, const std::string& path, std::span<const StoreItem> items,
+Status WriteInParallel(WritableFile& file, const std::string& path,
+                       std::span<const StoreItem> items,
                        const StoreOptions& options, std::vector<StorageInfo>& infos,
                        const std::function<void(size_t, uint64_t)>& on_item) {
   format::zip::WriteOptions sizing;
@@ -291,7 +293,8 @@ Result<std::vector<StorageInfo>> WriteDataFile(
         auto encoder =
             transform::NewEncoder(options.transforms, eo, sink, &info.transform_descriptors);
         if (!encoder.ok()) return encoder.status().WithContext(where);
-        for (const auto& p : b.pieces) DCPP_RETURN_IF_ERROR((*encoder)->Write(p).WithContext(where));
+        for (const auto& p : b.pieces)
+          DCPP_RETURN_IF_ERROR((*encoder)->Write(p).WithContext(where));
         DCPP_RETURN_IF_ERROR((*encoder)->Finish().WithContext(where));
         info.length = written;
       }

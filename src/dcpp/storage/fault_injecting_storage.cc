@@ -157,7 +157,8 @@ Status FaultInjectingStorage::Enter(OpKind kind, std::string_view name, FaultTyp
     *type = f.type;
     const std::string context = "injected: " + std::string(OpKindName(kind)) + " " +
                                 base_.Describe(name);
-    if (f.type == FaultType::kNoSpace || (f.type == FaultType::kShortWrite && kind == OpKind::kWrite))
+    if (f.type == FaultType::kNoSpace ||
+        (f.type == FaultType::kShortWrite && kind == OpKind::kWrite))
       return ErrnoToStatus(ENOSPC, context);
     return ErrnoToStatus(EIO, context);
   }

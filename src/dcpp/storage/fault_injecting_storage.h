@@ -13,9 +13,9 @@
 // process had died.
 //
 // Thread-safe: calls are serialized by one mutex (it is a test tool).
-// Lifetime: `base` and every file and lock obtained through the wrapper
-// must be released before the wrapper is destroyed; the wrapper must
-// outlive them. Only top-level entries are modelled (dcpp writes no others).
+// Lifetime: `base` must outlive the wrapper, and files and locks obtained
+// through the wrapper must be released before it is destroyed. Only
+// top-level entries are modelled (dcpp writes no others).
 #ifndef DCPP_STORAGE_FAULT_INJECTING_STORAGE_H_
 #define DCPP_STORAGE_FAULT_INJECTING_STORAGE_H_
 

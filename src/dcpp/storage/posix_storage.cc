@@ -92,7 +92,8 @@ class PosixStorage final : public Storage {
 
   Result<std::unique_ptr<WritableFile>> CreateForWrite(std::string_view name) override {
     DCPP_ASSIGN_OR_RETURN(std::string path, Resolve(name));
-    if (name.find('/') != std::string_view::npos) DCPP_RETURN_IF_ERROR(CheckInside(io::ParentDirectory(path)));
+    if (name.find('/') != std::string_view::npos)
+      DCPP_RETURN_IF_ERROR(CheckInside(io::ParentDirectory(path)));
     DCPP_ASSIGN_OR_RETURN(io::File file, io::File::CreateForWrite(path));
     return std::unique_ptr<WritableFile>(new PosixWritable(std::move(file)));
   }

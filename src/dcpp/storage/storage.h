@@ -118,7 +118,8 @@ class Storage {
   // holds it) where a competitor can read it. Held by someone else (another
   // process, or another StorageLock of this process): Aborted, whose message
   // names the location and quotes the holder's line. Locks taken through
-  // different Storage objects for the same location exclude each other.
+  // different Storage objects for the same location exclude each other. A
+  // lock must be destroyed before the Storage that gave it.
   virtual Result<std::unique_ptr<StorageLock>> TryLock(std::string_view name,
                                                        std::string_view holder) = 0;
 };
