@@ -29,10 +29,11 @@ import time
 import pytest
 
 SCALE = max(1, int(os.environ.get("DCPP_RELIABILITY_SCALE", "1")))
-RNG_SEED = int(os.environ.get("DCPP_RELIABILITY_SEED", str(random.SystemRandom().randrange(1 << 30))))
+RNG_SEED = int(os.environ.get("DCPP_RELIABILITY_SEED",
+                              str(random.SystemRandom().randrange(1 << 30))))
 
-KILL_MIB = 8
-KILL_SEQUENCES = 3 * SCALE  # per case; 4 cases x 3 x 5 kills = 60 kills
+KILL_MIB = 16
+KILL_SEQUENCES = 4 * SCALE  # per case: 4 cases x 4 x 5 = 80 kills
 KILLS_PER_SEQUENCE = 5
 RACE_MIB = 4
 RACE_REPS = 20 * SCALE
@@ -41,12 +42,13 @@ TIMEOUT = 300
 
 KILL_TITLE = (f"SIGKILL during save ({KILL_MIB} MiB, sync on; kill after a random delay "
               "within the measured save time)")
-KILL_COLUMNS = ["kills", "none", "old", "new", "torn", "torn that loads", "finished first", "save ms",
-                "max leftover MiB", "leftovers after next save", "problems"]
+KILL_COLUMNS = ["kills", "none", "old", "new", "torn", "torn that loads", "finished first",
+                "save ms", "max leftover MiB", "leftovers after next save", "problems"]
 RACE_TITLE = (f"Processes racing into one directory ({RACE_MIB} MiB each, released together; "
               "racers alternate 1 and 4 thread ranks)")
-RACE_COLUMNS = ["races", "none", "old", "new", "torn", "torn that loads", "0 ok", "1 ok", "2+ ok", "lock errors",
-                "other errors", "winner not committed", "leftovers", "problems"]
+RACE_COLUMNS = ["races", "none", "old", "new", "torn", "torn that loads", "0 ok", "1 ok",
+                "2+ ok", "lock errors", "other errors", "winner not committed", "leftovers",
+                "problems"]
 
 
 # ---------------------------------------------------------------- the tool
@@ -273,7 +275,7 @@ def run_races(tool, tables, tmp_path, title, case, existing, nprocs, reps, extra
         k = len(succeeded)
         ok_hist["0 ok" if k == 0 else "1 ok" if k == 1 else "2+ ok"] += 1
         if all_must_succeed and k != nprocs:
-            problems.append(f"rep {rep}: {k} of {nprocs} saves succeeded while waiting for the lock")
+            problems.append(f"rep {rep}: {k} of {nprocs} saves succeeded waiting for the lock")
         state, why = check(tool, d, [old, *seeds])
         outcome = classify(state, old, set(seeds))
         counts[outcome] += 1
@@ -292,9 +294,9 @@ def run_races(tool, tables, tmp_path, title, case, existing, nprocs, reps, extra
             problems.append(f"rep {rep}: {left_bytes} bytes left unreferenced: {left_names}")
     tables.add(title, RACE_COLUMNS, case, {
         "races": reps, "none": counts["none"], "old": counts["old"], "new": counts["new"],
-        "torn": counts["torn"] + counts["other"], "torn that loads": torn_loads, **ok_hist, "lock errors": lock_errors,
-        "other errors": other_errors, "winner not committed": winner_mismatch,
-        "leftovers": leftover_runs, "problems": len(problems)})
+        "torn": counts["torn"] + counts["other"], "torn that loads": torn_loads, **ok_hist,
+        "lock errors": lock_errors, "other errors": other_errors,
+        "winner not committed": winner_mismatch, "leftovers": leftover_runs, "problems": len(problems)})
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
 
 
