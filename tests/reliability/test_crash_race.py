@@ -296,7 +296,8 @@ def run_races(tool, tables, tmp_path, title, case, existing, nprocs, reps, extra
         "races": reps, "none": counts["none"], "old": counts["old"], "new": counts["new"],
         "torn": counts["torn"] + counts["other"], "torn that loads": torn_loads, **ok_hist,
         "lock errors": lock_errors, "other errors": other_errors,
-        "winner not committed": winner_mismatch, "leftovers": leftover_runs, "problems": len(problems)})
+        "winner not committed": winner_mismatch, "leftovers": leftover_runs,
+        "problems": len(problems)})
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
 
 
