@@ -20,6 +20,13 @@ class Tables:
         for k, v in values.items():
             row[k] = v
 
+    def count(self, title, columns, case, increments):
+        """Adds `increments` to the row's numbers (rows several tests share)."""
+        cols, rows = self.tables.setdefault(title, (list(columns), {}))
+        row = rows.setdefault(case, {})
+        for k, v in increments.items():
+            row[k] = row.get(k, 0) + v
+
     def markdown(self):
         out = []
         for title, (cols, rows) in self.tables.items():

@@ -41,9 +41,12 @@ WAIT_REPS = 8 * SCALE
 TIMEOUT = 300
 
 KILL_TITLE = (f"SIGKILL during save ({KILL_MIB} MiB, sync on; kill after a random delay "
-              "within the measured save time)")
-KILL_COLUMNS = ["kills", "none", "old", "new", "torn", "torn that loads", "finished first",
-                "save ms", "max leftover MiB", "leftovers after next save", "problems"]
+              "within the measured save time), by what the directory held before the kill")
+KILL_COLUMNS = ["kills", "none", "old", "new", "torn", "torn that loads", "finished first"]
+RECLAIM_TITLE = (f"Space after {KILLS_PER_SEQUENCE} kills, then one complete save "
+                 "(leftovers: files no committed .metadata references)")
+RECLAIM_COLUMNS = ["sequences", "save ms", "checkpoint MiB", "max leftover MiB after kills",
+                   "leftovers after the complete save", "problems"]
 RACE_TITLE = (f"Processes racing into one directory ({RACE_MIB} MiB each, released together; "
               "racers alternate 1 and 4 thread ranks)")
 RACE_COLUMNS = ["races", "none", "old", "new", "torn", "torn that loads", "0 ok", "1 ok",
@@ -114,33 +117,43 @@ def committed_seed(state):
     return int(m.group(1)) if m else None
 
 
+def timed_save(tool, d, seed, mib, ranks):
+    """Seconds from the tool's "saving" line to its exit."""
+    p = start_save(tool, d, seed, mib, ranks)
+    assert p.stdout.readline().strip() == "ready"
+    assert p.stdout.readline().strip() == "saving"
+    t0 = time.monotonic()
+    _, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 0, err
+    return time.monotonic() - t0
+
+
 def measure_save_seconds(tool, d, mib, ranks):
-    """Median time from the tool's "saving" line to its exit, fresh and overwrite."""
-    times = []
-    for seed in (901, 902, 903):
-        p = start_save(tool, d, seed, mib, ranks)
-        assert p.stdout.readline().strip() == "ready"
-        assert p.stdout.readline().strip() == "saving"
-        t0 = time.monotonic()
-        out, err = p.communicate(timeout=TIMEOUT)
-        times.append(time.monotonic() - t0)
-        assert p.returncode == 0, err
-    return sorted(times)[1]
+    """Median save times: into a new directory, and over a committed checkpoint."""
+    fresh = sorted(timed_save(tool, d / f"fresh{i}", 901 + i, mib, ranks) for i in range(3))
+    over = sorted(timed_save(tool, d / "fresh0", 911 + i, mib, ranks) for i in range(3))
+    return fresh[1], over[1]
 
 
 # ---------------------------------------------------------------- SIGKILL
 
+def directory_bytes(d):
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+
 @pytest.mark.parametrize("ranks", [1, 4])
 @pytest.mark.parametrize("start", ["fresh", "overwrite"])
 def test_sigkill_during_save(tool, tables, tmp_path, start, ranks):
+    """Five kills in a row into one directory, then one complete save; repeated.
+
+    "fresh" starts each sequence in a directory that does not exist,
+    "overwrite" over a committed checkpoint (seed A, then seed B is killed).
+    A kill that lands after the commit makes the next kill an overwrite, so
+    the table counts kills by what the directory held just before each."""
     rng = random.Random(f"{RNG_SEED}-{start}-{ranks}")
-    duration = measure_save_seconds(tool, tmp_path / "timing", KILL_MIB, ranks)
-    case = f"{'fresh directory' if start == 'fresh' else 'overwrite of a committed checkpoint'}, " \
-           f"{ranks} rank{'s' if ranks > 1 else ''}"
-    counts = {k: 0 for k in ("none", "old", "new", "torn", "other")}
-    torn_loads = 0
-    finished_first = 0
-    kills = 0
+    fresh_s, overwrite_s = measure_save_seconds(tool, tmp_path / "timing", KILL_MIB, ranks)
+    checkpoint_bytes = directory_bytes(tmp_path / "timing" / "fresh1")
+    rank_text = f"{ranks} rank{'s' if ranks > 1 else ''}"
     max_leftover = 0
     bad_after_good_save = 0
     problems = []
@@ -153,33 +166,37 @@ def test_sigkill_during_save(tool, tables, tmp_path, start, ranks):
             save(tool, d, committed, KILL_MIB, ranks)
             state, why = check(tool, d)
             assert state == f"seed={committed}", why
-        for _ in range(KILLS_PER_SEQUENCE):
+        for kill in range(KILLS_PER_SEQUENCE):
             seed = next_seed
             next_seed += 1
-            delay = rng.uniform(0, duration)
+            delay = rng.uniform(0, fresh_s if committed is None else overwrite_s)
+            before = ("checkpoint committed (overwrite)" if committed is not None
+                      else "new directory" if kill == 0
+                      else "nothing committed, files of killed saves")
             p = start_save(tool, d, seed, KILL_MIB, ranks)
             assert p.stdout.readline().strip() == "ready"
             assert p.stdout.readline().strip() == "saving"
             time.sleep(delay)
             p.send_signal(signal.SIGKILL)
             _, err = p.communicate(timeout=TIMEOUT)
-            kills += 1
-            if p.returncode == 0:
-                finished_first += 1
-            elif p.returncode != -signal.SIGKILL:
+            if p.returncode not in (0, -signal.SIGKILL):
                 problems.append(f"seq {seq} seed {seed}: save failed on its own "
                                 f"({p.returncode}): {err.strip()}")
             state, why = check(tool, d, [committed, seed])
             outcome = classify(state, committed, {seed})
-            counts[outcome] += 1
             where = f"seq {seq}, seed {seed} over {committed}, killed after {delay * 1000:.0f} ms"
+            torn_loads = 0
             if outcome in ("torn", "other"):
-                torn_loads += loads(state, why)
+                torn_loads = int(loads(state, why))
                 problems.append(f"{where}: {state}: {why}")
             elif outcome == "none" and committed is not None:
                 problems.append(f"{where}: the committed seed {committed} is gone")
             elif p.returncode == 0 and outcome != "new":
                 problems.append(f"{where}: the save reported success but {state} is committed")
+            tables.count(KILL_TITLE, KILL_COLUMNS, f"{before}, {rank_text}", {
+                "kills": 1, "none": outcome == "none", "old": outcome == "old",
+                "new": outcome == "new", "torn": outcome in ("torn", "other"),
+                "torn that loads": torn_loads, "finished first": p.returncode == 0})
             if outcome == "new":
                 committed = seed
             max_leftover = max(max_leftover, leftovers(tool, d)[0])
@@ -195,14 +212,15 @@ def test_sigkill_during_save(tool, tables, tmp_path, start, ranks):
         if left_names:
             bad_after_good_save += 1
             problems.append(f"seq {seq}: after a complete save {left_bytes} bytes are left "
-                            f"unreferenced: {left_names}")
-    tables.add(KILL_TITLE, KILL_COLUMNS, case, {
-        "kills": kills, "none": counts["none"], "old": counts["old"], "new": counts["new"],
-        "torn": counts["torn"] + counts["other"], "torn that loads": torn_loads,
-        "finished first": finished_first,
-        "save ms": f"{duration * 1000:.0f}",
-        "max leftover MiB": f"{max_leftover / 2**20:.1f}",
-        "leftovers after next save": f"{bad_after_good_save} of {KILL_SEQUENCES}",
+                            f"unreferenced ({directory_bytes(d)} bytes in the directory for a "
+                            f"{checkpoint_bytes}-byte checkpoint): {left_names}")
+    case = f"{'new directory' if start == 'fresh' else 'committed checkpoint'}, {rank_text}"
+    tables.add(RECLAIM_TITLE, RECLAIM_COLUMNS, case, {
+        "sequences": KILL_SEQUENCES,
+        "save ms": f"{fresh_s * 1000:.0f} new, {overwrite_s * 1000:.0f} overwrite",
+        "checkpoint MiB": f"{checkpoint_bytes / 2**20:.1f}",
+        "max leftover MiB after kills": f"{max_leftover / 2**20:.1f}",
+        "leftovers after the complete save": f"{bad_after_good_save} of {KILL_SEQUENCES}",
         "problems": len(problems)})
     assert not problems, (f"{len(problems)} problems (DCPP_RELIABILITY_SEED={RNG_SEED}):\n"
                           + "\n".join(problems[:20]))
