@@ -7,12 +7,12 @@
 
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
-#include "dcpp/storage/data_files.h"
+#include "dcpp/engine/engine.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/metadata_codec.h"
 #include "dcpp/format/torch_pickle.h"
-#include "dcpp/io/dcp_layout.h"
-#include "dcpp/io/file.h"
+#include "dcpp/storage/data_files.h"
+#include "dcpp/storage/dcp_layout.h"
 #include "dcpp/plan/flatten.h"
 #include "dcpp/plan/reshard.h"
 
@@ -42,7 +42,7 @@ struct BytesTask {
   Value* slot;
 };
 
-Status RunChunkTask(const std::string& dir, const ChunkTask& task) {
+Status RunChunkTask(storage::Storage& storage, const ChunkTask& task) {
   const EntryMeta& e = *task.entry;
   const ChunkMeta& c = e.chunks[task.chunk];
   const plan::Box chunk_box{c.offsets, c.sizes};
@@ -52,15 +52,15 @@ Status RunChunkTask(const std::string& dir, const ChunkTask& task) {
     if (!overlap) continue;
     targets.push_back({plan::SubView(t.view, t.box, *overlap), overlap->offsets, overlap->sizes});
   }
-  return storage::ReadChunk(dir, e.fqn, e.properties.dtype, c, targets);
+  return storage::ReadChunk(storage, e.fqn, e.properties.dtype, c, targets);
 }
 
-Status RunBytesTask(const std::string& dir, const BytesTask& task) {
+Status RunBytesTask(storage::Storage& storage, const BytesTask& task) {
   const StorageInfo& s = task.entry->storage;
   // A pickled value expands at most this much through its transforms (a cap
   // against decompression bombs, far above what real values need).
   const uint64_t cap = std::min<uint64_t>(s.length, uint64_t{1} << 32) * 64 + (uint64_t{64} << 20);
-  DCPP_ASSIGN_OR_RETURN(std::string blob, storage::ReadItem(dir, s, task.entry->fqn, cap));
+  DCPP_ASSIGN_OR_RETURN(std::string blob, storage::ReadItem(storage, s, task.entry->fqn, cap));
   auto value = format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(task.entry->fqn));
   if (!value.ok()) return value.status().WithContext(s.relative_path);
   *task.slot = std::move(*value);
@@ -70,8 +70,8 @@ Status RunBytesTask(const std::string& dir, const BytesTask& task) {
 // Collects the reads for a load, then runs them.
 class ReadPlan {
  public:
-  ReadPlan(std::string dir, ProgressCallback progress)
-      : dir_(std::move(dir)), progress_(std::move(progress)) {}
+  ReadPlan(storage::Storage& storage, ProgressCallback progress)
+      : storage_(storage), progress_(std::move(progress)) {}
 
   // Plans filling `target` (covering `box` of the entry's global tensor) from
   // every saved chunk that overlaps it; DataLoss if the saved chunks leave
@@ -108,11 +108,11 @@ class ReadPlan {
     return ParallelFor(n, threads < 1 ? DefaultThreadCount() : threads, [&](size_t i) -> Status {
       uint64_t len;
       if (i < bytes_.size()) {
-        DCPP_RETURN_IF_ERROR(RunBytesTask(dir_, bytes_[i]));
+        DCPP_RETURN_IF_ERROR(RunBytesTask(storage_, bytes_[i]));
         len = bytes_[i].entry->storage.length;
       } else {
         const ChunkTask& t = chunks_[i - bytes_.size()];
-        DCPP_RETURN_IF_ERROR(RunChunkTask(dir_, t));
+        DCPP_RETURN_IF_ERROR(RunChunkTask(storage_, t));
         len = t.entry->chunks[t.chunk].storage.length;
       }
       if (progress_) {
@@ -131,7 +131,7 @@ class ReadPlan {
       return std::hash<const void*>()(k.first) * 31 + k.second;
     }
   };
-  std::string dir_;
+  storage::Storage& storage_;
   ProgressCallback progress_;
   std::vector<ChunkTask> chunks_;
   std::unordered_map<std::pair<const EntryMeta*, size_t>, size_t, KeyHash> chunk_index_;
@@ -162,14 +162,14 @@ std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metada
 // The metadata for a load: read and decoded once by rank 0, whose bytes
 // are shared, so N ranks do not all read the same file from shared
 // storage; a bad file gives every rank rank 0's error.
-Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir) {
-  if (pg.size() == 1) return io::ReadCheckpointMetadata(dir);
+Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage) {
+  if (pg.size() == 1) return storage::ReadCheckpointMetadata(storage);
   constexpr int kCoordinator = 0;
   engine::WireWriter w;
   std::optional<Result<Metadata>> mine;
   if (pg.rank() == kCoordinator) {
-    auto bytes = io::ReadCheckpointMetadataBytes(dir);
-    mine = bytes.ok() ? io::DecodeCheckpointMetadata(dir, *bytes) : bytes.status();
+    auto bytes = storage::ReadCheckpointMetadataBytes(storage);
+    mine = bytes.ok() ? storage::DecodeCheckpointMetadata(storage, *bytes) : bytes.status();
     w.Status(mine->status());
     w.Str(mine->ok() ? *bytes : std::string());
   }
@@ -180,13 +180,14 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir) {
   DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
   if (!status.ok()) return status;
   DCPP_ASSIGN_OR_RETURN(std::string bytes, r.Str());
-  return io::DecodeCheckpointMetadata(dir, bytes);
+  return storage::DecodeCheckpointMetadata(storage, bytes);
 }
 
 // Plans and runs this rank's reads into `state_dict` (Stateful already
 // resolved).
-Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
+Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storage,
                  const LoadOptions& o) {
+  const std::string dir = storage.Describe("");
   const auto index = IndexEntries(md);
   DCPP_ASSIGN_OR_RETURN(auto flat, plan::FlattenMutable(state_dict));
   auto count_missing = [&](const auto& entries) {
@@ -200,7 +201,7 @@ Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
     if (legacy.ok() && count_missing(*legacy) == 0) flat = std::move(*legacy);
   }
   std::vector<std::string> missing;
-  ReadPlan plan(dir, o.progress);
+  ReadPlan plan(storage, o.progress);
   for (auto& f : flat) {
     auto it = index.find(f.fqn);
     if (it == index.end()) {
@@ -256,12 +257,16 @@ Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
 
 }  // namespace
 
-Result<Metadata> ReadMetadata(const std::string& dir) { return io::ReadCheckpointMetadata(dir); }
+namespace engine {
 
-Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
+Result<Metadata> ReadMetadata(storage::Storage& storage) {
+  return storage::ReadCheckpointMetadata(storage);
+}
+
+Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& o) {
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
-  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, dir));
+  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, storage));
 
   // Top-level Stateful values load through their StateDict() and are then
   // handed the result, as DCP does.
@@ -287,7 +292,7 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
       working.dict().mutable_values()[i] = std::move(*sd);
     }
   }
-  if (local.ok()) local = LoadLocal(*target, md, dir, o);
+  if (local.ok()) local = LoadLocal(*target, md, storage, o);
   if (local.ok() && !stateful.empty()) {
     for (auto& [i, obj] : stateful) {
       local = obj->LoadStateDict(working.dict().values()[i]);
@@ -312,8 +317,9 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
   return engine::CombineRankFailures("load", statuses);
 }
 
-Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
-  DCPP_ASSIGN_OR_RETURN(Metadata md, io::ReadCheckpointMetadata(dir));
+Result<Value> LoadAll(storage::Storage& storage, const LoadAllOptions& o) {
+  const std::string dir = storage.Describe("");
+  DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadCheckpointMetadata(storage));
   auto selected = [&](const EntryMeta& e) {
     if (o.keys.empty()) return true;
     for (const auto& k : o.keys)
@@ -331,7 +337,7 @@ Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
   for (const auto& e : md.entries)
     if (selected(e)) entries.push_back(&e);
   std::vector<Value> values(entries.size());
-  ReadPlan plan(dir, o.progress);
+  ReadPlan plan(storage, o.progress);
   for (size_t i = 0; i < entries.size(); ++i) {
     const EntryMeta& e = *entries[i];
     if (!e.is_tensor()) {
@@ -351,6 +357,23 @@ Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
                              .WithContext("rebuilding " + Quoted(e.fqn)));
   }
   return root;
+}
+
+}  // namespace engine
+
+Result<Metadata> ReadMetadata(const std::string& dir) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> storage, storage::OpenStorage(dir));
+  return engine::ReadMetadata(*storage);
+}
+
+Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> storage, storage::OpenStorage(dir));
+  return engine::Load(state_dict, *storage, o);
+}
+
+Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> storage, storage::OpenStorage(dir));
+  return engine::LoadAll(*storage, o);
 }
 
 }  // namespace dcpp

@@ -8,8 +8,7 @@
 #include "dcpp/storage/chunk_stream.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
-#include "dcpp/io/dcp_layout.h"
-#include "dcpp/io/file.h"
+#include "dcpp/storage/storage.h"
 #include "dcpp/transform/transform.h"
 
 namespace dcpp::storage {
@@ -39,14 +38,17 @@ constexpr uint64_t kStreamWindowBytes = uint64_t{256} << 10;
 // the file's size (metadata is untrusted: never read or allocate what the
 // file cannot hold).
 struct ItemFile {
-  io::File file;
+  std::unique_ptr<ReadableFile> file;
   std::string path;
 };
 
-Result<ItemFile> OpenItem(const std::string& dir, const StorageInfo& s, std::string_view name) {
-  DCPP_ASSIGN_OR_RETURN(std::string path, io::ResolveDataPath(dir, s.relative_path));
-  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::OpenForRead(path));
-  DCPP_ASSIGN_OR_RETURN(uint64_t size, file.Size());
+Result<ItemFile> OpenItem(Storage& storage, const StorageInfo& s, std::string_view name) {
+  if (Status bad = CheckEntryName(s.relative_path); !bad.ok())
+    return DataLossError(Quoted(name) + ": metadata names data file '" + s.relative_path +
+                         "': " + bad.message());
+  const std::string path = storage.Describe(s.relative_path);
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenForRead(s.relative_path));
+  DCPP_ASSIGN_OR_RETURN(uint64_t size, file->Size());
   if (s.offset > size || s.length > size - s.offset)
     return DataLossError(Quoted(name) + " is stored at bytes [" + std::to_string(s.offset) + ", " +
                          std::to_string(s.offset + s.length) + ") of " + path +
@@ -62,7 +64,7 @@ Result<ItemFile> OpenItem(const std::string& dir, const StorageInfo& s, std::str
 // where their span exceeds the scratch limit.
 class BoxReader {
  public:
-  BoxReader(const io::File& file, uint64_t base, const format::DecodedTensor& src, uint64_t limit)
+  BoxReader(const ReadableFile& file, uint64_t base, const format::DecodedTensor& src, uint64_t limit)
       : file_(file), base_(base), src_(src), esize_(ElementSize(src.dtype)), limit_(limit) {}
 
   // `lo`/`sz`: the box in chunk-local coordinates; `dst` has shape `sz`.
@@ -128,7 +130,7 @@ class BoxReader {
     return true;
   }
 
-  const io::File& file_;
+  const ReadableFile& file_;
   const uint64_t base_;
   const format::DecodedTensor& src_;
   const size_t esize_;
@@ -143,9 +145,9 @@ class BoxReader {
 // unspecified) when the archive is not laid out as ChunkStream assumes.
 // Errors: the file's range or its transformed data is bad (DataLoss naming
 // the item and the file), or the read failed.
-Status StreamChunk(const std::string& dir, std::string_view name, DType dtype,
+Status StreamChunk(Storage& storage, std::string_view name, DType dtype,
                    const ChunkMeta& chunk, std::span<const ChunkTarget> targets, bool* fits) {
-  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(dir, chunk.storage, name));
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
   const uint64_t chunk_bytes = static_cast<uint64_t>(NumElements(chunk.sizes)) * ElementSize(dtype);
   ChunkStream stream(dtype, chunk, targets, kStreamWindowBytes);
   auto decoder = transform::NewDecoder(
@@ -158,7 +160,7 @@ Status StreamChunk(const std::string& dir, std::string_view name, DType dtype,
   for (uint64_t done = 0; done < chunk.storage.length;) {
     const uint64_t n = std::min(kStreamReadBytes, chunk.storage.length - done);
     const std::span<uint8_t> piece(block.get(), static_cast<size_t>(n));
-    DCPP_RETURN_IF_ERROR(f.file.ReadAt(chunk.storage.offset + done, piece));
+    DCPP_RETURN_IF_ERROR(f.file->ReadAt(chunk.storage.offset + done, piece));
     DCPP_RETURN_IF_ERROR((*decoder)->Write(piece).WithContext(where));
     done += n;
   }
@@ -207,7 +209,7 @@ std::string SavingWhere(const StoreItem& item, const std::string& path) {
 // Untransformed items on several threads: every item's size is known before
 // a byte is written (the archive's headers do not depend on the data), so
 // each goes straight to its own offset.
-Status WriteInParallel(io::File& file, const std::string& path, std::span<const StoreItem> items,
+Status WriteInParallel(WritableFile& file, const std::string& path, std::span<const StoreItem> items,
                        const StoreOptions& options, std::vector<StorageInfo>& infos,
                        const std::function<void(size_t, uint64_t)>& on_item) {
   format::zip::WriteOptions sizing;
@@ -249,13 +251,14 @@ WriterThreads SplitWriterThreads(size_t files, int threads) {
 }
 
 Result<std::vector<StorageInfo>> WriteDataFile(
-    const std::string& dir, const std::string& name, std::span<const StoreItem> items,
+    Storage& storage, const std::string& name, std::span<const StoreItem> items,
     const StoreOptions& options, const std::function<void(size_t, uint64_t)>& on_item) {
   if (options.threads < 1)
     return InvalidArgumentError("StoreOptions.threads must be >= 1, got " +
                                 std::to_string(options.threads));
-  const std::string path = io::JoinPath(dir, name);
-  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::CreateForWrite(path));
+  const std::string path = storage.Describe(name);
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> created, storage.CreateForWrite(name));
+  WritableFile& file = *created;
   std::vector<StorageInfo> infos(items.size(), StorageInfo{name, 0, 0, {}});
   if (options.transforms.empty() && options.threads > 1 && items.size() > 1) {
     DCPP_RETURN_IF_ERROR(WriteInParallel(file, path, items, options, infos, on_item));
@@ -301,15 +304,15 @@ Result<std::vector<StorageInfo>> WriteDataFile(
   return infos;
 }
 
-Result<std::string> ReadItem(const std::string& dir, const StorageInfo& storage,
+Result<std::string> ReadItem(Storage& location, const StorageInfo& storage,
                              std::string_view name, uint64_t max_bytes) {
-  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(dir, storage, name));
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(location, storage, name));
   const bool transformed = !storage.transform_descriptors.empty();
   if (!transformed && storage.length > max_bytes)
     return DataLossError(Quoted(name) + " in " + f.path + " is " + std::to_string(storage.length) +
                          " bytes, more than the " + std::to_string(max_bytes) + " expected");
   std::string stored(storage.length, '\0');
-  DCPP_RETURN_IF_ERROR(f.file.ReadAt(storage.offset, Writable(stored)));
+  DCPP_RETURN_IF_ERROR(f.file->ReadAt(storage.offset, Writable(stored)));
   if (!transformed) return stored;
   auto decoded =
       transform::DecodeAll(storage.transform_descriptors, format::zip::AsBytes(stored), max_bytes);
@@ -317,7 +320,7 @@ Result<std::string> ReadItem(const std::string& dir, const StorageInfo& storage,
   return decoded;
 }
 
-Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
+Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const ChunkMeta& chunk,
                  std::span<const ChunkTarget> targets, uint64_t buffer_limit) {
   const std::string where = Quoted(name) + " chunk at offsets " + ShapeToString(chunk.offsets) +
                             " (" + chunk.storage.relative_path + ")";
@@ -347,14 +350,14 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
 
   if (!chunk.storage.transform_descriptors.empty() && chunk_bytes > kWholeReadBelow) {
     bool fits = false;
-    DCPP_RETURN_IF_ERROR(StreamChunk(dir, name, dtype, chunk, targets, &fits));
+    DCPP_RETURN_IF_ERROR(StreamChunk(storage, name, dtype, chunk, targets, &fits));
     if (fits) return Status();
     // Not laid out as DCP writers lay archives out: read it whole below,
     // which either succeeds or says what is wrong.
   }
   if (!chunk.storage.transform_descriptors.empty() || chunk.storage.length <= kWholeReadBelow) {
     DCPP_ASSIGN_OR_RETURN(std::string blob,
-                          ReadItem(dir, chunk.storage, name, chunk_bytes + kArchiveSlack));
+                          ReadItem(storage, chunk.storage, name, chunk_bytes + kArchiveSlack));
     auto decoded = format::DecodeTensorArchive(format::zip::AsBytes(blob));
     if (!decoded.ok()) return decoded.status().WithContext(where);
     DCPP_RETURN_IF_ERROR(CheckDecoded(*decoded, dtype, chunk, where));
@@ -369,9 +372,9 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
 
   // A large untransformed chunk: read its archive's small records, then
   // only the bytes each target needs.
-  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(dir, chunk.storage, name));
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
   const uint64_t base = chunk.storage.offset;
-  const io::File& file = f.file;
+  const ReadableFile& file = *f.file;
   auto read_at = [&file, base](uint64_t offset, uint64_t length) -> Result<std::string> {
     std::string out(length, '\0');
     DCPP_RETURN_IF_ERROR(file.ReadAt(base + offset, Writable(out)));

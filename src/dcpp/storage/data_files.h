@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "dcpp/metadata.h"
+#include "dcpp/storage/storage.h"
 #include "dcpp/status.h"
 #include "dcpp/tensor.h"
 
@@ -55,17 +56,18 @@ struct WriterThreads {
 };
 WriterThreads SplitWriterThreads(size_t files, int threads);
 
-// Creates (or truncates) `dir/name` and writes `items` back to back in
+// Creates (or truncates) entry `name` of `storage` and writes `items` back to back in
 // order, on up to options.threads threads. Returns one StorageInfo per item
 // (relative_path = name). Calls on_item(i, bytes_in) after item i is
 // written, one call at a time (from this thread, or from a writing thread
 // when options.threads > 1). Memory: the caller's tensors are not copied
 // (zip headers and tensor bytes leave in one vectored write); with
 // transforms, a few MiB of buffers per call. On error the partial file is
-// left for the caller to remove, and the error names the item and the file;
-// InvalidArgument when options.threads < 1.
+// left for the caller to remove, and the error names the item and the file
+// (storage.Describe(name)); InvalidArgument when options.threads < 1.
+// Thread-safe for distinct names (the storage is shared).
 Result<std::vector<StorageInfo>> WriteDataFile(
-    const std::string& dir, const std::string& name, std::span<const StoreItem> items,
+    Storage& storage, const std::string& name, std::span<const StoreItem> items,
     const StoreOptions& options,
     const std::function<void(size_t, uint64_t)>& on_item = nullptr);
 
@@ -73,8 +75,9 @@ Result<std::vector<StorageInfo>> WriteDataFile(
 // torch.save archive. `max_bytes` caps what the result may grow to (the
 // decoder's allocation bound for untrusted transformed data). DataLoss when
 // the recorded range lies outside the file or the transformed data is
-// corrupt; errors name the item (`name`) and the file.
-Result<std::string> ReadItem(const std::string& dir, const StorageInfo& storage,
+// corrupt, or storage.relative_path is not a valid entry name; errors name
+// the item (`name`) and the file. Thread-safe.
+Result<std::string> ReadItem(Storage& location, const StorageInfo& storage,
                              std::string_view name, uint64_t max_bytes);
 
 // Where a piece of a saved tensor chunk goes: `dst` receives the part of the
@@ -104,7 +107,8 @@ inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
 // Checks the archive against the metadata (dtype, shape): DataLoss naming
 // the tensor, its chunk and the file; corrupt transformed data is DataLoss
 // naming the tensor and the file.
-Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
+// Thread-safe (several chunks of one storage may be read at once).
+Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const ChunkMeta& chunk,
                  std::span<const ChunkTarget> targets, uint64_t buffer_limit = kReadScratchBytes);
 
 }  // namespace dcpp::storage
