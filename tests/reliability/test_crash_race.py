@@ -340,3 +340,75 @@ def test_race_waiting_for_lock(tool, tables, tmp_path, existing):
            f"{'existing checkpoint' if existing else 'new directory'}"
     run_races(tool, tables, tmp_path, RACE_TITLE, case, existing, 3, WAIT_REPS,
               extra=["--lock-timeout-ms", "60000"], all_must_succeed=True)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new_dir", "existing_dir"])
+def test_race_with_a_kill(tool, tables, tmp_path, existing):
+    """Three savers wait for the lock; one is SIGKILLed at a random moment.
+
+    The kill releases its lock, so the other two still succeed; what is
+    committed is complete (the killed saver's seed only if its commit
+    landed); after one more save nothing unreferenced is left."""
+    if not lock_timeout_supported(tool, tmp_path):
+        pytest.skip("this dcpp has no SaveOptions.lock_timeout_ms")
+    rng = random.Random(f"{RNG_SEED}-race-kill-{existing}")
+    fresh_s, overwrite_s = measure_save_seconds(tool, tmp_path / "timing", RACE_MIB, 1)
+    case = f"3 processes waiting, one SIGKILLed at random, " \
+           f"{'existing checkpoint' if existing else 'new directory'}"
+    counts = {k: 0 for k in ("none", "old", "new", "torn", "other")}
+    torn_loads = other_errors = winner_mismatch = leftover_runs = 0
+    ok_hist = {"0 ok": 0, "1 ok": 0, "2+ ok": 0}
+    problems = []
+    for rep in range(WAIT_REPS):
+        d = tmp_path / f"{'existing' if existing else 'new'}_{rep}"
+        old = None
+        if existing:
+            old = 10000 + rep
+            save(tool, d, old, RACE_MIB)
+        seeds = [100 * rep + i + 1 for i in range(3)]
+        victim = rng.randrange(3)
+        # Up to three saves' time: the victim may be first, second or last.
+        delay = rng.uniform(0, 3 * (overwrite_s if existing else fresh_s))
+        procs = [start_save(tool, d, s, RACE_MIB, 1 if (i + rep) % 2 == 0 else 4,
+                            ["--wait-go", "--lock-timeout-ms", "60000"])
+                 for i, s in enumerate(seeds)]
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        time.sleep(delay)
+        procs[victim].send_signal(signal.SIGKILL)
+        succeeded = []
+        for i, p in enumerate(procs):
+            _, err = p.communicate(timeout=TIMEOUT)
+            if p.returncode == 0:
+                succeeded.append(seeds[i])
+            elif i != victim:
+                other_errors += 1
+                problems.append(f"rep {rep}: seed {seeds[i]} failed ({p.returncode}): {err}")
+        k = len(succeeded)
+        ok_hist["0 ok" if k == 0 else "1 ok" if k == 1 else "2+ ok"] += 1
+        state, why = check(tool, d, [old, *seeds])
+        outcome = classify(state, old, set(seeds))
+        counts[outcome] += 1
+        seed = committed_seed(state)
+        if outcome in ("torn", "other"):
+            torn_loads += loads(state, why)
+            problems.append(f"rep {rep} (seeds {seeds}, victim {seeds[victim]}): {state}: {why}")
+        elif seed not in succeeded and seed != seeds[victim]:
+            winner_mismatch += 1
+            problems.append(f"rep {rep}: {succeeded} succeeded but {state} is committed")
+        final = 100 * rep + 50
+        save(tool, d, final, RACE_MIB)
+        left_bytes, left_names = leftovers(tool, d)
+        if left_names or check(tool, d)[0] != f"seed={final}":
+            leftover_runs += 1
+            problems.append(f"rep {rep}: after one more save {left_bytes} bytes are left "
+                            f"unreferenced: {left_names}")
+    tables.add(RACE_TITLE, RACE_COLUMNS, case, {
+        "races": WAIT_REPS, "none": counts["none"], "old": counts["old"], "new": counts["new"],
+        "torn": counts["torn"] + counts["other"], "torn that loads": torn_loads, **ok_hist,
+        "lock errors": 0, "other errors": other_errors, "winner not committed": winner_mismatch,
+        "leftovers": leftover_runs, "problems": len(problems)})
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
