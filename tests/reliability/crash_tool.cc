@@ -26,7 +26,8 @@
 //   tensor is matched block by block against those seeds, which shows a mix.
 // leftovers: every file under DIR that the committed .metadata does not
 //   reference (all of them when nothing is committed), except .metadata,
-//   the lock file .dcpp.lock and names given with --ignore: one line
+//   the lock file .dcpp.lock, the committed save's checksum sidecar
+//   (.checksums.<save_id>) and names given with --ignore: one line
 //   "BYTES NAME" each, then "total BYTES NFILES".
 //
 // The state of seed S: the same structure, shapes and dtypes for every seed
@@ -437,6 +438,10 @@ int Leftovers(const std::vector<std::string>& args) {
         referenced.insert(e.storage.relative_path);
       }
     }
+    // dcpp's checksum sidecar is named after the save it belongs to; those
+    // of other saves are leftovers.
+    if (md->storage_meta && md->storage_meta->save_id)
+      referenced.insert(".checksums." + *md->storage_meta->save_id);
   }
   uint64_t total = 0;
   size_t count = 0;
