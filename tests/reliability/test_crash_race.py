@@ -1,18 +1,23 @@
 """Crash and race tests with real processes (issue 10, item 7).
 
-test_sigkill_*: a save (into a fresh directory, or over a committed
-checkpoint) is SIGKILLed after a random delay within the save's measured
-duration, five times in a row into one directory; after every kill the
-directory must hold nothing, the old checkpoint or the new one, each complete
-(`dcpp_crash_tool check` compares every byte), never a mix. Then one save runs
-to the end: it must reclaim every file the kills left (no unreferenced file
-remains, so the disk holds only the committed checkpoint).
+test_sigkill_during_save: a save (into a new directory, or over a committed
+checkpoint; 1 rank or 4 thread ranks) is SIGKILLed after a random delay
+within 1.25 x the median of recent save times (measured here, so the kills
+follow the machine's speed), five times in a row into one directory; after
+every kill the directory must hold nothing, the old checkpoint or the new
+one, each complete (`dcpp_crash_tool check` compares every byte), never a
+mix. Then one save runs to the end: it must reclaim every file the kills
+left (no unreferenced file remains: the disk holds only the committed
+checkpoint).
 
-test_race_*: two to four processes, released together, save different seeds
+test_race: two to four processes, released together, save different seeds
 into one new or one existing directory. The committed result must be exactly
-one seed; every process either succeeds or fails with a lock error naming the
-holder (pid=..., host=...); at least one succeeds; when exactly one succeeds
-its seed is the one committed; and nothing unreferenced is left behind.
+one seed; every process either succeeds or fails with a lock error naming
+another racer as the holder (pid=..., host=...); at least one succeeds; when
+exactly one succeeds its seed is the one committed; nothing unreferenced is
+left behind. test_race_waiting_for_lock: the same with lock_timeout_ms, where
+every racer must succeed; test_race_with_a_kill: one of three waiting racers
+is SIGKILLed. (Both are skipped by a dcpp without SaveOptions.lock_timeout_ms.)
 
 Environment: DCPP_CRASH_TOOL (the tool; found in build/ otherwise),
 DCPP_RELIABILITY_SCALE (multiplies the repetitions, default 1),
