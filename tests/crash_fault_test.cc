@@ -35,6 +35,7 @@ struct Spec {
   int tensors = 2;
   int64_t rows = 8;
   int file_per_rank = 1;  // SaveOptions.thread_count
+  std::vector<std::string> transforms;
 };
 
 Tensor Filled(Shape shape, int seed, int64_t first = 0) {
@@ -75,6 +76,7 @@ std::vector<Status> SaveOn(storage::Storage& st, const Spec& s, int seed, int ra
     SaveOptions o;
     o.process_group = pg;
     o.thread_count = s.file_per_rank;
+    o.transforms = s.transforms;
     return engine::Save(RankState(s, seed, pg ? pg->rank() : 0, ranks), st, o).status();
   };
   if (ranks == 1) return {run(nullptr)};
@@ -266,15 +268,24 @@ TEST_P(CrashFaultTest, RandomCallIndicesOfALargerCheckpoint) {
   s.tensors = 24;
   s.rows = 4096;  // 64 KiB per tensor, about 1.5 MiB in all
   s.file_per_rank = 2;
+  if (overwrite) s.transforms = {"stream.zstd/1"};  // the streamed write path too
   uint64_t total = 0;
   const auto counts = CountCalls(s, ranks, overwrite, &total);
   const std::string row = std::string(overwrite ? "overwrite" : "fresh") + ", " +
-                          std::to_string(ranks) + " rank" + (ranks > 1 ? "s" : "") + ", large";
-  std::vector<Fault> all = EveryFault(counts, total);
+                          std::to_string(ranks) + " rank" + (ranks > 1 ? "s" : "") +
+                          (s.transforms.empty() ? ", large" : ", large zstd");
+  // Random indices, a few of every kind (writes far outnumber the rest) and
+  // a dozen crash points.
   std::mt19937 rng(1234 + ranks * 2 + overwrite);
-  std::shuffle(all.begin(), all.end(), rng);
-  all.resize(std::min<size_t>(all.size(), 24));
-  for (const Fault& f : all) {
+  std::map<std::pair<bool, OpKind>, std::vector<Fault>> by_kind;
+  for (const Fault& f : EveryFault(counts, total)) by_kind[{f.crash, f.kind}].push_back(f);
+  std::vector<Fault> picked;
+  for (auto& [key, faults] : by_kind) {
+    std::shuffle(faults.begin(), faults.end(), rng);
+    const size_t n = key.first ? 12 : 3;
+    picked.insert(picked.end(), faults.begin(), faults.begin() + std::min(n, faults.size()));
+  }
+  for (const Fault& f : picked) {
     RunCase(s, ranks, overwrite, f, row, &SharedTally());
     if (HasFatalFailure()) return;
   }

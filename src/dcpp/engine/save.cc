@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <mutex>
 #include <random>
@@ -161,13 +162,6 @@ void RemoveUnreferencedFiles(storage::Storage& storage, const Metadata& md) {
     if (keep.count(name)) continue;
     (void)storage.Remove(name);
   }
-}
-
-// save_id of the checkpoint committed in `storage`, if one can be read.
-std::optional<std::string> PublishedSaveId(storage::Storage& storage) {
-  auto md = storage::ReadCheckpointMetadata(storage);
-  if (!md.ok() || !md->storage_meta) return std::nullopt;
-  return md->storage_meta->save_id;
 }
 
 // This process's identity for the lock file: `pid=<pid> host=<hostname>
@@ -464,10 +458,11 @@ Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const 
       if (before_commit) status = before_commit(md).WithContext("before the commit");
     }
     if (status.ok()) {
-      status = storage::CommitMetadata(storage, md, o.sync_files, assignment.tag);
+      bool published = false;
+      status = storage::CommitMetadata(storage, md, o.sync_files, assignment.tag, &published);
       // A failure after the rename (say, the directory fsync) leaves our
       // .metadata published: then the data files must stay.
-      committed = status.ok() || PublishedSaveId(storage) == md.storage_meta->save_id;
+      committed = status.ok() || published;
       if (!status.ok() && committed) status = status.WithContext("committed, but not durably");
     }
     // Still under the lock: reclaim what the new checkpoint does not use,

@@ -49,7 +49,9 @@ Result<Metadata> ReadCheckpointMetadata(Storage& storage) {
   return DecodeCheckpointMetadata(storage, bytes);
 }
 
-Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::string_view tag) {
+Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::string_view tag,
+                      bool* published) {
+  if (published) *published = false;
   const std::string bytes = format::EncodeMetadata(md);
   const std::string tmp = io::TempMetadataName(tag);
   bool created = false;
@@ -66,6 +68,7 @@ Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::stri
     if (created) (void)storage.Remove(tmp);
     return status;
   }
+  if (published) *published = true;
   if (sync) DCPP_RETURN_IF_ERROR(storage.SyncDirectory());
   return Status();
 }

@@ -32,9 +32,12 @@ Result<bool> HasCommittedCheckpoint(Storage& storage);
 // when `sync`. Readers see the old .metadata or the new one. A failure
 // before the rename removes the temporary (best effort) and leaves an
 // existing .metadata untouched; a failure after it (the directory sync)
-// leaves the new .metadata published but perhaps not durable. Not safe
-// against a concurrent commit with the same tag.
-Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::string_view tag);
+// leaves the new .metadata published but perhaps not durable; `*published`
+// (if given) says whether the rename happened, so the caller knows whether
+// the data files are now referenced. Not safe against a concurrent commit
+// with the same tag.
+Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::string_view tag,
+                      bool* published = nullptr);
 
 }  // namespace dcpp::storage
 
