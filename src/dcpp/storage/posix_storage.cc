@@ -1,6 +1,7 @@
 // Storage over a POSIX directory (io/file.h underneath).
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -14,6 +15,31 @@
 
 namespace dcpp::storage {
 namespace {
+
+// The first line of the lock file open as `fd`.
+std::string ReadHolderLine(int fd) {
+  char buf[1024];
+  const ssize_t n = ::pread(fd, buf, sizeof(buf), 0);
+  std::string line = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  if (const size_t nl = line.find('\n'); nl != std::string::npos) line.resize(nl);
+  return line;
+}
+
+// Whether a holder line ("pid=<pid> host=<host> ...") may name the current
+// holder: not empty, and not a process of this host that no longer exists.
+bool HolderLooksCurrent(const std::string& line) {
+  if (line.empty()) return false;
+  const size_t p = line.find("pid="), h = line.find(" host=");
+  if (p != 0 || h == std::string::npos) return true;  // not ours to judge
+  const size_t host_end = line.find(' ', h + 6);
+  const std::string host = line.substr(h + 6, host_end == std::string::npos ? std::string::npos
+                                                                            : host_end - h - 6);
+  char self[256] = {};
+  if (::gethostname(self, sizeof(self) - 1) != 0 || host != self) return true;
+  const long pid = std::strtol(line.c_str() + 4, nullptr, 10);
+  return pid <= 0 || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH;
+}
+
 
 class PosixReadable final : public ReadableFile {
  public:
@@ -145,17 +171,23 @@ class PosixStorage final : public Storage {
     } while (rc != 0 && errno == EINTR);
     if (rc != 0) {
       if (errno != EWOULDBLOCK) return ErrnoToStatus(errno, "lock " + path);
-      char buf[1024];
-      const ssize_t n = ::pread(fd, buf, sizeof(buf), 0);
-      std::string line = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-      if (const size_t nl = line.find('\n'); nl != std::string::npos) line.resize(nl);
+      // The holder records its line just after taking the lock: until then
+      // the file is empty or still names the previous, finished holder.
+      // Give it a moment before quoting what the file says.
+      std::string line;
+      for (int attempt = 0; attempt < 40; ++attempt) {
+        line = ReadHolderLine(fd);
+        if (HolderLooksCurrent(line)) break;
+        ::usleep(5000);
+      }
       if (line.empty()) line = "holder not recorded yet";
       return AbortedError(dir_ + " is locked by another save (" + path + ": " + line + ")");
     }
-    // We hold it: record who we are for a competitor's error message.
+    // We hold it: record who we are for a competitor's error message. The
+    // line is written over the old one first and the file cut to its length
+    // afterwards, so a competitor never reads an empty file.
     std::string line(holder);
     line += '\n';
-    if (::ftruncate(fd, 0) != 0) return ErrnoToStatus(errno, "truncate " + path);
     size_t done = 0;
     while (done < line.size()) {
       const ssize_t n = ::pwrite(fd, line.data() + done, line.size() - done, done);
@@ -163,6 +195,8 @@ class PosixStorage final : public Storage {
       if (n <= 0) return ErrnoToStatus(n < 0 ? errno : EIO, "write " + path);
       done += static_cast<size_t>(n);
     }
+    if (::ftruncate(fd, static_cast<off_t>(line.size())) != 0)
+      return ErrnoToStatus(errno, "truncate " + path);
     return std::unique_ptr<StorageLock>(std::move(lock));
   }
 
