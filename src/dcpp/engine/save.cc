@@ -6,6 +6,7 @@
 #include <random>
 #include <unordered_set>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/items.h"
@@ -297,7 +298,12 @@ Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
 
 }  // namespace
 
-Result<Metadata> Save(const Value& state_dict, const std::string& dir, const SaveOptions& o) {
+namespace {
+
+// Save without its exception barrier. The rank-local steps run through
+// CatchExceptions themselves, so a rank that runs out of memory still takes
+// part in every collective, carrying its error.
+Result<Metadata> SaveImpl(const Value& state_dict, const std::string& dir, const SaveOptions& o) {
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
   const int rank = pg.rank();
@@ -329,7 +335,7 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
     local = r.status();
   }
   if (local.ok()) {
-    auto planned = engine::PlanWriteItems(resolved);
+    auto planned = CatchExceptions("planning", [&] { return engine::PlanWriteItems(resolved); });
     if (planned.ok()) items = std::move(*planned);
     local = planned.status();
   }
@@ -364,7 +370,9 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
 
   // 3. Every rank writes what it was assigned.
   std::vector<std::string> created;
-  Status written = WriteAssigned(dir, rank, assignment.tag, items, assignment.keep, o, &created);
+  Status written = CatchExceptions("writing", [&] {
+    return WriteAssigned(dir, rank, assignment.tag, items, assignment.keep, o, &created);
+  });
   auto remove_created = [&] {
     for (const auto& path : created) (void)io::RemoveFile(path);
   };
@@ -424,6 +432,12 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
     return std::move(gp.metadata);
   }
   return io::ReadCheckpointMetadata(dir);
+}
+
+}  // namespace
+
+Result<Metadata> Save(const Value& state_dict, const std::string& dir, const SaveOptions& o) {
+  return CatchExceptions("save to " + dir, [&] { return SaveImpl(state_dict, dir, o); });
 }
 
 }  // namespace dcpp

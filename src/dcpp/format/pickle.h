@@ -82,6 +82,8 @@ struct Node {
 struct Graph {
   std::vector<Node> nodes;
   NodeId root = kNoNode;
+  // The bytes the parse counted against ParseOptions' memory cap.
+  size_t memory_bytes = 0;
 
   const Node& at(NodeId id) const { return nodes[id]; }
 };
@@ -100,6 +102,28 @@ struct ParseOptions {
   // Entries on the value stack, and separately on the MARK stack (GET and DUP
   // push without creating nodes, so max_nodes alone does not bound them).
   size_t max_stack_depth = size_t{1} << 24;
+  // The memory cap, in bytes, proportional to the input: the parse counts
+  // what it allocates (nodes, strings, containers' items, the stacks and
+  // the memo; vectors by capacity) and fails with ResourceExhausted beyond
+  //   memory_base_bytes + memory_per_input_byte * input size.
+  // A pickle cannot need more: real pickles take a few bytes of input per
+  // object (a one-byte EMPTY_LIST becomes a ~170-byte node, a 2-byte BINGET
+  // a 4-byte reference), and DCP's .metadata, the largest dcpp reads,
+  // measures about 30 bytes per input byte (a torch-written one of 72 MB,
+  // 512,000 chunks: 2.1 GB; see pickle_test.cc). Without the cap the other
+  // caps alone allow 2.8 GB of nodes from a 17 MB file. The default, 96 x
+  // input + 64 MiB, leaves real files three times their need.
+  size_t memory_per_input_byte = 96;
+  size_t memory_base_bytes = size_t{64} << 20;
+
+  // memory_base_bytes + memory_per_input_byte * input_bytes, saturating.
+  size_t MemoryCap(size_t input_bytes) const {
+    size_t cap = 0;
+    if (__builtin_mul_overflow(memory_per_input_byte, input_bytes, &cap) ||
+        __builtin_add_overflow(cap, memory_base_bytes, &cap))
+      return SIZE_MAX;
+    return cap;
+  }
 };
 
 // Parses one pickle from `data`. Trailing bytes after STOP are ignored (as

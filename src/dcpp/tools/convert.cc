@@ -2,11 +2,12 @@
 
 #include <unordered_map>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/io/dcp_layout.h"
 
 namespace dcpp::tools {
 
-Result<Metadata> Convert(const std::string& src, const std::string& dst,
+static Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
                          const SaveOptions& options) {
   DCPP_ASSIGN_OR_RETURN(Metadata src_md, ReadMetadata(src));
   LoadAllOptions load_options;
@@ -36,6 +37,10 @@ Result<Metadata> Convert(const std::string& src, const std::string& dst,
                          " matched); " + dst + " is not a faithful copy");
   if (changed) DCPP_RETURN_IF_ERROR(io::CommitMetadata(dst, md, options.sync_files));
   return md;
+}
+
+Result<Metadata> Convert(const std::string& src, const std::string& dst, const SaveOptions& options) {
+  return CatchExceptions("convert " + src + " to " + dst, [&] { return ConvertImpl(src, dst, options); });
 }
 
 }  // namespace dcpp::tools
