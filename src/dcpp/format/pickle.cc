@@ -499,14 +499,11 @@ class Parser {
       return ResourceExhaustedError("pickle: more than " + std::to_string(options_.max_nodes) +
                                     " objects in " + OpLabel() + Where());
     }
-    // Charged before the vector grows (libstdc++ doubles it), so the cap
-    // holds for the new buffer; the old one lives on only during the copy.
-    std::vector<Node>& nodes = graph_.nodes;
-    if (nodes.size() == nodes.capacity()) {
-      const size_t grown = std::max<size_t>(16, nodes.capacity() * 2);
-      DCPP_RETURN_IF_ERROR(ChargeMemory((grown - nodes.capacity()) * sizeof(Node)));
-      nodes.reserve(grown);
-    }
+    // A new block is charged before it is allocated.
+    NodeArena& nodes = graph_.nodes;
+    if (nodes.size() == nodes.capacity())
+      DCPP_RETURN_IF_ERROR(
+          ChargeMemory(nodes.next_block_nodes() * sizeof(Node) + sizeof(std::unique_ptr<Node[]>)));
     nodes.emplace_back().kind = kind;
     return static_cast<NodeId>(nodes.size() - 1);
   }
@@ -614,12 +611,6 @@ class Parser {
 };
 
 Result<Graph> Parser::Run() {
-  // Opcodes create at most one node each and take a few bytes: reserving
-  // from the input size (not from any length field) avoids copying large
-  // graphs on growth. Capped so the reservation itself stays modest.
-  const size_t reserve = std::min({options_.max_nodes, data_.size() / 4 + 16, size_t{1} << 21});
-  DCPP_RETURN_IF_ERROR(ChargeMemory(reserve * sizeof(Node)));
-  graph_.nodes.reserve(reserve);
   bool stopped = false;
   while (!stopped) {
     if (pos_ >= data_.size()) {
