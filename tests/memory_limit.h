@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 
 namespace dcpp::testing {
@@ -29,32 +31,69 @@ inline constexpr bool kCanLimitAddressSpace = true;
 #endif
 
 struct ChildResult {
-  int exit_code = -1;      // fn()'s return value, or -1 when killed
-  int signal = 0;          // the signal that killed the child (SIGABRT for an uncaught exception)
-  long peak_rss_kb = 0;    // the child's maximum resident set size
+  int exit_code = -1;  // fn()'s return value, or -1 when killed
+  int signal = 0;      // the signal that killed the child (SIGABRT for an uncaught exception)
+  // How far the child's resident set grew above what it inherited, at its
+  // peak (VmHWM after resetting it at the start); -1 if unknown.
+  long rss_growth_kb = -1;
 };
+
+namespace internal {
+// A field of /proc/self/status in kB ("VmRSS", "VmHWM"), or -1.
+inline long StatusKb(const char* field) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  long value = -1;
+  const size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') value = std::atol(line + n + 1);
+  std::fclose(f);
+  return value;
+}
+}  // namespace internal
 
 // Forks; the child limits its address space to what it has mapped now plus
 // `extra_bytes`, runs fn() and exits with its return value (0..255).
 inline ChildResult RunWithAddressSpaceLimit(uint64_t extra_bytes, const std::function<int()>& fn) {
   std::fflush(nullptr);
+  int fds[2];
+  if (pipe(fds) != 0) return {};
   const pid_t pid = fork();
   if (pid == 0) {
+    close(fds[0]);
     long pages = 0;
     if (FILE* f = std::fopen("/proc/self/statm", "r")) {
       if (std::fscanf(f, "%ld", &pages) != 1) pages = 0;
       std::fclose(f);
     }
-    const uint64_t limit = static_cast<uint64_t>(pages) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) + extra_bytes;
+    const uint64_t limit =
+        static_cast<uint64_t>(pages) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) + extra_bytes;
+    // Reset the peak resident set (VmHWM) to the current one.
+    if (FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
+      std::fputs("5", f);
+      std::fclose(f);
+    }
+    const long start = internal::StatusKb("VmRSS");
     rlimit rl{limit, limit};
     if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(250);
-    _exit(fn());
+    const int code = fn();
+    const long peak = internal::StatusKb("VmHWM");
+    const long growth = start < 0 || peak < 0 ? -1 : peak - start;
+    if (write(fds[1], &growth, sizeof growth) != sizeof growth) _exit(251);
+    _exit(code);
   }
+  close(fds[1]);
   ChildResult r;
+  if (pid < 0) {
+    close(fds[0]);
+    return r;
+  }
+  long growth = -1;
+  if (read(fds[0], &growth, sizeof growth) == sizeof growth) r.rss_growth_kb = growth;
+  close(fds[0]);
   int status = 0;
-  rusage usage{};
-  if (pid < 0 || wait4(pid, &status, 0, &usage) != pid) return r;
-  r.peak_rss_kb = usage.ru_maxrss;
+  if (waitpid(pid, &status, 0) != pid) return r;
   if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
   return r;

@@ -207,9 +207,10 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir) {
   engine::WireWriter w;
   std::optional<Result<Metadata>> mine;
   if (pg.rank() == kCoordinator) {
-    auto bytes = io::ReadCheckpointMetadataBytes(dir);
-    mine = bytes.ok() ? CatchExceptions("reading the metadata of " + dir,
-                                        [&] { return io::DecodeCheckpointMetadata(dir, *bytes); })
+    // An exception here would leave the other ranks waiting in Broadcast.
+    const std::string op = "reading the metadata of " + dir;
+    auto bytes = CatchExceptions(op, [&] { return io::ReadCheckpointMetadataBytes(dir); });
+    mine = bytes.ok() ? CatchExceptions(op, [&] { return io::DecodeCheckpointMetadata(dir, *bytes); })
                       : bytes.status();
     w.Status(mine->status());
     w.Str(mine->ok() ? *bytes : std::string());
