@@ -87,7 +87,8 @@ void SetStatusError(const Status& status) {
   if (!exc.is_valid()) return;
   std::string_view code = StatusCodeName(status.code());
   nb::object code_str = nb::steal(PyUnicode_FromStringAndSize(code.data(), code.size()));
-  if (!code_str.is_valid() || PyObject_SetAttrString(exc.ptr(), "code", code_str.ptr()) != 0) return;
+  if (!code_str.is_valid() || PyObject_SetAttrString(exc.ptr(), "code", code_str.ptr()) != 0)
+    return;
   PyErr_SetObject(cls, exc.ptr());
 }
 

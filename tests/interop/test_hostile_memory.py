@@ -108,3 +108,22 @@ def test_oversized_declaration_through_python(tmp_path):
     code, err, rss = run_limited([sys.executable, "-c", script, ckpt], 4 << 30, tmp_path)
     assert code == 3, f"exit {code}: {err}"
     assert "'w'" in err, err
+
+
+def test_out_of_memory_in_python_is_resource_exhausted(tmp_path):
+    # A 96 MiB value loaded by a process that limits itself to 64 MiB more
+    # address space than it has: dcpp.ResourceExhaustedError (a
+    # MemoryError), not an abort.
+    pytest.importorskip("dcpp")
+    script = ("import dcpp, resource, sys\n"
+              "dcpp.save({'blob': b'x' * (96 << 20)}, sys.argv[1])\n"
+              "vm = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (vm + (64 << 20),) * 2)\n"
+              "try:\n"
+              "    dcpp.load(sys.argv[1])\n"
+              "except dcpp.ResourceExhaustedError as e:\n"
+              "    print(e, file=sys.stderr); sys.exit(3)\n")
+    p = subprocess.run([sys.executable, "-c", script, tmp_path / "ckpt"], capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 3, f"exit {p.returncode}: {p.stderr}"
+    assert "out of memory" in p.stderr, p.stderr

@@ -90,7 +90,8 @@ Result<Tensor> Tensor::Empty(DType dtype, Shape shape) {
   try {
     owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   } catch (const std::bad_alloc&) {  // the control block; the deleter freed p
-    return ResourceExhaustedError("cannot allocate a tensor of " + std::to_string(bytes) + " bytes");
+    return ResourceExhaustedError("cannot allocate " + std::to_string(bytes) +
+                                  " bytes for a tensor");
   }
   return Adopt(MakeView(p, dtype, std::move(shape)), std::move(owner));
 }

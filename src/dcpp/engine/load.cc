@@ -210,8 +210,9 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir) {
     // An exception here would leave the other ranks waiting in Broadcast.
     const std::string op = "reading the metadata of " + dir;
     auto bytes = CatchExceptions(op, [&] { return io::ReadCheckpointMetadataBytes(dir); });
-    mine = bytes.ok() ? CatchExceptions(op, [&] { return io::DecodeCheckpointMetadata(dir, *bytes); })
-                      : bytes.status();
+    mine = bytes.ok()
+               ? CatchExceptions(op, [&] { return io::DecodeCheckpointMetadata(dir, *bytes); })
+               : bytes.status();
     w.Status(mine->status());
     w.Str(mine->ok() ? *bytes : std::string());
   }

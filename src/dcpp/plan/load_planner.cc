@@ -63,7 +63,8 @@ Status CheckInFile(std::string_view what, const StorageInfo& s, const FileSizes&
   if (s.offset > it->second || s.length > it->second - s.offset)
     return DataLossError(std::string(what) + " is stored as " + Range(s.offset, s.length) +
                          " of '" + s.relative_path + "', which holds only " +
-                         std::to_string(it->second) + " bytes (truncated file or corrupt metadata)");
+                         std::to_string(it->second) +
+                         " bytes (truncated file or corrupt metadata)");
   return Status();
 }
 
@@ -111,7 +112,8 @@ Result<TensorReadPlan> PlanTensorReads(std::span<const TensorRequest> requests) 
 std::vector<std::string> DataFilesRead(const TensorReadPlan& plan,
                                        std::span<const EntryMeta* const> values) {
   std::set<std::string_view> files;
-  for (const ChunkRead& r : plan.reads) files.insert(r.entry->chunks[r.chunk].storage.relative_path);
+  for (const ChunkRead& r : plan.reads)
+    files.insert(r.entry->chunks[r.chunk].storage.relative_path);
   for (const EntryMeta* v : values) files.insert(v->storage.relative_path);
   return std::vector<std::string>(files.begin(), files.end());
 }
@@ -135,7 +137,8 @@ Status CheckStoredSizes(const TensorReadPlan& plan, std::span<const EntryMeta* c
     if (!c.storage.transform_descriptors.empty()) {
       Result<uint64_t> bound =
           max_decoded ? max_decoded(c.storage) : Result<uint64_t>(UINT64_MAX);
-      if (!bound.ok()) return bound.status().WithContext(what + " in '" + c.storage.relative_path + "'");
+      if (!bound.ok())
+        return bound.status().WithContext(what + " in '" + c.storage.relative_path + "'");
       room = *bound;
       room_text += ", at most " + std::to_string(room) + " once its transforms are undone";
     }

@@ -132,7 +132,8 @@ TEST(LoadPlannerTest, PiecesCoverEachRequestExactlyOnce) {
   std::vector<TensorRequest> requests;
   for (int64_t r = 0; r < 10; r += 3)
     for (int64_t c = 0; c < 7; c += 3)
-      requests.push_back({&e, {{r, c}, {std::min<int64_t>(3, 10 - r), std::min<int64_t>(3, 7 - c)}}});
+      requests.push_back(
+          {&e, {{r, c}, {std::min<int64_t>(3, 10 - r), std::min<int64_t>(3, 7 - c)}}});
   requests.push_back({&e, {{1, 1}, {8, 5}}});
   requests.push_back({&e, {{0, 0}, {10, 7}}});
   auto plan = PlanTensorReads(requests);

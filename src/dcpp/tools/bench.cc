@@ -313,7 +313,8 @@ json::Array StringArray(const std::vector<std::string>& strings) {
 
 }  // namespace
 
-static Result<std::vector<BenchTensor>> ParseBenchIndexImpl(std::string_view json_text, uint64_t image_bytes) {
+static Result<std::vector<BenchTensor>> ParseBenchIndexImpl(std::string_view json_text,
+                                                            uint64_t image_bytes) {
   auto parsed = json::Parse(json_text);
   if (!parsed.ok()) return DataLossError("bench index: " + parsed.status().message());
   const json::Json* list = parsed->Find("tensors");
@@ -505,10 +506,11 @@ static Result<BenchResult> BenchMemcpyImpl(uint64_t bytes) {
   return r;
 }
 
-Result<CompressResult> BenchCompress(const std::string& image_path, const std::string& index_path,
-                                     const std::string& dtype,
-                                     const std::vector<std::string>& transforms, int level,
-                                     int repeats) {
+static Result<CompressResult> BenchCompressImpl(const std::string& image_path,
+                                                const std::string& index_path,
+                                                const std::string& dtype,
+                                                const std::vector<std::string>& transforms,
+                                                int level, int repeats) {
   if (repeats < 1) return InvalidArgumentError("bench: repeats must be >= 1");
   std::optional<DType> want;
   if (!dtype.empty()) {
@@ -638,7 +640,8 @@ std::string BenchResultJson(const BenchResult& r) {
 }
 
 Result<std::vector<BenchTensor>> ParseBenchIndex(std::string_view json_text, uint64_t image_bytes) {
-  return CatchExceptions("parsing the benchmark index", [&] { return ParseBenchIndexImpl(json_text, image_bytes); });
+  return CatchExceptions("parsing the benchmark index",
+                         [&] { return ParseBenchIndexImpl(json_text, image_bytes); });
 }
 
 Result<BenchResult> BenchSave(const BenchOptions& o) {
@@ -651,6 +654,15 @@ Result<BenchResult> BenchLoad(const BenchOptions& o) {
 
 Result<BenchResult> BenchMemcpy(uint64_t bytes) {
   return CatchExceptions("bench memcpy", [&] { return BenchMemcpyImpl(bytes); });
+}
+
+Result<CompressResult> BenchCompress(const std::string& image_path, const std::string& index_path,
+                                     const std::string& dtype,
+                                     const std::vector<std::string>& transforms, int level,
+                                     int repeats) {
+  return CatchExceptions("bench compress", [&] {
+    return BenchCompressImpl(image_path, index_path, dtype, transforms, level, repeats);
+  });
 }
 
 }  // namespace dcpp::tools

@@ -8,7 +8,7 @@
 namespace dcpp::tools {
 
 static Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
-                         const SaveOptions& options) {
+                                     const SaveOptions& options) {
   DCPP_ASSIGN_OR_RETURN(Metadata src_md, ReadMetadata(src));
   LoadAllOptions load_options;
   load_options.thread_count = options.thread_count;
@@ -39,8 +39,10 @@ static Result<Metadata> ConvertImpl(const std::string& src, const std::string& d
   return md;
 }
 
-Result<Metadata> Convert(const std::string& src, const std::string& dst, const SaveOptions& options) {
-  return CatchExceptions("convert " + src + " to " + dst, [&] { return ConvertImpl(src, dst, options); });
+Result<Metadata> Convert(const std::string& src, const std::string& dst,
+                         const SaveOptions& options) {
+  return CatchExceptions("convert " + src + " to " + dst,
+                         [&] { return ConvertImpl(src, dst, options); });
 }
 
 }  // namespace dcpp::tools
