@@ -59,6 +59,10 @@ class Tensor {
   // Allocates a contiguous, zero-filled tensor. Fails with ResourceExhausted
   // when the allocation fails and InvalidArgument for negative dims.
   static Result<Tensor> Zeros(DType dtype, Shape shape);
+  // Like Zeros, but the bytes are left uninitialized (torch.empty): for
+  // memory that is about to be overwritten in full, so it is written once,
+  // not zero-filled first. Same errors as Zeros.
+  static Result<Tensor> Empty(DType dtype, Shape shape);
   // Wraps caller memory without taking ownership.
   static Tensor Borrow(TensorView view);
   // Takes shared ownership of `owner`, which keeps `view.data` alive.

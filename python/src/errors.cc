@@ -1,7 +1,12 @@
 #include "errors.h"
 
 #include <array>
+#include <exception>
+#include <new>
+#include <stdexcept>
 #include <string>
+
+#include "dcpp/base/exception_barrier.h"
 
 namespace nb = nanobind;
 
@@ -66,22 +71,48 @@ void RegisterErrors(nb::module_& m) {
   }
 }
 
-void ThrowStatus(const Status& status) {
+namespace {
+
+// Sets the Python error indicator for `status`. When building the exception
+// fails, Python's own error (a MemoryError, say) is left set instead.
+void SetStatusError(const Status& status) {
   size_t index = static_cast<size_t>(status.code());
   PyObject* cls =
       index < g_classes.size() && g_classes[index] != nullptr ? g_classes[index] : g_base;
   // Messages can carry file names that are not valid UTF-8.
   nb::object message = nb::steal(PyUnicode_DecodeUTF8(
       status.message().data(), static_cast<Py_ssize_t>(status.message().size()), "replace"));
-  if (!message.is_valid()) throw nb::python_error();
+  if (!message.is_valid()) return;
   nb::object exc = nb::steal(PyObject_CallOneArg(cls, message.ptr()));
-  if (!exc.is_valid()) throw nb::python_error();
+  if (!exc.is_valid()) return;
   std::string_view code = StatusCodeName(status.code());
-  if (PyObject_SetAttrString(exc.ptr(), "code", nb::str(code.data(), code.size()).ptr()) != 0) {
-    throw nb::python_error();
-  }
+  nb::object code_str = nb::steal(PyUnicode_FromStringAndSize(code.data(), code.size()));
+  if (!code_str.is_valid() || PyObject_SetAttrString(exc.ptr(), "code", code_str.ptr()) != 0)
+    return;
   PyErr_SetObject(cls, exc.ptr());
+}
+
+}  // namespace
+
+void ThrowStatus(const Status& status) {
+  SetStatusError(status);
   throw nb::python_error();
+}
+
+void RegisterExceptionTranslator() {
+  // Out of memory anywhere in a binding (converting a state dict, building
+  // results) raises dcpp.ResourceExhaustedError like the library's own
+  // ResourceExhausted statuses; other C++ exceptions keep nanobind's
+  // mapping (the bindings raise TypeError and ValueError on purpose).
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const std::bad_alloc&) {
+      SetStatusError(StatusFromCurrentException("dcpp"));
+    } catch (const std::length_error&) {
+      SetStatusError(StatusFromCurrentException("dcpp"));
+    }
+  });
 }
 
 }  // namespace dcpp::python

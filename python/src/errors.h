@@ -32,6 +32,11 @@ namespace dcpp::python {
 // module's init function, before anything can call ThrowStatus.
 void RegisterErrors(nanobind::module_& m);
 
+// Makes std::bad_alloc and std::length_error escaping any binding raise
+// dcpp.ResourceExhaustedError (a MemoryError), as a ResourceExhausted
+// status does. Call once, from the module's init function.
+void RegisterExceptionTranslator();
+
 // Raises the exception for `status` (REQUIRES: !status.ok()): sets the
 // Python error indicator and throws nanobind::python_error, which nanobind
 // hands back to Python. Needs the GIL.

@@ -249,6 +249,7 @@ NB_MODULE(_dcpp, m) {
   using namespace dcpp::python;
   m.doc() = "dcpp's C++ core. Use the dcpp package, not this module.";
   RegisterErrors(m);
+  RegisterExceptionTranslator();
   BindMetadata(m);
   m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
         "single_file_per_rank"_a,

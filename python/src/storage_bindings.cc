@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/storage.h"
 #include "dcpp/transform/transform.h"
@@ -130,7 +131,10 @@ nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bo
   {
     nb::gil_scoped_release release;
     RunParallel(jobs.size(), split.parallel_files, [&](size_t i) {
-      results[i] = storage::WriteDataFile(*location, jobs[i].name, jobs[i].items, options);
+      // No exception may leave a worker thread (std::terminate).
+      results[i] = CatchExceptions("writing " + jobs[i].name, [&] {
+        return storage::WriteDataFile(*location, jobs[i].name, jobs[i].items, options);
+      });
     });
   }
   nb::list out;
@@ -211,11 +215,14 @@ nb::list Read(const std::string& dir, nb::handle chunk_jobs, nb::handle byte_job
     RunParallel(bytes.size() + chunks.size(), threads, [&](size_t i) {
       if (i < bytes.size()) {
         const ByteJob& b = bytes[i];
-        byte_results[i] = storage::ReadItem(*location, b.storage, b.fqn, b.max_bytes);
+        byte_results[i] = CatchExceptions("reading '" + b.fqn + "'", [&] {
+          return storage::ReadItem(*location, b.storage, b.fqn, b.max_bytes);
+        });
       } else {
         const ChunkJob& c = chunks[i - bytes.size()];
-        chunk_status[i - bytes.size()] =
-            storage::ReadChunk(*location, c.fqn, c.dtype, c.chunk, c.targets, buffer_limit);
+        chunk_status[i - bytes.size()] = CatchExceptions("reading '" + c.fqn + "'", [&] {
+          return storage::ReadChunk(*location, c.fqn, c.dtype, c.chunk, c.targets, buffer_limit);
+        });
       }
     });
   }

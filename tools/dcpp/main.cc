@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/process_group.h"
 #include "dcpp/tools/bench.h"
@@ -393,9 +394,7 @@ int Bench(int argc, char** argv) {
   return kExitOk;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int RunCommand(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
       !std::strcmp(argv[1], "help")) {
     std::fputs(kMainHelp, argc < 2 ? stderr : stdout);
@@ -415,4 +414,18 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   return it->second.second(argc, argv);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // No exception may end the tool with std::terminate (exit 134): running
+  // out of memory is reported like any other failure, with exit 1.
+  int code = kExitFailed;
+  const std::string op = argc > 1 ? std::string("dcpp ") + argv[1] : "dcpp";
+  const dcpp::Status s = dcpp::CatchExceptions(op, [&] {
+    code = RunCommand(argc, argv);
+    return dcpp::Status();
+  });
+  return s.ok() ? code : Fail(s);
 }

@@ -70,7 +70,7 @@ TensorView MakeView(void* data, DType dtype, Shape shape) {
   return v;
 }
 
-Result<Tensor> Tensor::Zeros(DType dtype, Shape shape) {
+Result<Tensor> Tensor::Empty(DType dtype, Shape shape) {
   int64_t numel = 1;
   for (int64_t d : shape) {
     if (d < 0) return InvalidArgumentError("negative dimension in shape " + ShapeToString(shape));
@@ -86,10 +86,20 @@ Result<Tensor> Tensor::Zeros(DType dtype, Shape shape) {
   void* p = bytes ? std::aligned_alloc(64, (bytes + 63) / 64 * 64) : nullptr;
   if (bytes && !p)
     return ResourceExhaustedError("cannot allocate " + std::to_string(bytes) + " bytes for a tensor");
-  if (p) std::memset(p, 0, bytes);
-  return Adopt(MakeView(p, dtype, std::move(shape)), std::shared_ptr<void>(p, [](void* q) {
-                 std::free(q);
-               }));
+  std::shared_ptr<void> owner;
+  try {
+    owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  } catch (const std::bad_alloc&) {  // the control block; the deleter freed p
+    return ResourceExhaustedError("cannot allocate " + std::to_string(bytes) +
+                                  " bytes for a tensor");
+  }
+  return Adopt(MakeView(p, dtype, std::move(shape)), std::move(owner));
+}
+
+Result<Tensor> Tensor::Zeros(DType dtype, Shape shape) {
+  DCPP_ASSIGN_OR_RETURN(Tensor t, Empty(dtype, std::move(shape)));
+  if (t.data() != nullptr) std::memset(t.data(), 0, t.nbytes());
+  return t;
 }
 
 Tensor Tensor::Borrow(TensorView view) {
@@ -108,7 +118,7 @@ Tensor Tensor::Adopt(TensorView view, std::shared_ptr<void> owner) {
 }
 
 Result<Tensor> Tensor::Clone() const {
-  DCPP_ASSIGN_OR_RETURN(Tensor out, Zeros(dtype(), shape()));
+  DCPP_ASSIGN_OR_RETURN(Tensor out, Empty(dtype(), shape()));  // CopyTensor fills it
   DCPP_RETURN_IF_ERROR(CopyTensor(view_, out.view()));
   return out;
 }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <numeric>
 
 #include "dcpp/value.h"
@@ -76,6 +77,31 @@ TEST(ValueTest, NestedDictsAndEquality) {
   d.Set(Value(3), "three");
   ASSERT_NE(d.FindKey(Value(3)), nullptr);
   EXPECT_EQ(d.FindKey(Value(3))->as_string(), "three");
+}
+
+}  // namespace
+}  // namespace dcpp
+
+namespace dcpp {
+namespace {
+
+TEST(TensorEmptyTest, AllocatesLikeZerosWithoutFilling) {
+  Result<Tensor> t = Tensor::Empty(DType::kInt16, {3, 5});
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(t->shape(), (Shape{3, 5}));
+  EXPECT_EQ(t->strides(), (Shape{5, 1}));
+  EXPECT_EQ(t->nbytes(), 30u);
+  EXPECT_TRUE(t->owns_data());
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t->data()) % 64, 0u);
+  std::memset(t->data(), 0x7F, t->nbytes());  // the bytes are ours to write
+  EXPECT_TRUE(Tensor::Empty(DType::kFloat32, {0, 4})->owns_data());
+  EXPECT_EQ(Tensor::Empty(DType::kFloat32, {2, -1}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Tensor::Empty(DType::kFloat64, {int64_t{1} << 62, 4}).status().code(),
+            StatusCode::kResourceExhausted);
+  // Clone (which now starts from Empty) still copies every element.
+  Result<Tensor> c = t->Clone();
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->BitwiseEquals(*t));
 }
 
 }  // namespace

@@ -1,10 +1,14 @@
 #include "dcpp/base/thread_pool.h"
 
+#include <system_error>
+
 #include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "dcpp/base/exception_barrier.h"
 
 namespace dcpp {
 
@@ -20,7 +24,9 @@ Status ParallelFor(size_t n, int threads, const std::function<Status(size_t)>& f
     while (!failed.load(std::memory_order_relaxed)) {
       const size_t i = next.fetch_add(1);
       if (i >= n) return;
-      Status s = fn(i);
+      // An exception must not leave a worker thread (std::terminate): it
+      // becomes this index's failure.
+      Status s = CatchExceptions("", [&] { return fn(i); });
       if (!s.ok()) {
         std::lock_guard<std::mutex> lock(mu);
         if (i < error_index) {
@@ -33,7 +39,13 @@ Status ParallelFor(size_t n, int threads, const std::function<Status(size_t)>& f
   };
   std::vector<std::thread> pool;
   pool.reserve(workers - 1);
-  for (size_t t = 1; t < workers; ++t) pool.emplace_back(work);
+  for (size_t t = 1; t < workers; ++t) {
+    try {
+      pool.emplace_back(work);
+    } catch (const std::exception&) {
+      break;  // no thread (or no memory for one): fewer threads do the work
+    }
+  }
   work();
   for (auto& t : pool) t.join();
   return error;

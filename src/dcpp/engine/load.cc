@@ -1,10 +1,13 @@
-// dcpp::Load / LoadAll / ReadMetadata: plan which saved chunks each
-// requested tensor needs (box intersection, so any saved sharding loads),
-// read each needed chunk once, in parallel, and copy the overlaps into place.
+// dcpp::Load / LoadAll / ReadMetadata: collect the requested tensors, have
+// plan/load_planner decide which saved chunks each needs (box intersection,
+// so any saved sharding loads) and check the plan against the stored bytes,
+// then allocate, read each needed chunk once, in parallel, and copy the
+// overlaps into place.
 #include <mutex>
 #include <optional>
 #include <unordered_map>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/engine.h"
@@ -14,7 +17,9 @@
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/dcp_layout.h"
 #include "dcpp/plan/flatten.h"
+#include "dcpp/plan/load_planner.h"
 #include "dcpp/plan/reshard.h"
+#include "dcpp/transform/transform.h"
 
 namespace dcpp {
 namespace {
@@ -67,35 +72,13 @@ Status RunBytesTask(storage::Storage& storage, const BytesTask& task) {
   return Status();
 }
 
-// Collects the reads for a load, then runs them.
+// Runs a load's reads: chunk tasks (built from a checked plan) and values.
 class ReadPlan {
  public:
   ReadPlan(storage::Storage& storage, ProgressCallback progress)
       : storage_(storage), progress_(std::move(progress)) {}
 
-  // Plans filling `target` (covering `box` of the entry's global tensor) from
-  // every saved chunk that overlaps it; DataLoss if the saved chunks leave
-  // part of it uncovered.
-  Status AddTensor(const EntryMeta& e, TensorTarget target) {
-    int64_t covered = 0;
-    for (size_t i = 0; i < e.chunks.size(); ++i) {
-      const ChunkMeta& c = e.chunks[i];
-      if (c.offsets.size() != e.size.size() || c.sizes.size() != e.size.size())
-        return DataLossError(Quoted(e.fqn) + ": chunk rank differs from the tensor's");
-      auto overlap = plan::Intersect({c.offsets, c.sizes}, target.box);
-      if (!overlap) continue;
-      covered += NumElements(overlap->sizes);
-      auto [it, fresh] = chunk_index_.try_emplace({&e, i}, chunks_.size());
-      if (fresh) chunks_.push_back({&e, i, {}});
-      chunks_[it->second].targets.push_back(target);
-    }
-    if (covered != NumElements(target.box.sizes))
-      return DataLossError(Quoted(e.fqn) + ": the checkpoint's chunks cover " +
-                           std::to_string(covered) + " of the " +
-                           std::to_string(NumElements(target.box.sizes)) + " elements requested");
-    return Status();
-  }
-
+  void AddChunk(ChunkTask task) { chunks_.push_back(std::move(task)); }
   void AddBytes(const EntryMeta& e, Value* slot) { bytes_.push_back({&e, slot}); }
 
   Status Run(int threads) {
@@ -125,24 +108,81 @@ class ReadPlan {
     });
   }
 
+  std::span<const BytesTask> bytes() const { return bytes_; }
+
  private:
-  struct KeyHash {
-    size_t operator()(const std::pair<const EntryMeta*, size_t>& k) const {
-      return std::hash<const void*>()(k.first) * 31 + k.second;
-    }
-  };
   storage::Storage& storage_;
   ProgressCallback progress_;
   std::vector<ChunkTask> chunks_;
-  std::unordered_map<std::pair<const EntryMeta*, size_t>, size_t, KeyHash> chunk_index_;
   std::vector<BytesTask> bytes_;
 };
 
-// A freshly allocated tensor for a whole entry.
-Result<Tensor> AllocateFor(const EntryMeta& e) {
-  auto t = Tensor::Zeros(e.properties.dtype, e.size);
-  if (!t.ok()) return t.status().WithContext(Quoted(e.fqn));
-  return t;
+// The size of each data file a load reads, asked once per file before
+// anything is allocated, so plan::CheckStoredSizes can hold .metadata's
+// declarations against the bytes really stored.
+Result<plan::FileSizes> StoredFileSizes(storage::Storage& storage,
+                                        const std::vector<std::string>& files) {
+  plan::FileSizes sizes;
+  for (const std::string& rel : files) {
+    // Opened, not only sized: opening refuses FIFOs and entries whose
+    // symlinks leave the checkpoint before anything is allocated.
+    DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::ReadableFile> file, storage.OpenForRead(rel));
+    DCPP_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+    sizes.emplace(rel, size);
+  }
+  return sizes;
+}
+
+// A load's tensor destinations, planned before any memory is allocated:
+// request i (an entry and the global box wanted) goes to caller memory
+// (views[i]) or, when allocate[i] is set, into a tensor the load allocates
+// for the whole entry once the plan and the stored sizes are checked.
+struct Destinations {
+  std::vector<plan::TensorRequest> requests;
+  std::vector<TensorView> views;
+  std::vector<Value*> allocate;
+
+  void AddView(const EntryMeta& e, TensorView view, plan::Box box) {
+    requests.push_back({&e, std::move(box)});
+    views.push_back(std::move(view));
+    allocate.push_back(nullptr);
+  }
+  void AddAllocated(const EntryMeta& e, Value* slot) {
+    requests.push_back({&e, {Shape(e.size.size(), 0), e.size}});
+    views.emplace_back();
+    allocate.push_back(slot);
+  }
+};
+
+// Checks `planned` and the values queued in `reads` against the stored
+// bytes, allocates the tensors `dest` asks for, and queues every chunk read
+// into `reads`. The allocations are uninitialized: a successful plan proves
+// that every element is read.
+Status PrepareReads(storage::Storage& storage, const plan::TensorReadPlan& planned,
+                    Destinations& dest, ReadPlan& reads) {
+  std::vector<const EntryMeta*> values;
+  for (const BytesTask& b : reads.bytes()) values.push_back(b.entry);
+  DCPP_ASSIGN_OR_RETURN(plan::FileSizes sizes,
+                        StoredFileSizes(storage, plan::DataFilesRead(planned, values)));
+  DCPP_RETURN_IF_ERROR(plan::CheckStoredSizes(
+      planned, values, sizes, [](const StorageInfo& s) {
+        return transform::MaxDecodedSize(s.transform_descriptors, s.length);
+      }));
+  for (size_t i = 0; i < dest.requests.size(); ++i) {
+    if (dest.allocate[i] == nullptr) continue;
+    const EntryMeta& e = *dest.requests[i].entry;
+    auto t = Tensor::Empty(e.properties.dtype, e.size);
+    if (!t.ok()) return t.status().WithContext(Quoted(e.fqn));
+    dest.views[i] = t->view();
+    *dest.allocate[i] = Value(std::move(*t));
+  }
+  for (const plan::ChunkRead& r : planned.reads) {
+    ChunkTask task{r.entry, r.chunk, {}};
+    for (const auto& piece : r.pieces)
+      task.targets.push_back({dest.views[piece.request], dest.requests[piece.request].box});
+    reads.AddChunk(std::move(task));
+  }
+  return Status();
 }
 
 Status CheckDType(const EntryMeta& e, const Tensor& t) {
@@ -168,8 +208,13 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage) {
   engine::WireWriter w;
   std::optional<Result<Metadata>> mine;
   if (pg.rank() == kCoordinator) {
-    auto bytes = storage::ReadCheckpointMetadataBytes(storage);
-    mine = bytes.ok() ? storage::DecodeCheckpointMetadata(storage, *bytes) : bytes.status();
+    // An exception here would leave the other ranks waiting in Broadcast.
+    const std::string op = "reading the metadata of " + storage.Describe("");
+    auto bytes =
+        CatchExceptions(op, [&] { return storage::ReadCheckpointMetadataBytes(storage); });
+    mine = bytes.ok() ? CatchExceptions(
+                            op, [&] { return storage::DecodeCheckpointMetadata(storage, *bytes); })
+                      : bytes.status();
     w.Status(mine->status());
     w.Str(mine->ok() ? *bytes : std::string());
   }
@@ -201,7 +246,8 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
     if (legacy.ok() && count_missing(*legacy) == 0) flat = std::move(*legacy);
   }
   std::vector<std::string> missing;
-  ReadPlan plan(storage, o.progress);
+  ReadPlan reads(storage, o.progress);
+  Destinations dest;
   for (auto& f : flat) {
     auto it = index.find(f.fqn);
     if (it == index.end()) {
@@ -215,7 +261,7 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
                                   ": Stateful objects are supported only at the top level of a "
                                   "state dict (as in DCP)");
     if (!e.is_tensor()) {
-      plan.AddBytes(e, &leaf);
+      reads.AddBytes(e, &leaf);
       continue;
     }
     if (leaf.is_sharded()) {
@@ -226,14 +272,13 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
             ", the sharded tensor's global shape is " + ShapeToString(st.global_shape));
       for (const auto& shard : st.shards) {
         DCPP_RETURN_IF_ERROR(CheckDType(e, shard.local));
-        DCPP_RETURN_IF_ERROR(
-            plan.AddTensor(e, {shard.local.view(), {shard.offsets, shard.local.shape()}}));
+        dest.AddView(e, shard.local.view(), {shard.offsets, shard.local.shape()});
       }
       continue;
     }
     if (!leaf.is_tensor()) {
-      DCPP_ASSIGN_OR_RETURN(Tensor t, AllocateFor(e));
-      leaf = Value(std::move(t));
+      dest.AddAllocated(e, &leaf);
+      continue;
     }
     const Tensor& t = leaf.tensor();
     DCPP_RETURN_IF_ERROR(CheckDType(e, t));
@@ -241,8 +286,9 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
       return InvalidArgumentError(Quoted(e.fqn) + ": shape mismatch: the checkpoint holds " +
                                   ShapeToString(e.size) + ", the state dict has " +
                                   ShapeToString(t.shape()));
-    DCPP_RETURN_IF_ERROR(plan.AddTensor(e, {t.view(), {Shape(e.size.size(), 0), e.size}}));
+    dest.AddView(e, t.view(), {Shape(e.size.size(), 0), e.size});
   }
+  DCPP_ASSIGN_OR_RETURN(plan::TensorReadPlan planned, plan::PlanTensorReads(dest.requests));
   if (!missing.empty() && !o.allow_partial_load) {
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 5; ++i)
@@ -252,18 +298,15 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
                          " key(s) of the state dict: " + list +
                          " (allow_partial_load skips missing keys)");
   }
-  return plan.Run(o.thread_count).WithContext("loading " + dir);
+  DCPP_RETURN_IF_ERROR(PrepareReads(storage, planned, dest, reads).WithContext("loading " + dir));
+  return reads.Run(o.thread_count).WithContext("loading " + dir);
 }
 
-}  // namespace
-
-namespace engine {
-
-Result<Metadata> ReadMetadata(storage::Storage& storage) {
-  return storage::ReadCheckpointMetadata(storage);
-}
-
-Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& o) {
+// Load without its exception barrier. The rank-local part runs through
+// CatchExceptions itself, so a rank that runs out of memory still takes
+// part in the final collective.
+Status LoadImpl(Value& state_dict, storage::Storage& storage, const LoadOptions& o) {
+  const std::string dir = storage.Describe("");
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
   DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, storage));
@@ -292,7 +335,8 @@ Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& o) 
       working.dict().mutable_values()[i] = std::move(*sd);
     }
   }
-  if (local.ok()) local = LoadLocal(*target, md, storage, o);
+  if (local.ok())
+    local = CatchExceptions("load from " + dir, [&] { return LoadLocal(*target, md, storage, o); });
   if (local.ok() && !stateful.empty()) {
     for (auto& [i, obj] : stateful) {
       local = obj->LoadStateDict(working.dict().values()[i]);
@@ -317,7 +361,7 @@ Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& o) 
   return engine::CombineRankFailures("load", statuses);
 }
 
-Result<Value> LoadAll(storage::Storage& storage, const LoadAllOptions& o) {
+Result<Value> LoadAllImpl(storage::Storage& storage, const LoadAllOptions& o) {
   const std::string dir = storage.Describe("");
   DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadCheckpointMetadata(storage));
   auto selected = [&](const EntryMeta& e) {
@@ -337,18 +381,18 @@ Result<Value> LoadAll(storage::Storage& storage, const LoadAllOptions& o) {
   for (const auto& e : md.entries)
     if (selected(e)) entries.push_back(&e);
   std::vector<Value> values(entries.size());
-  ReadPlan plan(storage, o.progress);
+  ReadPlan reads(storage, o.progress);
+  Destinations dest;
   for (size_t i = 0; i < entries.size(); ++i) {
     const EntryMeta& e = *entries[i];
-    if (!e.is_tensor()) {
-      plan.AddBytes(e, &values[i]);
-      continue;
-    }
-    DCPP_ASSIGN_OR_RETURN(Tensor t, AllocateFor(e));
-    DCPP_RETURN_IF_ERROR(plan.AddTensor(e, {t.view(), {Shape(e.size.size(), 0), e.size}}));
-    values[i] = Value(std::move(t));
+    if (e.is_tensor())
+      dest.AddAllocated(e, &values[i]);
+    else
+      reads.AddBytes(e, &values[i]);
   }
-  DCPP_RETURN_IF_ERROR(plan.Run(o.thread_count).WithContext("loading " + dir));
+  DCPP_ASSIGN_OR_RETURN(plan::TensorReadPlan planned, plan::PlanTensorReads(dest.requests));
+  DCPP_RETURN_IF_ERROR(PrepareReads(storage, planned, dest, reads).WithContext("loading " + dir));
+  DCPP_RETURN_IF_ERROR(reads.Run(o.thread_count).WithContext("loading " + dir));
   Value root = Value::EmptyDict();
   for (size_t i = 0; i < entries.size(); ++i) {
     const EntryMeta& e = *entries[i];
@@ -357,6 +401,25 @@ Result<Value> LoadAll(storage::Storage& storage, const LoadAllOptions& o) {
                              .WithContext("rebuilding " + Quoted(e.fqn)));
   }
   return root;
+}
+
+}  // namespace
+
+namespace engine {
+
+Result<Metadata> ReadMetadata(storage::Storage& storage) {
+  return CatchExceptions("reading the metadata of " + storage.Describe(""),
+                         [&] { return storage::ReadCheckpointMetadata(storage); });
+}
+
+Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& o) {
+  return CatchExceptions("load from " + storage.Describe(""),
+                         [&] { return LoadImpl(state_dict, storage, o); });
+}
+
+Result<Value> LoadAll(storage::Storage& storage, const LoadAllOptions& o) {
+  return CatchExceptions("load from " + storage.Describe(""),
+                         [&] { return LoadAllImpl(storage, o); });
 }
 
 }  // namespace engine

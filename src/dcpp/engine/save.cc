@@ -13,6 +13,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/engine.h"
@@ -345,12 +346,12 @@ Status WriteAssigned(storage::Storage& storage, int rank, const std::string& tag
   return s;
 }
 
-}  // namespace
 
-namespace engine {
-
-Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
-                      const BeforeCommit& before_commit) {
+// Save without its exception barrier. The rank-local steps run through
+// CatchExceptions themselves, so a rank that runs out of memory still takes
+// part in every collective, carrying its error.
+Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
+                          const engine::BeforeCommit& before_commit) {
   const std::string dir = storage.Describe("");
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
@@ -384,7 +385,7 @@ Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const 
     local = r.status();
   }
   if (local.ok()) {
-    auto planned = engine::PlanWriteItems(resolved);
+    auto planned = CatchExceptions("planning", [&] { return engine::PlanWriteItems(resolved); });
     if (planned.ok()) items = std::move(*planned);
     local = planned.status();
   }
@@ -420,8 +421,9 @@ Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const 
 
   // 3. Every rank writes what it was assigned.
   std::vector<std::string> created;
-  Status written =
-      WriteAssigned(storage, rank, assignment.tag, items, assignment.keep, o, &created);
+  Status written = CatchExceptions("writing", [&] {
+    return WriteAssigned(storage, rank, assignment.tag, items, assignment.keep, o, &created);
+  });
   auto remove_created = [&] {
     for (const auto& name : created) (void)storage.Remove(name);
   };
@@ -493,6 +495,16 @@ Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const 
   }
   return format::DecodeMetadata(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size()));
+}
+
+}  // namespace
+
+namespace engine {
+
+Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
+                      const BeforeCommit& before_commit) {
+  return CatchExceptions("save to " + storage.Describe(""),
+                         [&] { return SaveImpl(state_dict, storage, o, before_commit); });
 }
 
 }  // namespace engine

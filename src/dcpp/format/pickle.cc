@@ -388,6 +388,14 @@ class Memo {
     return true;
   }
 
+  // The bytes the memo's tables hold (an estimate for the hash map: a node
+  // of key, value and link plus its bucket, as libstdc++ lays them out).
+  size_t bytes() const {
+    return dense_.capacity() * sizeof(NodeId) +
+           sparse_.size() * (sizeof(uint64_t) + sizeof(NodeId) + 2 * sizeof(void*)) +
+           sparse_.bucket_count() * sizeof(void*);
+  }
+
   NodeId Get(uint64_t index) const {
     if (index < dense_.size()) return dense_[index];
     auto it = sparse_.find(index);
@@ -404,7 +412,8 @@ class Memo {
 class Parser {
  public:
   Parser(std::span<const uint8_t> data, const ParseOptions& options)
-      : data_(data), options_(options), memo_(options.max_memo) {}
+      : data_(data), options_(options), memory_cap_(options.MemoryCap(data.size())),
+        memo_(options.max_memo) {}
 
   Result<Graph> Run();
 
@@ -448,6 +457,31 @@ class Parser {
     DCPP_RETURN_IF_ERROR(ChargeString(n));
     return std::string_view(reinterpret_cast<const char*>(p), static_cast<size_t>(n));
   }
+  // Counts `n` more bytes of memory the parse holds against the cap.
+  Status ChargeMemory(size_t n) {
+    if (n > memory_cap_ - memory_) {
+      return ResourceExhaustedError(
+          "pickle: decoding would take more than " + std::to_string(memory_cap_) +
+          " bytes of memory (" + std::to_string(data_.size()) +
+          " bytes of input; a hostile pickle builds large structures from few bytes) in " +
+          OpLabel() + Where());
+    }
+    memory_ += n;
+    return Status::Ok();
+  }
+  // Charges the growth of a vector from `old_capacity` to its capacity now.
+  template <typename V>
+  Status ChargeGrowth(const V& v, size_t old_capacity) {
+    if (v.capacity() <= old_capacity) return Status::Ok();
+    return ChargeMemory((v.capacity() - old_capacity) * sizeof(typename V::value_type));
+  }
+  // A string's heap bytes (none when it fits the inline buffer).
+  static size_t StringHeapBytes(size_t n) {
+    return n < sizeof(std::string) ? 0 : n + 1 + kHeapBlockOverhead;
+  }
+  // What malloc adds to each block (glibc: a 16-byte header and alignment).
+  static constexpr size_t kHeapBlockOverhead = 16;
+
   Status ChargeString(uint64_t n) {
     if (n > options_.max_string_bytes - string_bytes_) {
       return ResourceExhaustedError("pickle: strings exceed the cap of " +
@@ -465,8 +499,13 @@ class Parser {
       return ResourceExhaustedError("pickle: more than " + std::to_string(options_.max_nodes) +
                                     " objects in " + OpLabel() + Where());
     }
-    graph_.nodes.emplace_back().kind = kind;
-    return static_cast<NodeId>(graph_.nodes.size() - 1);
+    // A new block is charged before it is allocated.
+    NodeArena& nodes = graph_.nodes;
+    if (nodes.size() == nodes.capacity())
+      DCPP_RETURN_IF_ERROR(
+          ChargeMemory(nodes.next_block_nodes() * sizeof(Node) + sizeof(std::unique_ptr<Node[]>)));
+    nodes.emplace_back().kind = kind;
+    return static_cast<NodeId>(nodes.size() - 1);
   }
   Node& node(NodeId id) { return graph_.nodes[id]; }
   size_t Fence() const { return marks_.empty() ? 0 : marks_.back(); }
@@ -476,8 +515,9 @@ class Parser {
                                     std::to_string(options_.max_stack_depth) + " in " + OpLabel() +
                                     Where());
     }
+    const size_t old_capacity = stack_.capacity();
     stack_.push_back(id);
-    return Status::Ok();
+    return ChargeGrowth(stack_, old_capacity);
   }
   Status PushNew(Kind kind, NodeId* id = nullptr) {
     DCPP_ASSIGN_OR_RETURN(NodeId n, NewNode(kind));
@@ -516,18 +556,22 @@ class Parser {
     if (std::optional<int64_t> v = TwosComplementToInt64(bytes)) return PushInt(*v);
     NodeId id;
     DCPP_RETURN_IF_ERROR(PushNew(Kind::kBigInt, &id));
+    DCPP_RETURN_IF_ERROR(ChargeMemory(StringHeapBytes(bytes.size())));
     node(id).s.assign(bytes);
     return Status::Ok();
   }
   Status PushString(Kind kind, std::string_view s) {
     NodeId id;
     DCPP_RETURN_IF_ERROR(PushNew(kind, &id));
+    DCPP_RETURN_IF_ERROR(ChargeMemory(StringHeapBytes(s.size())));
     node(id).s.assign(s);
     return Status::Ok();
   }
   Status PushContainer(Kind kind, std::vector<NodeId> items) {
     NodeId id;
     DCPP_RETURN_IF_ERROR(PushNew(kind, &id));
+    if (items.capacity() > 0)
+      DCPP_RETURN_IF_ERROR(ChargeMemory(items.capacity() * sizeof(NodeId) + kHeapBlockOverhead));
     node(id).items = std::move(items);
     return Status::Ok();
   }
@@ -556,6 +600,10 @@ class Parser {
   uint8_t op_ = 0;
   int proto_ = 0;
   size_t string_bytes_ = 0;
+  // Bytes of memory held for the result and the VM's stacks and memo,
+  // against ParseOptions' memory cap (MemoryCap).
+  size_t memory_cap_ = 0;
+  size_t memory_ = 0;
   std::vector<NodeId> stack_;
   std::vector<size_t> marks_;
   Memo memo_;
@@ -563,10 +611,6 @@ class Parser {
 };
 
 Result<Graph> Parser::Run() {
-  // Opcodes create at most one node each and take a few bytes: reserving
-  // from the input size (not from any length field) avoids copying large
-  // graphs on growth. Capped so the reservation itself stays modest.
-  graph_.nodes.reserve(std::min({options_.max_nodes, data_.size() / 4 + 16, size_t{1} << 21}));
   bool stopped = false;
   while (!stopped) {
     if (pos_ >= data_.size()) {
@@ -577,6 +621,7 @@ Result<Graph> Parser::Run() {
     op_ = data_[pos_++];
     DCPP_RETURN_IF_ERROR(Step(&stopped));
   }
+  graph_.memory_bytes = memory_;
   return std::move(graph_);
 }
 
@@ -588,6 +633,7 @@ Status Parser::DoGlobal(std::string module, std::string name) {
   DCPP_RETURN_IF_ERROR(ChargeString(module.size() + name.size()));
   NodeId id;
   DCPP_RETURN_IF_ERROR(PushNew(Kind::kGlobal, &id));
+  DCPP_RETURN_IF_ERROR(ChargeMemory(StringHeapBytes(module.size()) + StringHeapBytes(name.size())));
   node(id).s = std::move(module);
   node(id).s2 = std::move(name);
   return Status::Ok();
@@ -606,8 +652,9 @@ Status Parser::DoSetItems(NodeId target, const NodeId* kv, size_t n) {
   } else {
     return Corrupt("setting items on a " + std::string(KindName(t.kind)));
   }
+  const size_t old_capacity = dest->capacity();
   dest->insert(dest->end(), kv, kv + n);
-  return Status::Ok();
+  return ChargeGrowth(*dest, old_capacity);
 }
 
 Status Parser::DoAppends(NodeId target, const NodeId* items, size_t n) {
@@ -621,17 +668,20 @@ Status Parser::DoAppends(NodeId target, const NodeId* items, size_t n) {
   } else {
     return Corrupt("appending to a " + std::string(KindName(t.kind)));
   }
+  const size_t old_capacity = dest->capacity();
   dest->insert(dest->end(), items, items + n);
-  return Status::Ok();
+  return ChargeGrowth(*dest, old_capacity);
 }
 
 Status Parser::DoPut(uint64_t index) {
   DCPP_ASSIGN_OR_RETURN(NodeId top, Top());
+  const size_t before = memo_.bytes();
   if (!memo_.Put(index, top)) {
     return ResourceExhaustedError("pickle: more than " + std::to_string(options_.max_memo) +
                                   " memo entries in " + OpLabel() + Where());
   }
-  return Status::Ok();
+  const size_t after = memo_.bytes();
+  return after > before ? ChargeMemory(after - before) : Status::Ok();
 }
 
 Status Parser::DoGet(uint64_t index) {
@@ -644,7 +694,7 @@ Status Parser::DoPersistentId(NodeId pid) {
   NodeId id;
   DCPP_RETURN_IF_ERROR(PushNew(Kind::kPersistentId, &id));
   node(id).items = {pid};
-  return Status::Ok();
+  return ChargeMemory(sizeof(NodeId) + kHeapBlockOverhead);
 }
 
 Status Parser::DoTextInt(std::string_view line, bool is_long) {
@@ -756,8 +806,11 @@ Status Parser::Step(bool* stopped) {
                                       std::to_string(options_.max_stack_depth) + " open MARKs" +
                                       Where());
       }
-      marks_.push_back(stack_.size());
-      return Status::Ok();
+      {
+        const size_t old_capacity = marks_.capacity();
+        marks_.push_back(stack_.size());
+        return ChargeGrowth(marks_, old_capacity);
+      }
     case kOpPop:
       // POP removes a MARK when one sits on top of the stack (as Python does).
       if (!marks_.empty() && marks_.back() == stack_.size()) {
@@ -833,8 +886,9 @@ Status Parser::Step(bool* stopped) {
       if (t.kind != Kind::kSet) {
         return Corrupt("adding items to a " + std::string(KindName(t.kind)));
       }
+      const size_t old_capacity = t.items.capacity();
       t.items.insert(t.items.end(), items.begin(), items.end());
-      return Status::Ok();
+      return ChargeGrowth(t.items, old_capacity);
     }
 
     case kOpBinInt: {

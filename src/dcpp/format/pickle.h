@@ -23,13 +23,16 @@
 #ifndef DCPP_FORMAT_PICKLE_H_
 #define DCPP_FORMAT_PICKLE_H_
 
+#include <bit>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "dcpp/status.h"
@@ -63,12 +66,14 @@ std::string_view KindName(Kind kind);
 struct Node {
   Kind kind = Kind::kNone;
   bool b = false;
+  NodeId state = kNoNode;  // kReduce / kNewObj: see below
   int64_t i = 0;
   double f = 0;
   std::string s;
   std::string s2;
   std::vector<NodeId> items;
-  NodeId state = kNoNode;
+  // (`state`, above next to `kind` to keep nodes small: the BUILD state or
+  // kNoNode.)
   // kReduce / kNewObj only: what SETITEM(S) and APPEND(S) added to the object
   // after it was built (Python calls obj[k] = v / obj.append(x) on it), e.g.
   // an OrderedDict is REDUCE(collections.OrderedDict, ()) followed by
@@ -77,11 +82,71 @@ struct Node {
   std::vector<NodeId> list_items;
 };
 
+// The nodes of a graph, indexed by NodeId: a vector-like arena that grows
+// in blocks and never moves a node, so growing neither copies nodes nor
+// holds twice their memory (as a doubling std::vector does, which made a
+// large graph take up to twice what its nodes need). Blocks double from 16
+// nodes up to kBlockNodes, then stay at that size: a small pickle takes
+// little memory, a large one at most one block more than it needs.
+class NodeArena {
+ public:
+  static constexpr size_t kFirstBlockNodes = 16;
+  static constexpr size_t kBlockNodes = 4096;
+
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  // Nodes the allocated blocks hold (>= size()).
+  size_t capacity() const { return capacity_; }
+  // The size of the block the next emplace_back allocates when full.
+  size_t next_block_nodes() const {
+    return capacity_ < kSmallNodes ? kFirstBlockNodes << blocks_.size() : kBlockNodes;
+  }
+  Node& operator[](size_t i) {
+    auto [block, offset] = Locate(i);
+    return blocks_[block][offset];
+  }
+  const Node& operator[](size_t i) const {
+    auto [block, offset] = Locate(i);
+    return blocks_[block][offset];
+  }
+  Node& emplace_back() {
+    if (size_ == capacity_) {
+      const size_t n = next_block_nodes();
+      blocks_.push_back(std::make_unique<Node[]>(n));
+      capacity_ += n;
+    }
+    return (*this)[size_++];
+  }
+
+ private:
+  // Nodes in the doubling blocks: 16 + 32 + ... + 2048.
+  static constexpr size_t kSmallNodes = kBlockNodes - kFirstBlockNodes;
+  static constexpr int kFirstBlockLog2 = 4;
+  static_assert(kFirstBlockNodes == size_t{1} << kFirstBlockLog2);
+  static constexpr size_t kSmallBlocks = 8;  // log2(kBlockNodes) - kFirstBlockLog2
+
+  static std::pair<size_t, size_t> Locate(size_t i) {
+    if (i < kSmallNodes) {
+      const size_t shifted = i + kFirstBlockNodes;
+      const int log2 = static_cast<int>(std::bit_width(shifted)) - 1;
+      return {static_cast<size_t>(log2 - kFirstBlockLog2), shifted - (size_t{1} << log2)};
+    }
+    const size_t j = i - kSmallNodes;
+    return {kSmallBlocks + j / kBlockNodes, j % kBlockNodes};
+  }
+
+  std::vector<std::unique_ptr<Node[]>> blocks_;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
+
 // The result of parsing: an arena of nodes and the root (the object STOP
 // returned). Node ids are indices into `nodes`.
 struct Graph {
-  std::vector<Node> nodes;
+  NodeArena nodes;
   NodeId root = kNoNode;
+  // The bytes the parse counted against ParseOptions' memory cap.
+  size_t memory_bytes = 0;
 
   const Node& at(NodeId id) const { return nodes[id]; }
 };
@@ -100,6 +165,30 @@ struct ParseOptions {
   // Entries on the value stack, and separately on the MARK stack (GET and DUP
   // push without creating nodes, so max_nodes alone does not bound them).
   size_t max_stack_depth = size_t{1} << 24;
+  // The memory cap, in bytes, proportional to the input: the parse counts
+  // what it allocates (node blocks, string heap bytes, containers' items,
+  // the value and MARK stacks and the memo; vectors by capacity, heap blocks
+  // with malloc's overhead) and fails with ResourceExhausted beyond
+  //   memory_base_bytes + memory_per_input_byte * input size.
+  // Why 64 x: a node is 160 bytes and every opcode that makes one takes at
+  // least one byte, so without a cap a 17 MB file of EMPTY_LISTs reached
+  // 2.8 GB (max_nodes alone allows 2^24 nodes); real pickles spend several
+  // bytes per object. DCP's .metadata is the densest dcpp reads: torch-
+  // written ones with 512,000 chunks (72 MB, 2-d tensors) count 34.7 x and
+  // with 4-d chunks 38.0 x (peak RSS within 7% of the count; see
+  // pickle_test.cc), so 64 x leaves them 1.7 times their need. The base
+  // covers small pickles (a tensor's data.pkl is a few hundred bytes).
+  size_t memory_per_input_byte = 64;
+  size_t memory_base_bytes = size_t{16} << 20;
+
+  // memory_base_bytes + memory_per_input_byte * input_bytes, saturating.
+  size_t MemoryCap(size_t input_bytes) const {
+    size_t cap = 0;
+    if (__builtin_mul_overflow(memory_per_input_byte, input_bytes, &cap) ||
+        __builtin_add_overflow(cap, memory_base_bytes, &cap))
+      return SIZE_MAX;
+    return cap;
+  }
 };
 
 // Parses one pickle from `data`. Trailing bytes after STOP are ignored (as

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "memory_limit.h"
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -713,6 +715,129 @@ TEST(PickleParseTest, Caps) {
   g = Parse("\x80\x02(((((N."s, options);
   ASSERT_FALSE(g.ok());
   EXPECT_EQ(g.status().code(), StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace dcpp::format::pickle
+
+namespace dcpp::format::pickle {
+namespace {
+
+TEST(NodeArenaTest, IndexesEveryNodeAcrossBlocksWithoutMovingIt) {
+  NodeArena arena;
+  std::vector<const Node*> addresses;
+  for (size_t i = 0; i < 3 * NodeArena::kBlockNodes + 7; ++i) {
+    Node& n = arena.emplace_back();
+    n.i = static_cast<int64_t>(i);
+    addresses.push_back(&n);
+  }
+  ASSERT_EQ(arena.size(), addresses.size());
+  EXPECT_LT(arena.capacity() - arena.size(), NodeArena::kBlockNodes);
+  for (size_t i = 0; i < addresses.size(); ++i) {
+    ASSERT_EQ(&arena[i], addresses[i]) << i;
+    ASSERT_EQ(arena[i].i, static_cast<int64_t>(i));
+  }
+  NodeArena small;
+  small.emplace_back();
+  EXPECT_EQ(small.capacity(), NodeArena::kFirstBlockNodes);
+}
+
+}  // namespace
+}  // namespace dcpp::format::pickle
+
+namespace dcpp::format::pickle {
+namespace {
+
+ParseOptions Permissive() {
+  ParseOptions options;
+  options.allow_global = [](std::string_view, std::string_view) { return true; };
+  return options;
+}
+
+// PROTO 2, `body` repeated `times` times, then `tail`.
+std::string Repeat(std::string_view head, std::string_view body, size_t times,
+                   std::string_view tail) {
+  std::string out(head);
+  out.reserve(head.size() + body.size() * times + tail.size());
+  for (size_t i = 0; i < times; ++i) out += body;
+  out += tail;
+  return out;
+}
+
+// The hostile file of the finding: one-byte EMPTY_LISTs, each a 160-byte
+// node (2.8 GB from 17 MB before the cap). The default cap stops it at
+// 64 x its size, and under an address-space limit it fails cleanly (the
+// uncapped parse needs 640 MiB, more than the limit allows).
+TEST(PickleMemoryCapTest, EmptyListBombStopsAtTheCap) {
+  const std::string bomb = Repeat("\x80\x02", "]", size_t{4} << 20, ".");
+  const size_t cap = Permissive().MemoryCap(bomb.size());
+  EXPECT_EQ(cap, 64 * bomb.size() + (size_t{16} << 20));
+  Result<Graph> g = Parse(bomb, Permissive());
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(g.status().message().find("bytes of memory"), std::string::npos)
+      << g.status().ToString();
+  if (!testing::kCanLimitAddressSpace) GTEST_SKIP() << "sanitizer build: no RLIMIT_AS";
+  const auto child = testing::RunWithAddressSpaceLimit(uint64_t{512} << 20, [&] {
+    Result<Graph> r = Parse(bomb, Permissive());
+    return r.ok() ? 0 : static_cast<int>(r.status().code());
+  });
+  EXPECT_EQ(child.signal, 0);
+  EXPECT_EQ(child.exit_code, static_cast<int>(StatusCode::kResourceExhausted));
+}
+
+// BINGET + APPENDS: every two-byte BINGET is a 4-byte stack entry, then a
+// 4-byte item of the list; a list of a million references to itself. Counted (by
+// capacity), so a tighter cap stops it, and the count is what it holds.
+TEST(PickleMemoryCapTest, CountsStacksAndContainers) {
+  const std::string dups = Repeat("\x80\x02]q\x00("s, "h\x00"s, size_t{1} << 20, "e.");
+  Result<Graph> ok = Parse(dups, Permissive());
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->nodes[ok->root].items.size(), size_t{1} << 20);
+  // Stack and items: at least 8 bytes per BINGET.
+  EXPECT_GE(ok->memory_bytes, 8 * (size_t{1} << 20));
+  EXPECT_LE(ok->memory_bytes, 24 * (size_t{1} << 20));
+  ParseOptions tight = Permissive();
+  tight.memory_per_input_byte = 2;
+  tight.memory_base_bytes = 0;
+  Result<Graph> g = Parse(dups, tight);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kResourceExhausted) << g.status().ToString();
+}
+
+// Memo GETs nest lists of references to the previous level: the graph
+// stays linear in the input (sharing is not copied), and is counted.
+TEST(PickleMemoryCapTest, SharedReferencesStayLinear) {
+  // ] BINPUT 0, then per level: MARK, 8 x BINGET 0, LIST, BINPUT 0.
+  const std::string nested =
+      Repeat("\x80\x02]q\x00"s, "(h\x00h\x00h\x00h\x00h\x00h\x00h\x00h\x00lq\x00"s, 100000, ".");
+  Result<Graph> g = Parse(nested, Permissive());
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_LE(g->nodes.size(), 100001u);
+  EXPECT_LE(g->memory_bytes, 64 * nested.size());
+  ParseOptions tight = Permissive();
+  tight.memory_per_input_byte = 2;
+  tight.memory_base_bytes = 0;
+  EXPECT_EQ(Parse(nested, tight).status().code(), StatusCode::kResourceExhausted);
+}
+
+// Long strings: their heap bytes are counted once, however often DUP or a
+// memo GET refers to them.
+TEST(PickleMemoryCapTest, CountsStringBytes) {
+  const std::string text(1 << 20, 'x');
+  std::string p = "\x80\x02X"s;
+  const uint32_t n = static_cast<uint32_t>(text.size());
+  p += {static_cast<char>(n), static_cast<char>(n >> 8), static_cast<char>(n >> 16),
+        static_cast<char>(n >> 24)};
+  p += text;
+  p += Repeat("", "2", 1000, "0.");
+  for (int k = 0; k < 3; ++k) p = p.substr(0, p.size() - 1) + p.substr(2);  // more strings
+  Result<Graph> g = Parse(p, Permissive());
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  size_t strings = 0;
+  for (size_t i = 0; i < g->nodes.size(); ++i) strings += g->nodes[i].s.size();
+  EXPECT_GE(g->memory_bytes, strings);
+  EXPECT_LE(g->memory_bytes, strings + (size_t{1} << 20));
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include <zstd.h>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/format/json.h"
 #include "dcpp/transform/transform.h"
 
@@ -312,7 +313,8 @@ json::Array StringArray(const std::vector<std::string>& strings) {
 
 }  // namespace
 
-Result<std::vector<BenchTensor>> ParseBenchIndex(std::string_view json_text, uint64_t image_bytes) {
+static Result<std::vector<BenchTensor>> ParseBenchIndexImpl(std::string_view json_text,
+                                                            uint64_t image_bytes) {
   auto parsed = json::Parse(json_text);
   if (!parsed.ok()) return DataLossError("bench index: " + parsed.status().message());
   const json::Json* list = parsed->Find("tensors");
@@ -370,7 +372,7 @@ Result<std::vector<BenchTensor>> ParseBenchIndex(std::string_view json_text, uin
   return out;
 }
 
-Result<BenchResult> BenchSave(const BenchOptions& o) {
+static Result<BenchResult> BenchSaveImpl(const BenchOptions& o) {
   DCPP_RETURN_IF_ERROR(CheckCommon(o));
   DCPP_ASSIGN_OR_RETURN(auto image, OpenForReading(o.image_path));
   DCPP_ASSIGN_OR_RETURN(Inputs in, ReadIndex(o, *image));
@@ -422,7 +424,7 @@ Result<BenchResult> BenchSave(const BenchOptions& o) {
   return r;
 }
 
-Result<BenchResult> BenchLoad(const BenchOptions& o) {
+static Result<BenchResult> BenchLoadImpl(const BenchOptions& o) {
   DCPP_RETURN_IF_ERROR(CheckCommon(o));
   DCPP_ASSIGN_OR_RETURN(auto image, OpenForReading(o.image_path));
   DCPP_ASSIGN_OR_RETURN(Inputs in, ReadIndex(o, *image));
@@ -485,7 +487,7 @@ Result<BenchResult> BenchLoad(const BenchOptions& o) {
   return r;
 }
 
-Result<BenchResult> BenchMemcpy(uint64_t bytes) {
+static Result<BenchResult> BenchMemcpyImpl(uint64_t bytes) {
   DCPP_ASSIGN_OR_RETURN(Buffer src, AllocateTouched(bytes, 1));
   DCPP_ASSIGN_OR_RETURN(Buffer dst, AllocateTouched(bytes, 0));
   BenchResult r;
@@ -504,10 +506,11 @@ Result<BenchResult> BenchMemcpy(uint64_t bytes) {
   return r;
 }
 
-Result<CompressResult> BenchCompress(const std::string& image_path, const std::string& index_path,
-                                     const std::string& dtype,
-                                     const std::vector<std::string>& transforms, int level,
-                                     int repeats) {
+static Result<CompressResult> BenchCompressImpl(const std::string& image_path,
+                                                const std::string& index_path,
+                                                const std::string& dtype,
+                                                const std::vector<std::string>& transforms,
+                                                int level, int repeats) {
   if (repeats < 1) return InvalidArgumentError("bench: repeats must be >= 1");
   std::optional<DType> want;
   if (!dtype.empty()) {
@@ -634,6 +637,32 @@ std::string BenchResultJson(const BenchResult& r) {
   o.Set("max_rss_bytes", r.max_rss_bytes);
   o.Set("verified", r.verified);
   return json::Serialize(json::Json(std::move(o)));
+}
+
+Result<std::vector<BenchTensor>> ParseBenchIndex(std::string_view json_text, uint64_t image_bytes) {
+  return CatchExceptions("parsing the benchmark index",
+                         [&] { return ParseBenchIndexImpl(json_text, image_bytes); });
+}
+
+Result<BenchResult> BenchSave(const BenchOptions& o) {
+  return CatchExceptions("bench save", [&] { return BenchSaveImpl(o); });
+}
+
+Result<BenchResult> BenchLoad(const BenchOptions& o) {
+  return CatchExceptions("bench load", [&] { return BenchLoadImpl(o); });
+}
+
+Result<BenchResult> BenchMemcpy(uint64_t bytes) {
+  return CatchExceptions("bench memcpy", [&] { return BenchMemcpyImpl(bytes); });
+}
+
+Result<CompressResult> BenchCompress(const std::string& image_path, const std::string& index_path,
+                                     const std::string& dtype,
+                                     const std::vector<std::string>& transforms, int level,
+                                     int repeats) {
+  return CatchExceptions("bench compress", [&] {
+    return BenchCompressImpl(image_path, index_path, dtype, transforms, level, repeats);
+  });
 }
 
 }  // namespace dcpp::tools

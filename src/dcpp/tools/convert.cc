@@ -2,13 +2,14 @@
 
 #include <unordered_map>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/storage/storage.h"
 
 namespace dcpp::tools {
 
-Result<Metadata> Convert(const std::string& src, const std::string& dst,
-                         const SaveOptions& options) {
+static Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
+                                     const SaveOptions& options) {
   DCPP_ASSIGN_OR_RETURN(Metadata src_md, ReadMetadata(src));
   LoadAllOptions load_options;
   load_options.thread_count = options.thread_count;
@@ -36,6 +37,12 @@ Result<Metadata> Convert(const std::string& src, const std::string& dst,
   };
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> out, storage::OpenStorage(dst));
   return engine::Save(state, *out, options, copy_properties);
+}
+
+Result<Metadata> Convert(const std::string& src, const std::string& dst,
+                         const SaveOptions& options) {
+  return CatchExceptions("convert " + src + " to " + dst,
+                         [&] { return ConvertImpl(src, dst, options); });
 }
 
 }  // namespace dcpp::tools

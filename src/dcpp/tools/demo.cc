@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <mutex>
 
+#include "dcpp/base/exception_barrier.h"
 #include "dcpp/plan/reshard.h"
 
 namespace dcpp::tools {
@@ -210,7 +211,7 @@ std::string Human(double bytes) {
 
 }  // namespace
 
-Result<DemoReport> RunDemo(const DemoOptions& o) {
+static Result<DemoReport> RunDemoImpl(const DemoOptions& o) {
   if (o.save_ranks < 1 || o.load_ranks < 1 || o.thread_count < 1)
     return InvalidArgumentError("demo: rank and thread counts must be >= 1");
   DemoReport r;
@@ -323,6 +324,10 @@ std::string FormatDemoReport(const DemoOptions& o, const DemoReport& r) {
        Human(static_cast<double>(r.verified_bytes)).c_str());
   out += "  checkpoint " + r.dir + (o.keep ? " (kept: try `dcpp inspect` on it)\n" : " (removed; --keep keeps it)\n");
   return out;
+}
+
+Result<DemoReport> RunDemo(const DemoOptions& o) {
+  return CatchExceptions("demo", [&] { return RunDemoImpl(o); });
 }
 
 }  // namespace dcpp::tools

@@ -120,6 +120,17 @@ class ChainEncoder final : public Encoder {
 
 }  // namespace
 
+Result<uint64_t> MaxDecodedSize(const std::vector<std::string>& recorded, uint64_t stored_bytes) {
+  constexpr uint64_t kMaxZstdExpansion = uint64_t{1} << 15;  // see the header
+  uint64_t bound = stored_bytes;
+  for (const std::string& descriptor : recorded) {
+    DCPP_ASSIGN_OR_RETURN(Kind kind, Parse(descriptor, /*for_writing=*/false));
+    if (kind == Kind::kZstd && __builtin_mul_overflow(bound, kMaxZstdExpansion, &bound))
+      bound = UINT64_MAX;
+  }
+  return bound;
+}
+
 std::vector<std::string> KnownDescriptors() {
   std::vector<std::string> out;
   for (const auto& k : kKnown) out.push_back(std::string(k.name) + "/1");

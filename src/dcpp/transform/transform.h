@@ -119,6 +119,19 @@ Result<std::unique_ptr<Decoder>> NewDecoder(const std::vector<std::string>& reco
 Result<std::string> DecodeAll(const std::vector<std::string>& recorded,
                               std::span<const uint8_t> stored, uint64_t max_output);
 
+// An upper bound on the bytes that `stored_bytes` of an item stored through
+// `recorded` can decode to, whatever those bytes are, so a reader can check
+// sizes declared elsewhere before it allocates. Sound by the formats as
+// this build's decoders accept them: dcpp.byteshuffle/1 keeps the size; a
+// zstd block takes at least 4 bytes (3-byte header and one RLE byte) and
+// yields at most 128 KiB (the format's cap, which the streaming decoder
+// enforces although the header's size field could state 2 MiB; the
+// one-shot ZSTD_decompress does not), so zstd expands at most 2^15 times.
+// transform_test.cc checks this against hand-made frames. Saturates at
+// UINT64_MAX.
+// InvalidArgument for an unknown or malformed descriptor (as NewDecoder).
+Result<uint64_t> MaxDecodedSize(const std::vector<std::string>& recorded, uint64_t stored_bytes);
+
 // The descriptors this build knows, in a stable order.
 std::vector<std::string> KnownDescriptors();
 

@@ -781,3 +781,57 @@ TEST(TransformMeasure, ShuffleImprovesZstdOnBf16Weights) {
 
 }  // namespace
 }  // namespace dcpp::transform
+
+namespace dcpp::transform {
+namespace {
+
+// MaxDecodedSize bounds what real frames decode to, even the most
+// compressible data at zstd's strongest level, and a hand-made frame of one
+// RLE block of the largest size its header can state (which libzstd
+// decodes although the format caps blocks at 128 KiB).
+TEST(MaxDecodedSize, BoundsTheMostCompressibleFrames) {
+  const std::vector<std::string> zstd = {"stream.zstd/1"};
+  const std::string zeros(64 << 20, '\0');
+  for (int level : {1, ZSTD_maxCLevel()}) {
+    std::vector<std::string> recorded;
+    EncodeOptions o;
+    o.zstd_level = level;
+    o.zstd_workers = 1;
+    auto stored = EncodeAll(zstd, o, {reinterpret_cast<const uint8_t*>(zeros.data()), zeros.size()},
+                            &recorded);
+    ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+    auto bound = MaxDecodedSize(recorded, stored->size());
+    ASSERT_TRUE(bound.ok());
+    EXPECT_GE(*bound, zeros.size()) << "level " << level << ": " << stored->size() << " bytes";
+  }
+  // Hand-made frames: magic, frame header (no content size, 2 MiB window),
+  // 64 RLE blocks of `n` bytes each (4 bytes a block). The format caps a
+  // block at 128 KiB, but the header's size field holds up to 2^21 - 1;
+  // whatever this build's decoder accepts must be within the bound.
+  for (uint32_t n : {1u << 17, (1u << 17) + 1, (1u << 21) - 1}) {
+    SCOPED_TRACE(n);
+    std::string frame = {'\x28', '\xB5', '\x2F', '\xFD', '\x00', '\x58'};
+    constexpr int kBlocks = 64;
+    for (int b = 0; b < kBlocks; ++b) {
+      const uint32_t block = (b == kBlocks - 1 ? 1u : 0u) | (1u << 1) | (n << 3);
+      frame += {static_cast<char>(block), static_cast<char>(block >> 8),
+                static_cast<char>(block >> 16), '\x07'};
+    }
+    auto decoded = DecodeAll(zstd, {reinterpret_cast<const uint8_t*>(frame.data()), frame.size()},
+                             uint64_t{1} << 30);
+    if (n == 1u << 17) ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+    if (!decoded.ok()) continue;
+    EXPECT_EQ(decoded->size(), uint64_t{n} * kBlocks);
+    auto bound = MaxDecodedSize(zstd, frame.size());
+    ASSERT_TRUE(bound.ok());
+    EXPECT_GE(*bound, decoded->size());
+  }
+
+  EXPECT_EQ(*MaxDecodedSize({"dcpp.byteshuffle/1"}, 1000), 1000u);
+  EXPECT_EQ(*MaxDecodedSize({}, 1000), 1000u);
+  EXPECT_EQ(*MaxDecodedSize(zstd, UINT64_MAX / 2), UINT64_MAX);  // saturates
+  EXPECT_EQ(MaxDecodedSize({"nope/1"}, 10).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dcpp::transform
