@@ -7,6 +7,7 @@
 
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
+#include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/metadata_codec.h"
@@ -42,7 +43,14 @@ struct BytesTask {
   Value* slot;
 };
 
-Status RunChunkTask(const std::string& dir, const ChunkTask& task) {
+// What reads check: checksums on or off, and the checkpoint's sidecar
+// checksum file if it has one.
+struct LoadChecks {
+  bool verify = true;
+  std::optional<format::ChecksumFile> sidecar;
+};
+
+Status RunChunkTask(const std::string& dir, const ChunkTask& task, const LoadChecks& checks) {
   const EntryMeta& e = *task.entry;
   const ChunkMeta& c = e.chunks[task.chunk];
   const plan::Box chunk_box{c.offsets, c.sizes};
@@ -52,15 +60,22 @@ Status RunChunkTask(const std::string& dir, const ChunkTask& task) {
     if (!overlap) continue;
     targets.push_back({plan::SubView(t.view, t.box, *overlap), overlap->offsets, overlap->sizes});
   }
-  return storage::ReadChunk(dir, e.fqn, e.properties.dtype, c, targets);
+  return storage::ReadChunk(dir, e.fqn, e.properties.dtype, c, targets, storage::kReadScratchBytes,
+                            {checks.verify, std::nullopt});
 }
 
-Status RunBytesTask(const std::string& dir, const BytesTask& task) {
+Status RunBytesTask(const std::string& dir, const BytesTask& task, const LoadChecks& checks) {
   const StorageInfo& s = task.entry->storage;
   // A pickled value expands at most this much through its transforms (a cap
   // against decompression bombs, far above what real values need).
   const uint64_t cap = std::min<uint64_t>(s.length, uint64_t{1} << 32) * 64 + (uint64_t{64} << 20);
-  DCPP_ASSIGN_OR_RETURN(std::string blob, storage::ReadItem(dir, s, task.entry->fqn, cap));
+  storage::ReadChecks read_checks{checks.verify, std::nullopt};
+  if (checks.sidecar) {
+    const auto* item = checks.sidecar->Find(s.relative_path, s.offset, s.length);
+    if (item) read_checks.stored_crc32 = item->crc32;
+  }
+  DCPP_ASSIGN_OR_RETURN(std::string blob,
+                        storage::ReadItem(dir, s, task.entry->fqn, cap, read_checks));
   auto value = format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(task.entry->fqn));
   if (!value.ok()) return value.status().WithContext(s.relative_path);
   *task.slot = std::move(*value);
@@ -70,8 +85,8 @@ Status RunBytesTask(const std::string& dir, const BytesTask& task) {
 // Collects the reads for a load, then runs them.
 class ReadPlan {
  public:
-  ReadPlan(std::string dir, ProgressCallback progress)
-      : dir_(std::move(dir)), progress_(std::move(progress)) {}
+  ReadPlan(std::string dir, ProgressCallback progress, LoadChecks checks)
+      : dir_(std::move(dir)), progress_(std::move(progress)), checks_(std::move(checks)) {}
 
   // Plans filling `target` (covering `box` of the entry's global tensor) from
   // every saved chunk that overlaps it; DataLoss if the saved chunks leave
@@ -108,11 +123,11 @@ class ReadPlan {
     return ParallelFor(n, threads < 1 ? DefaultThreadCount() : threads, [&](size_t i) -> Status {
       uint64_t len;
       if (i < bytes_.size()) {
-        DCPP_RETURN_IF_ERROR(RunBytesTask(dir_, bytes_[i]));
+        DCPP_RETURN_IF_ERROR(RunBytesTask(dir_, bytes_[i], checks_));
         len = bytes_[i].entry->storage.length;
       } else {
         const ChunkTask& t = chunks_[i - bytes_.size()];
-        DCPP_RETURN_IF_ERROR(RunChunkTask(dir_, t));
+        DCPP_RETURN_IF_ERROR(RunChunkTask(dir_, t, checks_));
         len = t.entry->chunks[t.chunk].storage.length;
       }
       if (progress_) {
@@ -133,6 +148,7 @@ class ReadPlan {
   };
   std::string dir_;
   ProgressCallback progress_;
+  LoadChecks checks_;
   std::vector<ChunkTask> chunks_;
   std::unordered_map<std::pair<const EntryMeta*, size_t>, size_t, KeyHash> chunk_index_;
   std::vector<BytesTask> bytes_;
@@ -162,14 +178,40 @@ std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metada
 // The metadata for a load: read and decoded once by rank 0, whose bytes
 // are shared, so N ranks do not all read the same file from shared
 // storage; a bad file gives every rank rank 0's error.
-Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir) {
-  if (pg.size() == 1) return io::ReadCheckpointMetadata(dir);
+// The metadata decoded from `bytes`, checked against the sidecar checksum
+// file when `verify` and there is one.
+Result<Metadata> DecodeAndCheck(const std::string& dir, const std::string& bytes, bool verify) {
+  DCPP_ASSIGN_OR_RETURN(Metadata md, io::DecodeCheckpointMetadata(dir, bytes));
+  if (!verify) return md;
+  DCPP_ASSIGN_OR_RETURN(auto sidecar, storage::ReadChecksumFile(dir, md));
+  if (sidecar) DCPP_RETURN_IF_ERROR(storage::CheckMetadataBytes(dir, *sidecar, bytes));
+  return md;
+}
+
+Result<Metadata> ReadCheckedMetadata(const std::string& dir, bool verify) {
+  DCPP_ASSIGN_OR_RETURN(std::string bytes, io::ReadCheckpointMetadataBytes(dir));
+  return DecodeAndCheck(dir, bytes, verify);
+}
+
+// The reads' checks: the sidecar is read by every rank (each reads its own
+// pickled values).
+Result<LoadChecks> MakeLoadChecks(const std::string& dir, const Metadata& md, bool verify) {
+  LoadChecks checks;
+  checks.verify = verify;
+  if (verify) {
+    DCPP_ASSIGN_OR_RETURN(checks.sidecar, storage::ReadChecksumFile(dir, md));
+  }
+  return checks;
+}
+
+Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir, bool verify) {
+  if (pg.size() == 1) return ReadCheckedMetadata(dir, verify);
   constexpr int kCoordinator = 0;
   engine::WireWriter w;
   std::optional<Result<Metadata>> mine;
   if (pg.rank() == kCoordinator) {
     auto bytes = io::ReadCheckpointMetadataBytes(dir);
-    mine = bytes.ok() ? io::DecodeCheckpointMetadata(dir, *bytes) : bytes.status();
+    mine = bytes.ok() ? DecodeAndCheck(dir, *bytes, verify) : bytes.status();
     w.Status(mine->status());
     w.Str(mine->ok() ? *bytes : std::string());
   }
@@ -200,7 +242,8 @@ Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
     if (legacy.ok() && count_missing(*legacy) == 0) flat = std::move(*legacy);
   }
   std::vector<std::string> missing;
-  ReadPlan plan(dir, o.progress);
+  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(dir, md, o.verify_checksums));
+  ReadPlan plan(dir, o.progress, std::move(checks));
   for (auto& f : flat) {
     auto it = index.find(f.fqn);
     if (it == index.end()) {
@@ -261,7 +304,7 @@ Result<Metadata> ReadMetadata(const std::string& dir) { return io::ReadCheckpoin
 Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
-  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, dir));
+  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, dir, o.verify_checksums));
 
   // Top-level Stateful values load through their StateDict() and are then
   // handed the result, as DCP does.
@@ -313,7 +356,7 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
 }
 
 Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
-  DCPP_ASSIGN_OR_RETURN(Metadata md, io::ReadCheckpointMetadata(dir));
+  DCPP_ASSIGN_OR_RETURN(Metadata md, ReadCheckedMetadata(dir, o.verify_checksums));
   auto selected = [&](const EntryMeta& e) {
     if (o.keys.empty()) return true;
     for (const auto& k : o.keys)
@@ -331,7 +374,8 @@ Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
   for (const auto& e : md.entries)
     if (selected(e)) entries.push_back(&e);
   std::vector<Value> values(entries.size());
-  ReadPlan plan(dir, o.progress);
+  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(dir, md, o.verify_checksums));
+  ReadPlan plan(dir, o.progress, std::move(checks));
   for (size_t i = 0; i < entries.size(); ++i) {
     const EntryMeta& e = *entries[i];
     if (!e.is_tensor()) {

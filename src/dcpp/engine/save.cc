@@ -9,6 +9,9 @@
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/items.h"
+#include "dcpp/format/checksums.h"
+#include "dcpp/format/metadata_codec.h"
+#include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/torch_pickle.h"
@@ -107,6 +110,7 @@ Status WriteOneFile(const std::string& dir, const std::string& name,
       store[k].tensor = item.tensor.view();
     } else {
       store[k].bytes = format::zip::AsBytes(item.blob);
+      store[k].stored_crc32 = &items[item_ids[k]]->stored_crc32;  // for the sidecar
     }
     store[k].name = item.fqn;
   }
@@ -146,6 +150,11 @@ void RemoveReplacedFiles(const std::string& dir, const Metadata& old_md, const M
     auto path = io::ResolveDataPath(dir, p);
     if (path.ok()) (void)io::RemoveFile(*path);
   });
+  // The replaced checkpoint's sidecar checksum file.
+  if (old_md.storage_meta && old_md.storage_meta->save_id) {
+    const std::string sidecar = format::ChecksumFileName(*old_md.storage_meta->save_id);
+    if (!sidecar.empty()) (void)io::RemoveFile(io::JoinPath(dir, sidecar));
+  }
 }
 
 // save_id of the checkpoint committed in `dir`, if one can be read.
@@ -221,13 +230,14 @@ std::string EncodeWriteResults(const Status& status, const std::vector<engine::W
       w.U64(items[k].storage.length);
       w.U64(items[k].storage.transform_descriptors.size());
       for (const auto& d : items[k].storage.transform_descriptors) w.Str(d);
+      w.U64(items[k].stored_crc32);
     }
   }
   return w.Take();
 }
 
 Status DecodeWriteResults(std::string_view data, Status* rank_status,
-                          std::vector<StorageInfo>* out) {
+                          std::vector<StorageInfo>* out, std::vector<uint32_t>* stored_crcs) {
   engine::WireReader r(data);
   DCPP_RETURN_IF_ERROR(r.ReadStatus(rank_status));
   DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
@@ -244,6 +254,8 @@ Status DecodeWriteResults(std::string_view data, Status* rank_status,
       DCPP_ASSIGN_OR_RETURN(std::string d, r.Str());
       s.transform_descriptors.push_back(std::move(d));
     }
+    DCPP_ASSIGN_OR_RETURN(uint64_t crc, r.U64());
+    stored_crcs->push_back(static_cast<uint32_t>(crc));
     out->push_back(std::move(s));
   }
   return Status();
@@ -379,9 +391,11 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
   if (rank == kCoordinator) {
     std::vector<Status> statuses(results->size());
     Metadata& md = gp.metadata;
+    std::vector<format::ItemChecksum> sidecar_items;
     for (size_t r = 0; r < results->size(); ++r) {
       std::vector<StorageInfo> infos;
-      Status decoded = DecodeWriteResults((*results)[r], &statuses[r], &infos);
+      std::vector<uint32_t> crcs;
+      Status decoded = DecodeWriteResults((*results)[r], &statuses[r], &infos, &crcs);
       if (!decoded.ok()) statuses[r] = decoded;
       if (!statuses[r].ok()) continue;
       if (infos.size() != gp.slots[r].size()) {
@@ -392,6 +406,9 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
       for (size_t k = 0; k < infos.size(); ++k) {
         auto [entry, chunk] = gp.slots[r][k];
         EntryMeta& e = md.entries[entry];
+        if (!e.is_tensor())
+          sidecar_items.push_back(
+              {e.fqn, infos[k].relative_path, infos[k].offset, infos[k].length, crcs[k]});
         (e.is_tensor() ? e.chunks[chunk].storage : e.storage) = std::move(infos[k]);
       }
     }
@@ -400,11 +417,21 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
     if (status.ok()) {
       md.storage_meta = StorageMeta{dir, Uuid4(), std::nullopt, {}};
       md.version = kDcpVersion;
-      status = io::CommitMetadata(dir, md, o.sync_files);
+      // The sidecar goes first, named after this save, so a crash before the
+      // rename below leaves it merely unreferenced (format/checksums.h).
+      status = storage::WriteChecksumFile(
+          dir,
+          storage::MakeChecksumFile(*md.storage_meta->save_id, format::EncodeMetadata(md),
+                                    std::move(sidecar_items)),
+          o.sync_files);
+      if (status.ok()) status = io::CommitMetadata(dir, md, o.sync_files);
       // A failure after the rename (say, the directory fsync) leaves our
       // .metadata published: then the data files must stay.
       committed = status.ok() || PublishedSaveId(dir) == md.storage_meta->save_id;
       if (!status.ok() && committed) status = status.WithContext("committed, but not durably");
+      if (!committed)
+        (void)io::RemoveFile(
+            io::JoinPath(dir, format::ChecksumFileName(*md.storage_meta->save_id)));
     }
     fin.Status(status);
     fin.U64(committed);
