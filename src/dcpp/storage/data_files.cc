@@ -330,6 +330,19 @@ Result<LargeChunk> OpenLargeChunk(const std::string& dir, std::string_view name,
   auto reader = format::zip::Reader::OpenRanged(chunk.storage.length, read_at, kMaxSmallRecord);
   if (!reader.ok())
     return reader.status().WithContext("torch.save tensor archive").WithContext(where);
+  if (verify) {
+    // The small records first (data.pkl above all), so damage there reads
+    // as what it is rather than as whatever the decoder makes of it.
+    for (const format::zip::Entry& e : reader->directory().entries) {
+      if (e.crc32 == 0 || e.name.rfind("data/", 0) == 0) continue;  // storage records: below
+      auto bytes = reader->Read(e.name);
+      auto at = reader->Offset(e.name);
+      if (bytes.ok() && at.ok())
+        DCPP_RETURN_IF_ERROR(format::CheckRecordCrc(e, Crc32(*bytes), *at)
+                                 .WithContext("torch.save tensor archive")
+                                 .WithContext(where + " in " + ItemAt(f.path, chunk.storage)));
+    }
+  }
   auto described = format::DescribeTensorArchive(*reader);
   if (!described.ok()) return described.status().WithContext(where);
   DCPP_RETURN_IF_ERROR(CheckDecoded(*described, dtype, chunk, where));
