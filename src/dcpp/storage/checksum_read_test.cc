@@ -7,6 +7,8 @@
 #include <fstream>
 
 #include "dcpp/format/checksums.h"
+#include "dcpp/format/torch_pickle.h"
+#include "dcpp/storage/chunk_stream.h"
 #include "dcpp/io/file.h"
 #include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
@@ -119,6 +121,39 @@ TEST_F(ChecksumReadTest, StreamedChunkIsChecked) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
   EXPECT_NE(s.message().find("'m'"), std::string::npos) << s.ToString();
+}
+
+TEST_F(ChecksumReadTest, StreamedChunkChecksTheZipCrcAsBytesPass) {
+  // The archive is damaged before compression: every zstd frame is intact,
+  // only the zip record's CRC can tell.
+  const int64_t rows = 600, cols = 700;
+  data_.resize(rows * cols);
+  for (size_t i = 0; i < data_.size(); ++i) data_[i] = static_cast<float>(i);
+  std::string archive =
+      format::EncodeTensorArchive(MakeView(data_.data(), DType::kFloat32, {rows, cols})).Flatten();
+  archive[archive.size() / 2] ^= 0x01;  // inside data/0
+  StoreItem item;
+  item.bytes = {reinterpret_cast<const uint8_t*>(archive.data()), archive.size()};
+  item.name = "m";
+  StoreOptions o;
+  o.transforms = {"stream.zstd/1"};
+  o.sync = false;
+  auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, o);
+  ASSERT_TRUE(infos.ok());
+  ChunkMeta c;
+  c.offsets = {0, 0};
+  c.sizes = {rows, cols};
+  c.storage = (*infos)[0];
+  ExpectDataLoss(Read(c, true));
+  EXPECT_TRUE(Read(c, false).ok());
+  // The stream itself (no fallback): Finish reports the mismatch.
+  ChunkStream stream(DType::kFloat32, c, {}, 1 << 16, true);
+  ASSERT_TRUE(stream.Write(format::zip::AsBytes(archive)).ok());
+  bool fits = false;
+  Status s = stream.Finish(&fits);
+  EXPECT_TRUE(fits);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("data/0"), std::string::npos) << s.ToString();
 }
 
 TEST_F(ChecksumReadTest, ArchivesWithoutCrcsLoad) {
