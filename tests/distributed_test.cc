@@ -9,7 +9,9 @@
 
 #include "temp_dir_test_base.h"
 #include "dcpp/checkpoint.h"
+#include "dcpp/engine/engine.h"
 #include "dcpp/plan/reshard.h"
+#include "dcpp/storage/fault_injecting_storage.h"
 
 namespace dcpp {
 namespace {
@@ -208,26 +210,30 @@ TEST_F(DistributedTest, StatefulObjectsSaveAndRestoreThemselves) {
 }
 
 TEST_F(DistributedTest, OneRankFailingToWriteFailsEveryRankAndCommitsNothing) {
-  // A directory squatting on rank 2's data file name makes its write fail.
-  fs::create_directories(Dir("fail") + "/__2_0.distcp");
+  // Creating rank 2's data file fails (injected: no space left).
+  fs::create_directories(Dir("fail"));
+  auto posix = storage::NewPosixStorage(Dir("fail"));
+  auto faulty = storage::FaultInjectingStorage::Wrap(*posix);
+  ASSERT_TRUE(faulty.ok());
+  (*faulty)->FailCallsNamed(storage::OpKind::kCreate, "__2_0.", storage::FaultType::kNoSpace);
   const Tensor w = Global({8, 2}, 5);
   auto statuses = RunOnThreadRanks(4, [&](ProcessGroup& pg) -> Status {
     Value sd;
     sd["w"] = Shard(w, 0, 4, pg.rank(), false);
     SaveOptions o;
     o.process_group = &pg;
-    return Save(sd, Dir("fail"), o).status();
+    return engine::Save(sd, **faulty, o).status();
   }, milliseconds(20000));
   for (size_t r = 0; r < statuses.size(); ++r) {
     ASSERT_FALSE(statuses[r].ok());
     EXPECT_EQ(statuses[r], statuses[0]) << "rank " << r << " saw a different error";
     EXPECT_NE(statuses[r].message().find("rank 2"), std::string::npos) << statuses[r].message();
-    EXPECT_NE(statuses[r].message().find("__2_0.distcp"), std::string::npos);
+    EXPECT_NE(statuses[r].message().find("__2_0."), std::string::npos);
   }
   EXPECT_FALSE(fs::exists(Dir("fail") + "/.metadata"));
   std::vector<std::string> left;
   for (const auto& f : fs::directory_iterator(Dir("fail"))) left.push_back(f.path().filename());
-  EXPECT_EQ(left, std::vector<std::string>{"__2_0.distcp"});  // the other ranks cleaned up
+  EXPECT_EQ(left, std::vector<std::string>{".dcpp.lock"});  // the other ranks cleaned up
 }
 
 TEST_F(DistributedTest, InconsistentPlansFailOnEveryRank) {

@@ -7,7 +7,7 @@
 //   dcpp::Status s = dcpp::Load(sd, "/ckpt/step_1000");   // in place, like dcp.load
 //   auto all = dcpp::LoadAll("/ckpt/step_1000");          // allocate everything from .metadata
 //
-// A checkpoint is a directory: data files `__{rank}_{n}.distcp` and a
+// A checkpoint is a directory: data files `__{rank}_{n}.{tag}.distcp` and a
 // `.metadata` file written last (its appearance is the commit). PyTorch's
 // dcp.load reads what Save writes and Load reads what dcp.save writes.
 //
@@ -68,6 +68,12 @@ struct SaveOptions {
   // replaces it, then its unreferenced data files are removed. false: fail
   // with AlreadyExists if the directory holds a checkpoint.
   bool overwrite = true;
+  // How long to wait for another save holding the directory's lock
+  // (`.dcpp.lock`, see Save) before failing, in milliseconds. 0 (default):
+  // fail at once with Aborted, naming the holder (pid, host, start time,
+  // save tag) and what to do. Negative is InvalidArgument. Keep it below
+  // the process group's collective timeout: the other ranks wait meanwhile.
+  int64_t lock_timeout_ms = 0;
   // CRC-32 of each record in the torch.save archives (as torch writes);
   // `dcpp verify` checks them. Costs about one pass over the data.
   bool checksums = true;
@@ -128,6 +134,15 @@ struct LoadAllOptions {
 // failure nothing that looks like a checkpoint is left behind and an existing checkpoint at
 // the path is untouched. With a process group, a failure on any rank makes
 // every rank return the same error naming each failed rank and its reason.
+// Writers exclude each other: rank 0 holds an flock on `.dcpp.lock` in the
+// directory from before it looks at the directory until the commit and
+// cleanup are done, and a second save fails with Aborted naming the holder
+// (or waits: lock_timeout_ms). Every save writes its data files under names
+// of its own (`__{rank}_{n}.{tag}.distcp`, tag random per save) and its
+// metadata as `.metadata.{tag}.tmp` renamed to `.metadata` (the commit);
+// after the commit, still locked, it removes every `__*.distcp` and
+// `.metadata*.tmp` that the new `.metadata` does not reference (the replaced
+// checkpoint's and those of killed saves) and nothing else.
 Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir,
                       const SaveOptions& options = {});
 

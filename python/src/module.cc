@@ -19,8 +19,9 @@
 
 #include "convert.h"
 #include "dcpp/checkpoint.h"
-#include "dcpp/io/dcp_layout.h"
 #include "dcpp/storage/checksum_file.h"
+#include "dcpp/storage/dcp_layout.h"
+#include "dcpp/storage/storage.h"
 #include "dcpp/tools/verify.h"
 #include "errors.h"
 #include "storage_bindings.h"
@@ -292,13 +293,14 @@ std::optional<std::string> WriteChecksumFileImpl(const std::string& dir, nb::byt
   std::string bytes(metadata_bytes.c_str(), metadata_bytes.size());
   Result<std::optional<std::string>> r = [&]() -> Result<std::optional<std::string>> {
     nb::gil_scoped_release release;
-    DCPP_ASSIGN_OR_RETURN(Metadata md, io::DecodeCheckpointMetadata(dir, bytes));
+    DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> st, storage::OpenStorage(dir));
+    DCPP_ASSIGN_OR_RETURN(Metadata md, storage::DecodeCheckpointMetadata(*st, bytes));
     if (!md.storage_meta || !md.storage_meta->save_id) return std::optional<std::string>();
     const std::string name = format::ChecksumFileName(*md.storage_meta->save_id);
     if (name.empty()) return std::optional<std::string>();
     DCPP_ASSIGN_OR_RETURN(format::ChecksumFile f,
-                          storage::ChecksumFileFromData(dir, md, *md.storage_meta->save_id, bytes));
-    DCPP_RETURN_IF_ERROR(storage::WriteChecksumFile(dir, f, sync));
+                          storage::ChecksumFileFromData(*st, md, *md.storage_meta->save_id, bytes));
+    DCPP_RETURN_IF_ERROR(storage::WriteChecksumFile(*st, f, sync));
     return std::optional<std::string>(name);
   }();
   return ValueOrThrow(std::move(r));

@@ -14,6 +14,7 @@
 
 #include "convert.h"
 #include "dcpp/storage/data_files.h"
+#include "dcpp/storage/storage.h"
 #include "dcpp/transform/transform.h"
 #include "errors.h"
 
@@ -125,10 +126,11 @@ nb::list WriteFiles(const std::string& dir, nb::handle files, bool checksums, bo
   const storage::WriterThreads split = storage::SplitWriterThreads(jobs.size(), threads);
   options.threads = split.per_file;
   std::vector<std::optional<Result<std::vector<StorageInfo>>>> results(jobs.size());
+  std::unique_ptr<storage::Storage> location = ValueOrThrow(storage::OpenStorage(dir));
   {
     nb::gil_scoped_release release;
     RunParallel(jobs.size(), split.parallel_files, [&](size_t i) {
-      results[i] = storage::WriteDataFile(dir, jobs[i].name, jobs[i].items, options);
+      results[i] = storage::WriteDataFile(*location, jobs[i].name, jobs[i].items, options);
     });
   }
   nb::list out;
@@ -200,6 +202,7 @@ nb::list Read(const std::string& dir, nb::handle chunk_jobs, nb::handle byte_job
   }
 
   std::vector<Status> chunk_status(chunks.size());
+  std::unique_ptr<storage::Storage> location = ValueOrThrow(storage::OpenStorage(dir));
   std::vector<std::optional<Result<std::string>>> byte_results(bytes.size());
   {
     nb::gil_scoped_release release;
@@ -208,11 +211,11 @@ nb::list Read(const std::string& dir, nb::handle chunk_jobs, nb::handle byte_job
     RunParallel(bytes.size() + chunks.size(), threads, [&](size_t i) {
       if (i < bytes.size()) {
         const ByteJob& b = bytes[i];
-        byte_results[i] = storage::ReadItem(dir, b.storage, b.fqn, b.max_bytes);
+        byte_results[i] = storage::ReadItem(*location, b.storage, b.fqn, b.max_bytes);
       } else {
         const ChunkJob& c = chunks[i - bytes.size()];
         chunk_status[i - bytes.size()] =
-            storage::ReadChunk(dir, c.fqn, c.dtype, c.chunk, c.targets, buffer_limit);
+            storage::ReadChunk(*location, c.fqn, c.dtype, c.chunk, c.targets, buffer_limit);
       }
     });
   }

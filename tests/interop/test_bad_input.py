@@ -2,7 +2,10 @@
 crash, a hang, or wrong data."""
 import os
 import pickle
+import resource
 import shutil
+import signal
+import subprocess
 
 import pytest
 import torch
@@ -126,7 +129,9 @@ def test_overwrite_refused_and_old_checkpoint_intact(interop, ckpt, tmp_path):
     src = tmp_path / "m"
     write_manifest({"other": torch.ones(3)}, src)
     expect_error([interop, "save", src, ckpt, "--no-overwrite"], "already exists")
-    assert {f: (ckpt / f).read_bytes() for f in os.listdir(ckpt)} == before
+    # The refusal is decided under the writers' lock, whose file may appear.
+    after = {f: (ckpt / f).read_bytes() for f in os.listdir(ckpt) if f != ".dcpp.lock"}
+    assert after == {f: b for f, b in before.items() if f != ".dcpp.lock"}
 
 
 def test_overwrite_replaces_atomically(interop, ckpt, tmp_path):
@@ -156,11 +161,19 @@ def test_failed_save_leaves_no_checkpoint(interop, tmp_path):
 
 
 def test_failed_save_cleans_up_even_as_root(interop, tmp_path):
-    # A directory squatting on the second data file's name makes that write
-    # fail after the first file was written.
+    # A file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored so the write
+    # fails with EFBIG instead of killing) makes writing the file that holds
+    # the large tensor fail while the file of the small ones is written.
     d = tmp_path / "ckpt"
-    (d / "__0_1.distcp").mkdir(parents=True)
     src = tmp_path / "m"
-    write_manifest({"x": torch.ones(2), "y": torch.ones(3), "z": torch.ones(4)}, src)
-    expect_error([interop, "save", src, d, "--thread-count", "2"], "__0_1.distcp", "nothing was committed")
-    assert sorted(os.listdir(d)) == ["__0_1.distcp"]
+    write_manifest({"x": torch.ones(2), "y": torch.ones(3), "big": torch.ones(64 * 1024)}, src)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    p = subprocess.run([str(a) for a in (interop, "save", src, d, "--thread-count", "2")],
+                       capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert p.returncode == 1, f"exit {p.returncode}: {p.stderr}"
+    assert "__0_0." in p.stderr and "nothing was committed" in p.stderr, p.stderr
+    assert sorted(os.listdir(d)) == [".dcpp.lock"]  # the small file was removed too

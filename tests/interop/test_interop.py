@@ -3,6 +3,7 @@ bit. torch writes with torch.distributed.checkpoint (no_dist=True); dcpp
 reads and writes through the C++ helper dcpp_interop and the dcpp CLI."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -67,7 +68,10 @@ def test_dcpp_saves_torch_loads(interop, tmp_path, thread_count, single_file):
     dcpp_save(interop, sd, ckpt, tmp_path, thread_count, single_file)
     files = sorted(f for f in os.listdir(ckpt) if f.endswith(".distcp"))
     if single_file:
-        assert files == [f"__0_{i}.distcp" for i in range(thread_count)]
+        # `__{rank}_{n}.{tag}.distcp`, one random tag per save
+        assert [re.sub(r"\.[0-9a-f]{8}\.distcp$", ".distcp", f) for f in files] == [
+            f"__0_{i}.distcp" for i in range(thread_count)]
+        assert len({f.split(".")[1] for f in files}) == 1
     else:
         assert len(files) == len(dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata)
     assert_same(sd, torch_load_into(zeros_like_state(sd), ckpt))

@@ -26,8 +26,9 @@ constexpr int kExitUsage = 2;   // bad command line
 constexpr const char* kMainHelp = R"(dcpp: PyTorch Distributed Checkpoint (DCP) tools, in C++.
 
 Checkpoints are directories in torch.distributed.checkpoint's format: data
-files __{rank}_{n}.distcp and a .metadata file written last. Everything dcpp
-writes loads with torch.distributed.checkpoint.load, and the reverse.
+files __{rank}_{n}.{tag}.distcp and a .metadata file written last; a save
+holds .dcpp.lock in the directory until it commits. Everything dcpp writes
+loads with torch.distributed.checkpoint.load, and the reverse.
 
 usage: dcpp <command> [options]
 

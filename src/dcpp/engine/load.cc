@@ -7,13 +7,13 @@
 
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
-#include "dcpp/storage/checksum_file.h"
-#include "dcpp/storage/data_files.h"
+#include "dcpp/engine/engine.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/metadata_codec.h"
 #include "dcpp/format/torch_pickle.h"
-#include "dcpp/io/dcp_layout.h"
-#include "dcpp/io/file.h"
+#include "dcpp/storage/checksum_file.h"
+#include "dcpp/storage/data_files.h"
+#include "dcpp/storage/dcp_layout.h"
 #include "dcpp/plan/flatten.h"
 #include "dcpp/plan/reshard.h"
 
@@ -50,7 +50,7 @@ struct LoadChecks {
   std::optional<format::ChecksumFile> sidecar;
 };
 
-Status RunChunkTask(const std::string& dir, const ChunkTask& task, const LoadChecks& checks) {
+Status RunChunkTask(storage::Storage& storage, const ChunkTask& task, const LoadChecks& checks) {
   const EntryMeta& e = *task.entry;
   const ChunkMeta& c = e.chunks[task.chunk];
   const plan::Box chunk_box{c.offsets, c.sizes};
@@ -60,11 +60,11 @@ Status RunChunkTask(const std::string& dir, const ChunkTask& task, const LoadChe
     if (!overlap) continue;
     targets.push_back({plan::SubView(t.view, t.box, *overlap), overlap->offsets, overlap->sizes});
   }
-  return storage::ReadChunk(dir, e.fqn, e.properties.dtype, c, targets, storage::kReadScratchBytes,
-                            {checks.verify, std::nullopt});
+  return storage::ReadChunk(storage, e.fqn, e.properties.dtype, c, targets,
+                            storage::kReadScratchBytes, {checks.verify, std::nullopt});
 }
 
-Status RunBytesTask(const std::string& dir, const BytesTask& task, const LoadChecks& checks) {
+Status RunBytesTask(storage::Storage& storage, const BytesTask& task, const LoadChecks& checks) {
   const StorageInfo& s = task.entry->storage;
   // A pickled value expands at most this much through its transforms (a cap
   // against decompression bombs, far above what real values need).
@@ -75,7 +75,7 @@ Status RunBytesTask(const std::string& dir, const BytesTask& task, const LoadChe
     if (item) read_checks.stored_crc32 = item->crc32;
   }
   DCPP_ASSIGN_OR_RETURN(std::string blob,
-                        storage::ReadItem(dir, s, task.entry->fqn, cap, read_checks));
+                        storage::ReadItem(storage, s, task.entry->fqn, cap, read_checks));
   auto value = format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(task.entry->fqn));
   if (!value.ok()) return value.status().WithContext(s.relative_path);
   *task.slot = std::move(*value);
@@ -85,8 +85,8 @@ Status RunBytesTask(const std::string& dir, const BytesTask& task, const LoadChe
 // Collects the reads for a load, then runs them.
 class ReadPlan {
  public:
-  ReadPlan(std::string dir, ProgressCallback progress, LoadChecks checks)
-      : dir_(std::move(dir)), progress_(std::move(progress)), checks_(std::move(checks)) {}
+  ReadPlan(storage::Storage& storage, ProgressCallback progress, LoadChecks checks)
+      : storage_(storage), progress_(std::move(progress)), checks_(std::move(checks)) {}
 
   // Plans filling `target` (covering `box` of the entry's global tensor) from
   // every saved chunk that overlaps it; DataLoss if the saved chunks leave
@@ -123,11 +123,11 @@ class ReadPlan {
     return ParallelFor(n, threads < 1 ? DefaultThreadCount() : threads, [&](size_t i) -> Status {
       uint64_t len;
       if (i < bytes_.size()) {
-        DCPP_RETURN_IF_ERROR(RunBytesTask(dir_, bytes_[i], checks_));
+        DCPP_RETURN_IF_ERROR(RunBytesTask(storage_, bytes_[i], checks_));
         len = bytes_[i].entry->storage.length;
       } else {
         const ChunkTask& t = chunks_[i - bytes_.size()];
-        DCPP_RETURN_IF_ERROR(RunChunkTask(dir_, t, checks_));
+        DCPP_RETURN_IF_ERROR(RunChunkTask(storage_, t, checks_));
         len = t.entry->chunks[t.chunk].storage.length;
       }
       if (progress_) {
@@ -146,7 +146,7 @@ class ReadPlan {
       return std::hash<const void*>()(k.first) * 31 + k.second;
     }
   };
-  std::string dir_;
+  storage::Storage& storage_;
   ProgressCallback progress_;
   LoadChecks checks_;
   std::vector<ChunkTask> chunks_;
@@ -180,38 +180,39 @@ std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metada
 // storage; a bad file gives every rank rank 0's error.
 // The metadata decoded from `bytes`, checked against the sidecar checksum
 // file when `verify` and there is one.
-Result<Metadata> DecodeAndCheck(const std::string& dir, const std::string& bytes, bool verify) {
-  DCPP_ASSIGN_OR_RETURN(Metadata md, io::DecodeCheckpointMetadata(dir, bytes));
+Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& bytes,
+                                bool verify) {
+  DCPP_ASSIGN_OR_RETURN(Metadata md, storage::DecodeCheckpointMetadata(storage, bytes));
   if (!verify) return md;
-  DCPP_ASSIGN_OR_RETURN(auto sidecar, storage::ReadChecksumFile(dir, md));
-  if (sidecar) DCPP_RETURN_IF_ERROR(storage::CheckMetadataBytes(dir, *sidecar, bytes));
+  DCPP_ASSIGN_OR_RETURN(auto sidecar, storage::ReadChecksumFile(storage, md));
+  if (sidecar) DCPP_RETURN_IF_ERROR(storage::CheckMetadataBytes(storage, *sidecar, bytes));
   return md;
 }
 
-Result<Metadata> ReadCheckedMetadata(const std::string& dir, bool verify) {
-  DCPP_ASSIGN_OR_RETURN(std::string bytes, io::ReadCheckpointMetadataBytes(dir));
-  return DecodeAndCheck(dir, bytes, verify);
+Result<Metadata> ReadCheckedMetadata(storage::Storage& storage, bool verify) {
+  DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
+  return DecodeAndCheck(storage, bytes, verify);
 }
 
 // The reads' checks: the sidecar is read by every rank (each reads its own
 // pickled values).
-Result<LoadChecks> MakeLoadChecks(const std::string& dir, const Metadata& md, bool verify) {
+Result<LoadChecks> MakeLoadChecks(storage::Storage& storage, const Metadata& md, bool verify) {
   LoadChecks checks;
   checks.verify = verify;
   if (verify) {
-    DCPP_ASSIGN_OR_RETURN(checks.sidecar, storage::ReadChecksumFile(dir, md));
+    DCPP_ASSIGN_OR_RETURN(checks.sidecar, storage::ReadChecksumFile(storage, md));
   }
   return checks;
 }
 
-Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir, bool verify) {
-  if (pg.size() == 1) return ReadCheckedMetadata(dir, verify);
+Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, bool verify) {
+  if (pg.size() == 1) return ReadCheckedMetadata(storage, verify);
   constexpr int kCoordinator = 0;
   engine::WireWriter w;
   std::optional<Result<Metadata>> mine;
   if (pg.rank() == kCoordinator) {
-    auto bytes = io::ReadCheckpointMetadataBytes(dir);
-    mine = bytes.ok() ? DecodeAndCheck(dir, *bytes, verify) : bytes.status();
+    auto bytes = storage::ReadCheckpointMetadataBytes(storage);
+    mine = bytes.ok() ? DecodeAndCheck(storage, *bytes, verify) : bytes.status();
     w.Status(mine->status());
     w.Str(mine->ok() ? *bytes : std::string());
   }
@@ -222,13 +223,14 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, const std::string& dir, bool v
   DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
   if (!status.ok()) return status;
   DCPP_ASSIGN_OR_RETURN(std::string bytes, r.Str());
-  return io::DecodeCheckpointMetadata(dir, bytes);
+  return storage::DecodeCheckpointMetadata(storage, bytes);
 }
 
 // Plans and runs this rank's reads into `state_dict` (Stateful already
 // resolved).
-Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
+Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storage,
                  const LoadOptions& o) {
+  const std::string dir = storage.Describe("");
   const auto index = IndexEntries(md);
   DCPP_ASSIGN_OR_RETURN(auto flat, plan::FlattenMutable(state_dict));
   auto count_missing = [&](const auto& entries) {
@@ -242,8 +244,8 @@ Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
     if (legacy.ok() && count_missing(*legacy) == 0) flat = std::move(*legacy);
   }
   std::vector<std::string> missing;
-  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(dir, md, o.verify_checksums));
-  ReadPlan plan(dir, o.progress, std::move(checks));
+  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(storage, md, o.verify_checksums));
+  ReadPlan plan(storage, o.progress, std::move(checks));
   for (auto& f : flat) {
     auto it = index.find(f.fqn);
     if (it == index.end()) {
@@ -299,12 +301,16 @@ Status LoadLocal(Value& state_dict, const Metadata& md, const std::string& dir,
 
 }  // namespace
 
-Result<Metadata> ReadMetadata(const std::string& dir) { return io::ReadCheckpointMetadata(dir); }
+namespace engine {
 
-Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
+Result<Metadata> ReadMetadata(storage::Storage& storage) {
+  return storage::ReadCheckpointMetadata(storage);
+}
+
+Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& o) {
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
-  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, dir, o.verify_checksums));
+  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, storage, o.verify_checksums));
 
   // Top-level Stateful values load through their StateDict() and are then
   // handed the result, as DCP does.
@@ -330,7 +336,7 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
       working.dict().mutable_values()[i] = std::move(*sd);
     }
   }
-  if (local.ok()) local = LoadLocal(*target, md, dir, o);
+  if (local.ok()) local = LoadLocal(*target, md, storage, o);
   if (local.ok() && !stateful.empty()) {
     for (auto& [i, obj] : stateful) {
       local = obj->LoadStateDict(working.dict().values()[i]);
@@ -355,8 +361,9 @@ Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
   return engine::CombineRankFailures("load", statuses);
 }
 
-Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
-  DCPP_ASSIGN_OR_RETURN(Metadata md, ReadCheckedMetadata(dir, o.verify_checksums));
+Result<Value> LoadAll(storage::Storage& storage, const LoadAllOptions& o) {
+  const std::string dir = storage.Describe("");
+  DCPP_ASSIGN_OR_RETURN(Metadata md, ReadCheckedMetadata(storage, o.verify_checksums));
   auto selected = [&](const EntryMeta& e) {
     if (o.keys.empty()) return true;
     for (const auto& k : o.keys)
@@ -374,8 +381,8 @@ Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
   for (const auto& e : md.entries)
     if (selected(e)) entries.push_back(&e);
   std::vector<Value> values(entries.size());
-  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(dir, md, o.verify_checksums));
-  ReadPlan plan(dir, o.progress, std::move(checks));
+  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(storage, md, o.verify_checksums));
+  ReadPlan plan(storage, o.progress, std::move(checks));
   for (size_t i = 0; i < entries.size(); ++i) {
     const EntryMeta& e = *entries[i];
     if (!e.is_tensor()) {
@@ -395,6 +402,23 @@ Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
                              .WithContext("rebuilding " + Quoted(e.fqn)));
   }
   return root;
+}
+
+}  // namespace engine
+
+Result<Metadata> ReadMetadata(const std::string& dir) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> storage, storage::OpenStorage(dir));
+  return engine::ReadMetadata(*storage);
+}
+
+Status Load(Value& state_dict, const std::string& dir, const LoadOptions& o) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> storage, storage::OpenStorage(dir));
+  return engine::Load(state_dict, *storage, o);
+}
+
+Result<Value> LoadAll(const std::string& dir, const LoadAllOptions& o) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> storage, storage::OpenStorage(dir));
+  return engine::LoadAll(*storage, o);
 }
 
 }  // namespace dcpp

@@ -1,22 +1,29 @@
 // dcpp::Save: plan the items of a state dict, write the data files in
-// parallel, then commit .metadata. Single process (rank 0 of 1).
+// parallel, then commit .metadata under the location's lock (the protocol
+// is described in engine/engine.h).
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <ctime>
 #include <mutex>
 #include <random>
+#include <thread>
 #include <unordered_set>
 
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
+#include "dcpp/engine/engine.h"
 #include "dcpp/engine/items.h"
+#include "dcpp/engine/wire.h"
 #include "dcpp/format/checksums.h"
 #include "dcpp/format/metadata_codec.h"
-#include "dcpp/storage/checksum_file.h"
-#include "dcpp/storage/data_files.h"
-#include "dcpp/engine/wire.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
-#include "dcpp/io/file.h"
+#include "dcpp/storage/checksum_file.h"
+#include "dcpp/storage/data_files.h"
+#include "dcpp/storage/dcp_layout.h"
 #include "dcpp/plan/flatten.h"
 #include "dcpp/plan/save_planner.h"
 #include "dcpp/transform/transform.h"
@@ -98,7 +105,7 @@ class ProgressReporter {
 };
 
 // Writes one data file: its items back to back, each a torch.save archive.
-Status WriteOneFile(const std::string& dir, const std::string& name,
+Status WriteOneFile(storage::Storage& storage, const std::string& name,
                     const std::vector<size_t>& item_ids,
                     const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
                     storage::WriterThreads threads, ProgressReporter& progress) {
@@ -123,45 +130,100 @@ Status WriteOneFile(const std::string& dir, const std::string& name,
   // Several files compressing at once leave zstd's own workers no idle core.
   so.zstd_workers = threads.parallel_files >= DefaultThreadCount() ? 1 : 0;
   DCPP_ASSIGN_OR_RETURN(std::vector<StorageInfo> infos,
-                        storage::WriteDataFile(dir, name, store, so, [&](size_t, uint64_t bytes) {
+                        storage::WriteDataFile(storage, name, store, so, [&](size_t, uint64_t bytes) {
                           progress.Add(bytes, 1);
                         }));
   for (size_t k = 0; k < item_ids.size(); ++k) items[item_ids[k]]->storage = std::move(infos[k]);
   return Status();
 }
 
-// Removes data files of the checkpoint being replaced that the new one does
-// not use. Best effort: a leftover file costs space, never correctness.
-void RemoveReplacedFiles(const std::string& dir, const Metadata& old_md, const Metadata& new_md) {
-  std::unordered_set<std::string> keep;
-  auto collect = [](const Metadata& md, auto&& fn) {
-    for (const auto& e : md.entries) {
-      if (e.is_tensor()) {
-        for (const auto& c : e.chunks) fn(c.storage.relative_path);
-      } else {
-        fn(e.storage.relative_path);
-      }
+// The data files `md` references.
+std::unordered_set<std::string> ReferencedFiles(const Metadata& md) {
+  std::unordered_set<std::string> names;
+  for (const auto& e : md.entries) {
+    if (e.is_tensor()) {
+      for (const auto& c : e.chunks) names.insert(c.storage.relative_path);
+    } else {
+      names.insert(e.storage.relative_path);
     }
+  }
+  return names;
+}
+
+// After a commit, under the lock: removes every data file (`__*.distcp`),
+// temporary metadata (`.metadata*.tmp`) and sidecar checksum file
+// (`.checksums.<save_id>`, and its `.tmp`) that the committed `md` does not
+// reference: the replaced checkpoint's files and those of saves that died.
+// Nothing else. Best effort: a leftover costs space, never
+// correctness, and the next save retries.
+void RemoveUnreferencedFiles(storage::Storage& storage, const Metadata& md) {
+  auto names = storage.List();
+  if (!names.ok()) return;
+  std::unordered_set<std::string> keep = ReferencedFiles(md);
+  if (md.storage_meta && md.storage_meta->save_id)
+    keep.insert(format::ChecksumFileName(*md.storage_meta->save_id));
+  auto is_sidecar = [](const std::string& name) {
+    constexpr std::string_view kTmp = ".tmp";
+    return format::IsChecksumFileName(name) ||
+           (name.size() > kTmp.size() && name.ends_with(kTmp) &&
+            format::IsChecksumFileName(name.substr(0, name.size() - kTmp.size())));
   };
-  collect(new_md, [&](const std::string& p) { keep.insert(p); });
-  std::unordered_set<std::string> removed;
-  collect(old_md, [&](const std::string& p) {
-    if (keep.count(p) || !removed.insert(p).second) return;
-    auto path = io::ResolveDataPath(dir, p);
-    if (path.ok()) (void)io::RemoveFile(*path);
-  });
-  // The replaced checkpoint's sidecar checksum file.
-  if (old_md.storage_meta && old_md.storage_meta->save_id) {
-    const std::string sidecar = format::ChecksumFileName(*old_md.storage_meta->save_id);
-    if (!sidecar.empty()) (void)io::RemoveFile(io::JoinPath(dir, sidecar));
+  for (const std::string& name : *names) {
+    if (!io::IsDataFileName(name) && !io::IsTempMetadataName(name) && !is_sidecar(name)) continue;
+    if (keep.count(name)) continue;
+    (void)storage.Remove(name);
   }
 }
 
-// save_id of the checkpoint committed in `dir`, if one can be read.
-std::optional<std::string> PublishedSaveId(const std::string& dir) {
-  auto md = io::ReadCheckpointMetadata(dir);
+// save_id of the checkpoint committed in `storage`, if one can be read.
+std::optional<std::string> PublishedSaveId(storage::Storage& storage) {
+  auto md = storage::ReadCheckpointMetadata(storage);
   if (!md.ok() || !md->storage_meta) return std::nullopt;
   return md->storage_meta->save_id;
+}
+
+// This process's identity for the lock file: `pid=<pid> host=<hostname>
+// started=<UTC ISO-8601> save=<tag>` (the format dcpp's Python writer
+// writes too).
+std::string LockHolderLine(const std::string& tag) {
+  char host[256] = "unknown";
+  if (::gethostname(host, sizeof(host)) != 0) std::snprintf(host, sizeof(host), "unknown");
+  host[sizeof(host) - 1] = '\0';
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char when[32];
+  std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return "pid=" + std::to_string(::getpid()) + " host=" + host + " started=" + when +
+         " save=" + tag;
+}
+
+// Takes the location's lock, retrying for up to `timeout_ms` while another
+// save holds it.
+Result<std::unique_ptr<storage::StorageLock>> AcquireLock(storage::Storage& storage,
+                                                           const std::string& tag,
+                                                           int64_t timeout_ms) {
+  const std::string holder = LockHolderLine(tag);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 0));
+  auto pause = std::chrono::milliseconds(10);
+  while (true) {
+    auto lock = storage.TryLock(io::kLockFileName, holder);
+    if (lock.ok() || lock.status().code() != StatusCode::kAborted) return lock;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      std::string what = lock.status().message();
+      what += timeout_ms > 0 ? "; still held after waiting " + std::to_string(timeout_ms) + " ms"
+                             : "";
+      return AbortedError(what +
+                          ". Another save is writing this checkpoint: wait for it to finish, "
+                          "save elsewhere, or set SaveOptions.lock_timeout_ms to wait for it. "
+                          "The lock is released when its holder exits, so a holder that is "
+                          "gone never blocks a save");
+    }
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
+    pause = std::min(pause * 2, std::chrono::milliseconds(200));
+  }
 }
 
 // Replaces top-level Stateful values by their StateDict(), as DCP does.
@@ -192,7 +254,7 @@ plan::LocalPlan ToLocalPlan(const std::vector<engine::WriteItem>& items) {
 // What the coordinator tells each rank after global planning.
 struct Assignment {
   Status status;
-  std::string tag;           // data file name tag ("" unless replacing)
+  std::string tag;           // this save's data file name tag
   std::vector<size_t> keep;  // indices of this rank's items to write
 };
 
@@ -261,27 +323,23 @@ Status DecodeWriteResults(std::string_view data, Status* rank_status,
   return Status();
 }
 
-// Coordinator, after global planning: creates the directory and decides how
+// Coordinator, after global planning: creates the location, takes its
+// lock (kept in *lock until the commit and cleanup are done) and decides how
 // an existing checkpoint there is treated.
-Status PrepareDirectory(const std::string& dir, const SaveOptions& o, std::string* tag,
-                        std::optional<Metadata>* old_md) {
-  DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
-  DCPP_ASSIGN_OR_RETURN(bool replacing, io::HasCommittedCheckpoint(dir));
-  if (!replacing) return Status();
-  if (!o.overwrite)
-    return AlreadyExistsError("checkpoint " + dir +
+Status PrepareDirectory(storage::Storage& storage, const SaveOptions& o, const std::string& tag,
+                        std::unique_ptr<storage::StorageLock>* lock) {
+  DCPP_RETURN_IF_ERROR(storage.CreateLocation());
+  DCPP_ASSIGN_OR_RETURN(*lock, AcquireLock(storage, tag, o.lock_timeout_ms));
+  DCPP_ASSIGN_OR_RETURN(bool replacing, storage::HasCommittedCheckpoint(storage));
+  if (replacing && !o.overwrite)
+    return AlreadyExistsError("checkpoint " + storage.Describe("") +
                               " already exists and overwrite is off (SaveOptions.overwrite / "
                               "--overwrite to replace it)");
-  // New data files get a fresh tag so the committed checkpoint stays
-  // readable until the new .metadata replaces the old one.
-  *tag = RandomHex(8);
-  auto md = io::ReadCheckpointMetadata(dir);
-  if (md.ok()) *old_md = std::move(*md);
   return Status();
 }
 
 // Writes this rank's kept items into its data files.
-Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
+Status WriteAssigned(storage::Storage& storage, int rank, const std::string& tag,
                      std::vector<engine::WriteItem>& items, const std::vector<size_t>& keep,
                      const SaveOptions& o, std::vector<std::string>* created) {
   std::vector<engine::WriteItem*> mine;
@@ -294,22 +352,25 @@ Status WriteAssigned(const std::string& dir, int rank, const std::string& tag,
   for (size_t f = 0; f < files.size(); ++f)
     names[f] = io::DataFileName(rank, static_cast<int>(f), tag);
   std::vector<std::atomic<bool>> started(files.size());
-  DCPP_RETURN_IF_ERROR(io::CreateDirectories(dir));
   const int io_threads =
       o.io_threads > 0 ? o.io_threads : std::max(o.thread_count, DefaultThreadCount());
   const storage::WriterThreads split = storage::SplitWriterThreads(files.size(), io_threads);
   Status s = ParallelFor(files.size(), split.parallel_files, [&](size_t f) {
     started[f] = true;
-    return WriteOneFile(dir, names[f], files[f], mine, o, split, progress);
+    return WriteOneFile(storage, names[f], files[f], mine, o, split, progress);
   });
   for (size_t f = 0; f < files.size(); ++f)
-    if (started[f]) created->push_back(io::JoinPath(dir, names[f]));
+    if (started[f]) created->push_back(names[f]);
   return s;
 }
 
 }  // namespace
 
-Result<Metadata> Save(const Value& state_dict, const std::string& dir, const SaveOptions& o) {
+namespace engine {
+
+Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
+                      const BeforeCommit& before_commit) {
+  const std::string dir = storage.Describe("");
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
   const int rank = pg.rank();
@@ -324,8 +385,9 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
   else if (o.io_threads < 0)
     local = InvalidArgumentError("SaveOptions.io_threads must be >= 0, got " +
                                  std::to_string(o.io_threads));
-  else if (dir.empty())
-    local = InvalidArgumentError("checkpoint path is empty");
+  else if (o.lock_timeout_ms < 0)
+    local = InvalidArgumentError("SaveOptions.lock_timeout_ms must be >= 0, got " +
+                                 std::to_string(o.lock_timeout_ms));
   if (local.ok() && !o.transforms.empty()) {
     // Reject an unknown transform before anything is written.
     std::vector<std::string> recorded;
@@ -351,7 +413,7 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
 
   // 2. Global plan on the coordinator: dedup, validate, prepare the directory.
   plan::GlobalPlan gp;
-  std::optional<Metadata> old_md;
+  std::unique_ptr<storage::StorageLock> lock;  // coordinator: held until the end
   std::vector<std::string> parts;
   if (rank == kCoordinator) {
     std::vector<Status> statuses;
@@ -363,7 +425,8 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
       if (g.ok()) gp = std::move(*g);
       a.status = g.status().WithContext("save planning");
     }
-    if (a.status.ok()) a.status = PrepareDirectory(dir, o, &a.tag, &old_md);
+    a.tag = RandomHex(8);
+    if (a.status.ok()) a.status = PrepareDirectory(storage, o, a.tag, &lock);
     for (size_t r = 0; r < plans.size(); ++r) {
       a.keep = a.status.ok() ? gp.keep[r] : std::vector<size_t>{};
       parts.push_back(EncodeAssignment(a));
@@ -376,9 +439,10 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
 
   // 3. Every rank writes what it was assigned.
   std::vector<std::string> created;
-  Status written = WriteAssigned(dir, rank, assignment.tag, items, assignment.keep, o, &created);
+  Status written =
+      WriteAssigned(storage, rank, assignment.tag, items, assignment.keep, o, &created);
   auto remove_created = [&] {
-    for (const auto& path : created) (void)io::RemoveFile(path);
+    for (const auto& name : created) (void)storage.Remove(name);
   };
   auto results = pg.Gather(EncodeWriteResults(written, items, assignment.keep), kCoordinator);
   if (!results.ok()) {
@@ -417,40 +481,59 @@ Result<Metadata> Save(const Value& state_dict, const std::string& dir, const Sav
     if (status.ok()) {
       md.storage_meta = StorageMeta{dir, Uuid4(), std::nullopt, {}};
       md.version = kDcpVersion;
+      if (before_commit) status = before_commit(md).WithContext("before the commit");
+    }
+    if (status.ok()) {
       // The sidecar goes first, named after this save, so a crash before the
       // rename below leaves it merely unreferenced (format/checksums.h).
       status = storage::WriteChecksumFile(
-          dir,
+          storage,
           storage::MakeChecksumFile(*md.storage_meta->save_id, format::EncodeMetadata(md),
                                     std::move(sidecar_items)),
           o.sync_files);
-      if (status.ok()) status = io::CommitMetadata(dir, md, o.sync_files);
+    }
+    if (status.ok()) {
+      status = storage::CommitMetadata(storage, md, o.sync_files, assignment.tag);
       // A failure after the rename (say, the directory fsync) leaves our
       // .metadata published: then the data files must stay.
-      committed = status.ok() || PublishedSaveId(dir) == md.storage_meta->save_id;
+      committed = status.ok() || PublishedSaveId(storage) == md.storage_meta->save_id;
       if (!status.ok() && committed) status = status.WithContext("committed, but not durably");
-      if (!committed)
-        (void)io::RemoveFile(
-            io::JoinPath(dir, format::ChecksumFileName(*md.storage_meta->save_id)));
     }
+    // Still under the lock: reclaim what the new checkpoint does not use,
+    // before any rank returns.
+    if (status.ok()) RemoveUnreferencedFiles(storage, md);
     fin.Status(status);
     fin.U64(committed);
+    // The committed metadata goes to every rank with the verdict, so no
+    // rank reads storage again (and all return the same thing).
+    fin.Str(status.ok() ? format::EncodeMetadata(md) : std::string());
   }
   DCPP_ASSIGN_OR_RETURN(std::string final_message, pg.Broadcast(fin.Take(), kCoordinator));
   engine::WireReader r(final_message);
   Status status;
   DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
   DCPP_ASSIGN_OR_RETURN(uint64_t committed, r.U64());
+  DCPP_ASSIGN_OR_RETURN(std::string encoded, r.Str());
   if (!committed) {
     remove_created();
     return status.WithContext("save to " + dir + " failed (nothing was committed)");
   }
   if (!status.ok()) return status.WithContext("save to " + dir);
   if (rank == kCoordinator) {
-    if (old_md) RemoveReplacedFiles(dir, *old_md, gp.metadata);
+    lock.reset();
     return std::move(gp.metadata);
   }
-  return io::ReadCheckpointMetadata(dir);
+  return format::DecodeMetadata(
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size()));
+}
+
+}  // namespace engine
+
+Result<Metadata> Save(const Value& state_dict, const std::string& dir, const SaveOptions& o) {
+  // Every rank is given the same path, so a path that cannot be opened
+  // fails on every rank alike, before any collective.
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> storage, storage::OpenStorage(dir));
+  return engine::Save(state_dict, *storage, o);
 }
 
 }  // namespace dcpp

@@ -1,49 +1,37 @@
-// The DCP filesystem layout: where a checkpoint's files are and how the
-// commit happens (FileSystemWriter/FileSystemReader in torch). One directory
-// holds data files `__{rank}_{n}.distcp` and `.metadata`, written last through
-// `.metadata.tmp` + rename; the directory is fsynced after the rename.
+// The DCP checkpoint layout's names (FileSystemWriter/FileSystemReader in
+// torch): data files `__{rank}_{n}[.{tag}].distcp` and `.metadata`, which is
+// written last through a temporary name and a rename (the commit). Names
+// only; reading and committing go through storage/dcp_layout.h.
 #ifndef DCPP_IO_DCP_LAYOUT_H_
 #define DCPP_IO_DCP_LAYOUT_H_
 
 #include <string>
 #include <string_view>
 
-#include "dcpp/metadata.h"
-#include "dcpp/status.h"
-
 namespace dcpp::io {
 
 inline constexpr std::string_view kMetadataFileName = ".metadata";
 inline constexpr std::string_view kDataFileSuffix = ".distcp";
+// The lock file a saving coordinator flocks (see storage/dcp_layout.h).
+// Never removed: removing it would break the exclusion.
+inline constexpr std::string_view kLockFileName = ".dcpp.lock";
 
 // "__{rank}_{n}.distcp", or "__{rank}_{n}.{tag}.distcp" when `tag` is not
-// empty (dcpp tags data files when replacing a checkpoint in place, so the
-// old checkpoint's files stay intact until the new .metadata commits).
+// empty (dcpp tags every save's data files, so two saves never write the
+// same file and a committed checkpoint's files stay intact until the new
+// .metadata replaces it).
 std::string DataFileName(int rank, int n, std::string_view tag = {});
 
-// Reads and decodes `dir/.metadata`. NotFound names the missing directory or
-// says the directory holds no committed checkpoint; decoding errors are
-// prefixed with the file's path.
-Result<Metadata> ReadCheckpointMetadata(const std::string& dir);
+// ".metadata.{tag}.tmp": the name a save writes its metadata under before
+// renaming it to .metadata.
+std::string TempMetadataName(std::string_view tag);
 
-// The two halves of ReadCheckpointMetadata, for callers that pass the bytes
-// on (a load shares rank 0's read with the other ranks): the file's bytes
-// (the same NotFound errors), and their decoding (errors prefixed with the
-// path of dir's .metadata).
-Result<std::string> ReadCheckpointMetadataBytes(const std::string& dir);
-Result<Metadata> DecodeCheckpointMetadata(const std::string& dir, std::string_view bytes);
-
-// Whether `dir/.metadata` exists (a committed checkpoint is there).
-Result<bool> HasCommittedCheckpoint(const std::string& dir);
-
-// Encodes `md` and publishes it as `dir/.metadata` atomically (tmp file,
-// fsync, rename, directory fsync when `sync`). This is the commit point.
-Status CommitMetadata(const std::string& dir, const Metadata& md, bool sync);
-
-// `dir/relative_path`, after checking that `relative_path` (read from
-// untrusted metadata) names a file inside `dir`: not empty, not absolute, no
-// ".." component. DataLoss otherwise.
-Result<std::string> ResolveDataPath(const std::string& dir, std::string_view relative_path);
+// Whether `name` matches the data-file pattern of dcpp and DCP
+// (`__*.distcp`) / the temporary metadata pattern (`.metadata*.tmp`, torch's
+// `.metadata.tmp` among them): what a save may reclaim when its committed
+// .metadata does not reference it.
+bool IsDataFileName(std::string_view name);
+bool IsTempMetadataName(std::string_view name);
 
 }  // namespace dcpp::io
 

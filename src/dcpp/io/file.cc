@@ -68,22 +68,51 @@ File& File::operator=(File&& other) noexcept {
 
 File::~File() { CloseQuietly(fd_); }
 
+const char* FileKind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+// Refuses what is not a regular file: reading a FIFO blocks until a writer
+// appears (forever, for a hostile checkpoint), a device can be endless.
+Status CheckRegular(int fd, const std::string& path) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return OsError("stat", path);
+  if (S_ISREG(st.st_mode)) return Status::Ok();
+  return InvalidArgumentError(path + " is " + FileKind(st.st_mode) +
+                              ", not a regular file: refused");
+}
+
 Result<File> File::OpenForRead(const std::string& path) {
   int fd;
+  // O_NONBLOCK: opening a FIFO then returns at once instead of waiting for
+  // a writer; it has no effect on regular files.
   do {
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return OsError("open", path);
-  return File(fd, path);
+  File file(fd, path);
+  DCPP_RETURN_IF_ERROR(CheckRegular(fd, path));
+  return file;
 }
 
 Result<File> File::CreateForWrite(const std::string& path) {
   int fd;
+  // O_NONBLOCK: a FIFO in the way fails (ENXIO) instead of blocking;
+  // O_NOFOLLOW: never write through a symlink to somewhere else.
   do {
-    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = ::open(path.c_str(),
+                O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW,
+                0644);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return OsError("create", path);
-  return File(fd, path);
+  File file(fd, path);
+  DCPP_RETURN_IF_ERROR(CheckRegular(fd, path));
+  return file;
 }
 
 Result<uint64_t> File::Size() const {

@@ -32,10 +32,15 @@ class File {
   // Closes silently if still open; call Close() to see close errors.
   ~File();
 
-  // Opens an existing file read-only (O_CLOEXEC). NotFound if it is missing.
+  // Opens an existing file read-only (O_CLOEXEC). NotFound if it is missing;
+  // InvalidArgument naming the path and its kind if it is not a regular file
+  // (a FIFO, device, socket or directory), found without blocking
+  // (O_NONBLOCK, then fstat). Follows symlinks.
   static Result<File> OpenForRead(const std::string& path);
   // Creates or truncates `path` for writing (O_WRONLY|O_CREAT|O_TRUNC|
-  // O_CLOEXEC, mode 0644 before umask).
+  // O_CLOEXEC, mode 0644 before umask). Never follows a symlink at `path`
+  // (O_NOFOLLOW: an OS error) and never blocks on a FIFO there
+  // (InvalidArgument or the OS error).
   static Result<File> CreateForWrite(const std::string& path);
 
   bool is_open() const { return fd_ >= 0; }

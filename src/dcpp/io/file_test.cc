@@ -275,3 +275,42 @@ TEST(PathTest, JoinAndParent) {
 
 }  // namespace
 }  // namespace dcpp::io
+
+namespace dcpp::io {
+namespace {
+
+class FileKindTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/dcpp_file_kind_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { (void)std::system(("rm -rf '" + dir_ + "'").c_str()); }
+  std::string dir_;
+};
+
+TEST_F(FileKindTest, NonRegularFilesAreRefusedWithoutBlocking) {
+  const std::string fifo = JoinPath(dir_, "fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  // Without O_NONBLOCK both opens would wait for the other end forever.
+  auto r = File::OpenForRead(fifo);
+  ASSERT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find(fifo), std::string::npos);
+  EXPECT_NE(r.status().message().find("FIFO"), std::string::npos);
+  EXPECT_FALSE(File::CreateForWrite(fifo).ok());
+  EXPECT_EQ(File::OpenForRead(dir_).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadWholeFile(fifo, 100).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(FileKindTest, CreateNeverWritesThroughASymlink) {
+  const std::string target = JoinPath(dir_, "target"), link = JoinPath(dir_, "link");
+  ASSERT_TRUE(WriteFileAtomically(target, {reinterpret_cast<const uint8_t*>("keep"), 4}, false).ok());
+  ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
+  EXPECT_FALSE(File::CreateForWrite(link).ok());
+  EXPECT_EQ(*ReadWholeFile(target, 100), "keep");
+  EXPECT_EQ(*ReadWholeFile(link, 100), "keep");  // reading follows it
+}
+
+}  // namespace
+}  // namespace dcpp::io

@@ -19,6 +19,12 @@ namespace {
 
 class ChecksumReadTest : public TempDirTest {
  protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    st_ = NewPosixStorage(root_);
+  }
+  std::unique_ptr<Storage> st_;
+
   void FlipByte(const std::string& name, uint64_t at) {
     std::fstream f(root_ + "/" + name, std::ios::in | std::ios::out | std::ios::binary);
     ASSERT_TRUE(f.good());
@@ -40,7 +46,7 @@ class ChecksumReadTest : public TempDirTest {
     o.transforms = std::move(transforms);
     o.checksums = checksums;
     o.sync = false;
-    auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, o);
+    auto infos = WriteDataFile(*st_, "f.distcp", {&item, 1}, o);
     EXPECT_TRUE(infos.ok()) << infos.status().ToString();
     ChunkMeta c;
     c.offsets = {0, 0};
@@ -55,7 +61,7 @@ class ChecksumReadTest : public TempDirTest {
     out_.assign(nr * c.sizes[1], -1.0f);
     ChunkTarget t{MakeView(out_.data(), DType::kFloat32, {nr, c.sizes[1]}), {r0, 0},
                   {nr, c.sizes[1]}};
-    return ReadChunk(root_, "m", DType::kFloat32, c, {&t, 1}, kReadScratchBytes,
+    return ReadChunk(*st_, "m", DType::kFloat32, c, {&t, 1}, kReadScratchBytes,
                      {verify, std::nullopt});
   }
 
@@ -107,7 +113,7 @@ TEST_F(ChecksumReadTest, LargeChunkThroughScratchIsChecked) {
   TensorView dst = MakeView(out_.data(), DType::kFloat32, {600, 700});
   dst.strides = {1, 600};
   ChunkTarget t{dst, {0, 0}, {600, 700}};
-  ExpectDataLoss(ReadChunk(root_, "m", DType::kFloat32, c, {&t, 1}));
+  ExpectDataLoss(ReadChunk(*st_, "m", DType::kFloat32, c, {&t, 1}));
 }
 
 TEST_F(ChecksumReadTest, StreamedChunkIsChecked) {
@@ -138,7 +144,7 @@ TEST_F(ChecksumReadTest, StreamedChunkChecksTheZipCrcAsBytesPass) {
   StoreOptions o;
   o.transforms = {"stream.zstd/1"};
   o.sync = false;
-  auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, o);
+  auto infos = WriteDataFile(*st_, "f.distcp", {&item, 1}, o);
   ASSERT_TRUE(infos.ok());
   ChunkMeta c;
   c.offsets = {0, 0};
@@ -171,47 +177,47 @@ TEST_F(ChecksumReadTest, ReadItemChecksStoredBytesAgainstTheSidecar) {
   item.stored_crc32 = &crc;
   StoreOptions o;
   o.sync = false;
-  auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, o);
+  auto infos = WriteDataFile(*st_, "f.distcp", {&item, 1}, o);
   ASSERT_TRUE(infos.ok());
   ASSERT_NE(crc, 0u);
   ReadChecks checks{true, crc};
-  ASSERT_TRUE(ReadItem(root_, (*infos)[0], "v", 1 << 20, checks).ok());
+  ASSERT_TRUE(ReadItem(*st_, (*infos)[0], "v", 1 << 20, checks).ok());
   FlipByte("f.distcp", 3);
-  auto bad = ReadItem(root_, (*infos)[0], "v", 1 << 20, checks);
+  auto bad = ReadItem(*st_, (*infos)[0], "v", 1 << 20, checks);
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
   EXPECT_NE(bad.status().message().find("'v'"), std::string::npos);
   checks.verify_checksums = false;
-  EXPECT_TRUE(ReadItem(root_, (*infos)[0], "v", 1 << 20, checks).ok());
+  EXPECT_TRUE(ReadItem(*st_, (*infos)[0], "v", 1 << 20, checks).ok());
 }
 
 TEST_F(ChecksumReadTest, SidecarIsFoundByTheSaveIdOnly) {
   Metadata md;
   md.storage_meta = StorageMeta{root_, "save-1", std::nullopt, {}};
   const std::string md_bytes = "pretend these are .metadata bytes";
-  ASSERT_TRUE(WriteChecksumFile(root_, MakeChecksumFile("save-1", md_bytes, {}), false).ok());
+  ASSERT_TRUE(WriteChecksumFile(*st_, MakeChecksumFile("save-1", md_bytes, {}), false).ok());
   ASSERT_TRUE(io::Exists(root_ + "/.checksums.save-1").value());
-  auto found = ReadChecksumFile(root_, md);
+  auto found = ReadChecksumFile(*st_, md);
   ASSERT_TRUE(found.ok() && found->has_value());
-  EXPECT_TRUE(CheckMetadataBytes(root_, **found, md_bytes).ok());
-  Status s = CheckMetadataBytes(root_, **found, "pretend these are .metadata byteS");
+  EXPECT_TRUE(CheckMetadataBytes(*st_, **found, md_bytes).ok());
+  Status s = CheckMetadataBytes(*st_, **found, "pretend these are .metadata byteS");
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), StatusCode::kDataLoss);
   EXPECT_NE(s.message().find(".metadata"), std::string::npos);
   // Another save's .metadata: its sidecar is absent, the stale one ignored.
   md.storage_meta->save_id = "save-2";
-  found = ReadChecksumFile(root_, md);
+  found = ReadChecksumFile(*st_, md);
   ASSERT_TRUE(found.ok());
   EXPECT_FALSE(found->has_value());
   // No save_id (old torch): no sidecar.
   md.storage_meta.reset();
-  found = ReadChecksumFile(root_, md);
+  found = ReadChecksumFile(*st_, md);
   ASSERT_TRUE(found.ok());
   EXPECT_FALSE(found->has_value());
   // A damaged sidecar of this save is DataLoss naming it.
   md.storage_meta = StorageMeta{root_, "save-1", std::nullopt, {}};
   FlipByte(".checksums.save-1", 20);
-  found = ReadChecksumFile(root_, md);
+  found = ReadChecksumFile(*st_, md);
   ASSERT_FALSE(found.ok());
   EXPECT_EQ(found.status().code(), StatusCode::kDataLoss);
   EXPECT_NE(found.status().message().find(".checksums.save-1"), std::string::npos);

@@ -10,8 +10,7 @@
 #include "dcpp/storage/chunk_stream.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
-#include "dcpp/io/dcp_layout.h"
-#include "dcpp/io/file.h"
+#include "dcpp/storage/storage.h"
 #include "dcpp/transform/transform.h"
 
 namespace dcpp::storage {
@@ -51,14 +50,17 @@ std::string ItemAt(const std::string& path, const StorageInfo& s) {
 // the file's size (metadata is untrusted: never read or allocate what the
 // file cannot hold).
 struct ItemFile {
-  io::File file;
+  std::unique_ptr<ReadableFile> file;
   std::string path;
 };
 
-Result<ItemFile> OpenItem(const std::string& dir, const StorageInfo& s, std::string_view name) {
-  DCPP_ASSIGN_OR_RETURN(std::string path, io::ResolveDataPath(dir, s.relative_path));
-  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::OpenForRead(path));
-  DCPP_ASSIGN_OR_RETURN(uint64_t size, file.Size());
+Result<ItemFile> OpenItem(Storage& storage, const StorageInfo& s, std::string_view name) {
+  if (Status bad = CheckEntryName(s.relative_path); !bad.ok())
+    return DataLossError(Quoted(name) + ": metadata names data file '" + s.relative_path +
+                         "': " + bad.message());
+  const std::string path = storage.Describe(s.relative_path);
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenForRead(s.relative_path));
+  DCPP_ASSIGN_OR_RETURN(uint64_t size, file->Size());
   if (s.offset > size || s.length > size - s.offset)
     return DataLossError(Quoted(name) + " is stored at bytes [" + std::to_string(s.offset) + ", " +
                          std::to_string(s.offset + s.length) + ") of " + path +
@@ -76,8 +78,8 @@ class BoxReader {
  public:
   // `crc_entry` (may be null: nothing checked): the storage record's zip
   // entry, whose CRC-32 is checked when the reads cover the whole record.
-  BoxReader(const io::File& file, uint64_t base, const format::DecodedTensor& src, uint64_t limit,
-            const format::zip::Entry* crc_entry = nullptr)
+  BoxReader(const ReadableFile& file, uint64_t base, const format::DecodedTensor& src,
+            uint64_t limit, const format::zip::Entry* crc_entry = nullptr)
       : file_(file),
         base_(base),
         src_(src),
@@ -178,7 +180,7 @@ class BoxReader {
     return Status();
   }
 
-  const io::File& file_;
+  const ReadableFile& file_;
   const uint64_t base_;
   const format::DecodedTensor& src_;
   const size_t esize_;
@@ -196,10 +198,10 @@ class BoxReader {
 // unspecified) when the archive is not laid out as ChunkStream assumes.
 // Errors: the file's range or its transformed data is bad (DataLoss naming
 // the item and the file), or the read failed.
-Status StreamChunk(const std::string& dir, std::string_view name, DType dtype,
+Status StreamChunk(Storage& storage, std::string_view name, DType dtype,
                    const ChunkMeta& chunk, std::span<const ChunkTarget> targets, bool verify,
                    bool* fits) {
-  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(dir, chunk.storage, name));
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
   const uint64_t chunk_bytes = static_cast<uint64_t>(NumElements(chunk.sizes)) * ElementSize(dtype);
   ChunkStream stream(dtype, chunk, targets, kStreamWindowBytes, verify);
   auto decoder = transform::NewDecoder(
@@ -212,7 +214,7 @@ Status StreamChunk(const std::string& dir, std::string_view name, DType dtype,
   for (uint64_t done = 0; done < chunk.storage.length;) {
     const uint64_t n = std::min(kStreamReadBytes, chunk.storage.length - done);
     const std::span<uint8_t> piece(block.get(), static_cast<size_t>(n));
-    DCPP_RETURN_IF_ERROR(f.file.ReadAt(chunk.storage.offset + done, piece));
+    DCPP_RETURN_IF_ERROR(f.file->ReadAt(chunk.storage.offset + done, piece));
     DCPP_RETURN_IF_ERROR((*decoder)->Write(piece).WithContext(where));
     done += n;
   }
@@ -267,7 +269,7 @@ std::string SavingWhere(const StoreItem& item, const std::string& path) {
 // Untransformed items on several threads: every item's size is known before
 // a byte is written (the archive's headers do not depend on the data), so
 // each goes straight to its own offset.
-Status WriteInParallel(io::File& file, const std::string& path, std::span<const StoreItem> items,
+Status WriteInParallel(WritableFile& file, const std::string& path, std::span<const StoreItem> items,
                        const StoreOptions& options, std::vector<StorageInfo>& infos,
                        const std::function<void(size_t, uint64_t)>& on_item) {
   format::zip::WriteOptions sizing;
@@ -303,7 +305,7 @@ Status WriteInParallel(io::File& file, const std::string& path, std::span<const 
 // small records read and checked against the metadata (and their CRC-32s,
 // when verifying), its storage record located.
 struct LargeChunk {
-  std::shared_ptr<const io::File> file;  // shared with the reader's read_at
+  std::shared_ptr<const ReadableFile> file;  // shared with the reader's read_at
   std::string path;
   format::zip::Reader reader;
   format::DecodedTensor described;
@@ -316,11 +318,11 @@ struct LargeChunk {
   }
 };
 
-Result<LargeChunk> OpenLargeChunk(const std::string& dir, std::string_view name, DType dtype,
+Result<LargeChunk> OpenLargeChunk(Storage& storage, std::string_view name, DType dtype,
                                   const ChunkMeta& chunk, const std::string& where, bool verify) {
-  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(dir, chunk.storage, name));
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
   const uint64_t base = chunk.storage.offset;
-  auto file = std::make_shared<const io::File>(std::move(f.file));
+  std::shared_ptr<const ReadableFile> file = std::move(f.file);
   auto read_at = [file, base](uint64_t offset, uint64_t length) -> Result<std::string> {
     std::string out(length, '\0');
     DCPP_RETURN_IF_ERROR(file->ReadAt(base + offset, Writable(out)));
@@ -375,13 +377,14 @@ WriterThreads SplitWriterThreads(size_t files, int threads) {
 }
 
 Result<std::vector<StorageInfo>> WriteDataFile(
-    const std::string& dir, const std::string& name, std::span<const StoreItem> items,
+    Storage& storage, const std::string& name, std::span<const StoreItem> items,
     const StoreOptions& options, const std::function<void(size_t, uint64_t)>& on_item) {
   if (options.threads < 1)
     return InvalidArgumentError("StoreOptions.threads must be >= 1, got " +
                                 std::to_string(options.threads));
-  const std::string path = io::JoinPath(dir, name);
-  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::CreateForWrite(path));
+  const std::string path = storage.Describe(name);
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> created, storage.CreateForWrite(name));
+  WritableFile& file = *created;
   std::vector<StorageInfo> infos(items.size(), StorageInfo{name, 0, 0, {}});
   if (options.transforms.empty() && options.threads > 1 && items.size() > 1) {
     DCPP_RETURN_IF_ERROR(WriteInParallel(file, path, items, options, infos, on_item));
@@ -431,15 +434,15 @@ Result<std::vector<StorageInfo>> WriteDataFile(
   return infos;
 }
 
-Result<std::string> ReadItem(const std::string& dir, const StorageInfo& storage,
+Result<std::string> ReadItem(Storage& location, const StorageInfo& storage,
                              std::string_view name, uint64_t max_bytes, const ReadChecks& checks) {
-  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(dir, storage, name));
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(location, storage, name));
   const bool transformed = !storage.transform_descriptors.empty();
   if (!transformed && storage.length > max_bytes)
     return DataLossError(Quoted(name) + " in " + f.path + " is " + std::to_string(storage.length) +
                          " bytes, more than the " + std::to_string(max_bytes) + " expected");
   std::string stored(storage.length, '\0');
-  DCPP_RETURN_IF_ERROR(f.file.ReadAt(storage.offset, Writable(stored)));
+  DCPP_RETURN_IF_ERROR(f.file->ReadAt(storage.offset, Writable(stored)));
   const std::string where = Quoted(name) + " in " + ItemAt(f.path, storage);
   if (checks.verify_checksums && checks.stored_crc32) {
     const uint32_t crc = Crc32(format::zip::AsBytes(stored));
@@ -458,7 +461,7 @@ Result<std::string> ReadItem(const std::string& dir, const StorageInfo& storage,
   return stored;
 }
 
-Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
+Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const ChunkMeta& chunk,
                  std::span<const ChunkTarget> targets, uint64_t buffer_limit,
                  const ReadChecks& checks) {
   const bool verify = checks.verify_checksums;
@@ -490,7 +493,7 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
 
   if (!chunk.storage.transform_descriptors.empty() && chunk_bytes > kWholeReadBelow) {
     bool fits = false;
-    DCPP_RETURN_IF_ERROR(StreamChunk(dir, name, dtype, chunk, targets, verify, &fits));
+    DCPP_RETURN_IF_ERROR(StreamChunk(storage, name, dtype, chunk, targets, verify, &fits));
     if (fits) return Status();
     // Not laid out as DCP writers lay archives out: read it whole below,
     // which either succeeds or says what is wrong.
@@ -499,7 +502,7 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
     ReadChecks whole;
     whole.verify_checksums = verify;
     DCPP_ASSIGN_OR_RETURN(std::string blob,
-                          ReadItem(dir, chunk.storage, name, chunk_bytes + kArchiveSlack, whole));
+                          ReadItem(storage, chunk.storage, name, chunk_bytes + kArchiveSlack, whole));
     auto decoded = format::DecodeTensorArchive(format::zip::AsBytes(blob));
     if (!decoded.ok()) return decoded.status().WithContext(where);
     DCPP_RETURN_IF_ERROR(CheckDecoded(*decoded, dtype, chunk, where));
@@ -514,7 +517,7 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
 
   // A large untransformed chunk: read its archive's small records, then
   // only the bytes each target needs.
-  DCPP_ASSIGN_OR_RETURN(LargeChunk c, OpenLargeChunk(dir, name, dtype, chunk, where, verify));
+  DCPP_ASSIGN_OR_RETURN(LargeChunk c, OpenLargeChunk(storage, name, dtype, chunk, where, verify));
   BoxReader box_reader(*c.file, chunk.storage.offset + c.described.storage_record_offset,
                        c.described, std::max<uint64_t>(buffer_limit, 1), c.storage_entry());
   for (const ChunkTarget& t : targets) {
@@ -525,13 +528,14 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
   return box_reader.CheckCrc().WithContext(c.checked_at);
 }
 
-Result<StoredRecord> DescribeStoredChunk(const std::string& dir, std::string_view name,
-                                         DType dtype, const ChunkMeta& chunk) {
+Result<StoredRecord> DescribeStoredChunk(Storage& storage, std::string_view name, DType dtype,
+                                         const ChunkMeta& chunk) {
   const std::string where = Quoted(name) + " chunk at offsets " + ShapeToString(chunk.offsets) +
                             " (" + chunk.storage.relative_path + ")";
-  DCPP_ASSIGN_OR_RETURN(LargeChunk c, OpenLargeChunk(dir, name, dtype, chunk, where, true));
+  DCPP_ASSIGN_OR_RETURN(LargeChunk c, OpenLargeChunk(storage, name, dtype, chunk, where, true));
   StoredRecord r;
-  r.path = c.path;
+  r.relative_path = chunk.storage.relative_path;
+  r.archive_offset = c.described.storage_record_offset;
   r.offset = chunk.storage.offset + c.described.storage_record_offset;
   r.length = c.described.storage_nbytes;
   if (const format::zip::Entry* e = c.storage_entry()) r.entry = *e;
@@ -542,11 +546,12 @@ Result<StoredRecord> DescribeStoredChunk(const std::string& dir, std::string_vie
 Status CheckStoredRecord(const StoredRecord& record, uint32_t crc) {
   format::zip::Entry e = record.entry;
   if (e.name.empty()) return Status();
-  return format::CheckRecordCrc(e, crc, record.offset).WithContext(record.where);
+  return format::CheckRecordCrc(e, crc, record.archive_offset).WithContext(record.where);
 }
 
-Result<uint32_t> CrcOfFileRange(const std::string& path, uint64_t offset, uint64_t length) {
-  DCPP_ASSIGN_OR_RETURN(io::File file, io::File::OpenForRead(path));
+Result<uint32_t> CrcOfStoredRange(Storage& storage, std::string_view relative_path,
+                                  uint64_t offset, uint64_t length) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenForRead(relative_path));
   thread_local std::unique_ptr<uint8_t[]> buffer;
   if (!buffer) buffer.reset(new (std::nothrow) uint8_t[kCrcPieceBytes * 4]);
   if (!buffer) return ResourceExhaustedError("cannot allocate a read buffer");
@@ -554,7 +559,7 @@ Result<uint32_t> CrcOfFileRange(const std::string& path, uint64_t offset, uint64
   for (uint64_t done = 0; done < length;) {
     const uint64_t n = std::min<uint64_t>(kCrcPieceBytes * 4, length - done);
     const std::span<uint8_t> piece(buffer.get(), static_cast<size_t>(n));
-    DCPP_RETURN_IF_ERROR(file.ReadAt(offset + done, piece).WithContext(path));
+    DCPP_RETURN_IF_ERROR(file->ReadAt(offset + done, piece));
     crc = Crc32(piece, crc);
     done += n;
   }

@@ -17,6 +17,7 @@
 
 #include "dcpp/format/zip.h"
 #include "dcpp/metadata.h"
+#include "dcpp/storage/storage.h"
 #include "dcpp/status.h"
 #include "dcpp/tensor.h"
 
@@ -61,17 +62,18 @@ struct WriterThreads {
 };
 WriterThreads SplitWriterThreads(size_t files, int threads);
 
-// Creates (or truncates) `dir/name` and writes `items` back to back in
+// Creates (or truncates) entry `name` of `storage` and writes `items` back to back in
 // order, on up to options.threads threads. Returns one StorageInfo per item
 // (relative_path = name). Calls on_item(i, bytes_in) after item i is
 // written, one call at a time (from this thread, or from a writing thread
 // when options.threads > 1). Memory: the caller's tensors are not copied
 // (zip headers and tensor bytes leave in one vectored write); with
 // transforms, a few MiB of buffers per call. On error the partial file is
-// left for the caller to remove, and the error names the item and the file;
-// InvalidArgument when options.threads < 1.
+// left for the caller to remove, and the error names the item and the file
+// (storage.Describe(name)); InvalidArgument when options.threads < 1.
+// Thread-safe for distinct names (the storage is shared).
 Result<std::vector<StorageInfo>> WriteDataFile(
-    const std::string& dir, const std::string& name, std::span<const StoreItem> items,
+    Storage& storage, const std::string& name, std::span<const StoreItem> items,
     const StoreOptions& options,
     const std::function<void(size_t, uint64_t)>& on_item = nullptr);
 
@@ -98,10 +100,11 @@ struct ReadChecks {
 // torch.save archive. `max_bytes` caps what the result may grow to (the
 // decoder's allocation bound for untrusted transformed data). DataLoss when
 // the recorded range lies outside the file, the transformed data is corrupt,
-// or a checksum in `checks` does not match (bytes that are not a zip archive
-// are returned unchecked: the caller's decoder reports them); errors name
-// the item (`name`), the file and the item's offset.
-Result<std::string> ReadItem(const std::string& dir, const StorageInfo& storage,
+// storage.relative_path is not a valid entry name, or a checksum in `checks`
+// does not match (bytes that are not a zip archive are returned unchecked:
+// the caller's decoder reports them); errors name the item (`name`), the
+// file and the item's offset. Thread-safe.
+Result<std::string> ReadItem(Storage& location, const StorageInfo& storage,
                              std::string_view name, uint64_t max_bytes,
                              const ReadChecks& checks = {});
 
@@ -133,7 +136,8 @@ inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
 // the tensor, its chunk and the file; corrupt transformed data is DataLoss
 // naming the tensor and the file. Checksums as ReadChecks says (only
 // verify_checksums is used here).
-Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, const ChunkMeta& chunk,
+// Thread-safe (several chunks of one storage may be read at once).
+Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const ChunkMeta& chunk,
                  std::span<const ChunkTarget> targets, uint64_t buffer_limit = kReadScratchBytes,
                  const ReadChecks& checks = {});
 
@@ -142,8 +146,9 @@ Status ReadChunk(const std::string& dir, std::string_view name, DType dtype, con
 // Where a large untransformed chunk's storage record (its tensor bytes) lies
 // and the CRC-32 its archive records for it.
 struct StoredRecord {
-  std::string path;     // the data file
-  uint64_t offset = 0;  // of the record's data, in the file
+  std::string relative_path;  // the data file
+  uint64_t offset = 0;        // of the record's data, in the file
+  uint64_t archive_offset = 0;  // of the record's data, in the item's archive
   uint64_t length = 0;
   format::zip::Entry entry;  // the record's zip entry (empty name: unknown)
   std::string where;         // the chunk, the file and the item's offset, for errors
@@ -153,14 +158,15 @@ struct StoredRecord {
 // record's bytes, as ReadChunk does before a partial read: the archive's
 // structure, its small records' CRC-32s, the tensor it describes against
 // the metadata. Errors as ReadChunk's. (Transformed or small chunks are
-// checked whole by ReadChunk with no targets.)
-Result<StoredRecord> DescribeStoredChunk(const std::string& dir, std::string_view name,
-                                         DType dtype, const ChunkMeta& chunk);
+// checked whole by ReadChunk with no targets.) Thread-safe.
+Result<StoredRecord> DescribeStoredChunk(Storage& storage, std::string_view name, DType dtype,
+                                         const ChunkMeta& chunk);
 
-// The CRC-32 of `length` bytes at `offset` of the file at `path`, read in
-// cache-sized pieces into a per-thread buffer; combine pieces of one record
-// computed on several threads with Crc32Combine. Thread-safe.
-Result<uint32_t> CrcOfFileRange(const std::string& path, uint64_t offset, uint64_t length);
+// The CRC-32 of `length` bytes at `offset` of the entry `relative_path`,
+// read in cache-sized pieces into a per-thread buffer; combine pieces of one
+// record computed on several threads with Crc32Combine. Thread-safe.
+Result<uint32_t> CrcOfStoredRange(Storage& storage, std::string_view relative_path,
+                                  uint64_t offset, uint64_t length);
 
 // DataLoss naming the record if `crc` (of all of its bytes) differs from the
 // CRC-32 its entry records (0 = none: OK).

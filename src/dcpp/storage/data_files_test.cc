@@ -11,7 +11,14 @@
 namespace dcpp::storage {
 namespace {
 
-class StorageTest : public TempDirTest {};
+class StorageTest : public TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    st_ = NewPosixStorage(root_);
+  }
+  std::unique_ptr<Storage> st_;
+};
 
 // A rows x cols float tensor whose element (r, c) is r * 10000 + c.
 std::vector<float> Matrix(int64_t rows, int64_t cols) {
@@ -31,7 +38,7 @@ ChunkMeta ChunkOf(const StorageInfo& s, Shape sizes) {
 
 // Reads box [r0, r0+nr) x [c0, c0+nc) of a stored matrix with `limit` bytes
 // of scratch and checks every element.
-void ExpectBox(const std::string& dir, const ChunkMeta& chunk, int64_t r0, int64_t nr, int64_t c0,
+void ExpectBox(Storage& dir, const ChunkMeta& chunk, int64_t r0, int64_t nr, int64_t c0,
                int64_t nc, uint64_t limit, bool transposed_dst = false) {
   std::vector<float> out(nr * nc, -1.0f);
   TensorView dst = MakeView(out.data(), DType::kFloat32, {nr, nc});
@@ -49,17 +56,17 @@ TEST_F(StorageTest, PartialReadsOfALargeChunk) {
   const int64_t rows = 600, cols = 700;  // 1.6 MiB: above the whole-read size
   auto m = Matrix(rows, cols);
   StoreItem item{true, MakeView(m.data(), DType::kFloat32, {rows, cols}), {}, "m"};
-  auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, {});
+  auto infos = WriteDataFile(*st_, "f.distcp", {&item, 1}, {});
   ASSERT_TRUE(infos.ok()) << infos.status().ToString();
   const ChunkMeta chunk = ChunkOf((*infos)[0], {rows, cols});
-  ExpectBox(root_, chunk, 0, rows, 0, cols, 64 << 20);      // everything, straight into place
-  ExpectBox(root_, chunk, 0, rows, 0, cols, 4096);          // the same, whatever the scratch
-  ExpectBox(root_, chunk, 100, 50, 0, cols, 64 << 20);      // a row band
-  ExpectBox(root_, chunk, 0, rows, 233, 233, 64 << 20);     // a column band
-  ExpectBox(root_, chunk, 17, 301, 5, 600, 4096);           // split into many small reads
-  ExpectBox(root_, chunk, 17, 301, 5, 600, 1);              // one element at a time
-  ExpectBox(root_, chunk, 3, 40, 650, 50, 64 << 20, true);  // into a transposed target
-  ExpectBox(root_, chunk, 599, 1, 699, 1, 64 << 20);        // the last element
+  ExpectBox(*st_, chunk, 0, rows, 0, cols, 64 << 20);      // everything, straight into place
+  ExpectBox(*st_, chunk, 0, rows, 0, cols, 4096);          // the same, whatever the scratch
+  ExpectBox(*st_, chunk, 100, 50, 0, cols, 64 << 20);      // a row band
+  ExpectBox(*st_, chunk, 0, rows, 233, 233, 64 << 20);     // a column band
+  ExpectBox(*st_, chunk, 17, 301, 5, 600, 4096);           // split into many small reads
+  ExpectBox(*st_, chunk, 17, 301, 5, 600, 1);              // one element at a time
+  ExpectBox(*st_, chunk, 3, 40, 650, 50, 64 << 20, true);  // into a transposed target
+  ExpectBox(*st_, chunk, 599, 1, 699, 1, 64 << 20);        // the last element
 }
 
 TEST_F(StorageTest, PartialReadOfATransposedStoredChunk) {
@@ -72,11 +79,11 @@ TEST_F(StorageTest, PartialReadOfATransposedStoredChunk) {
   TensorView v = MakeView(buf.data(), DType::kFloat32, {rows, cols});
   v.strides = {1, rows};
   StoreItem item{true, v, {}, "m"};
-  auto infos = WriteDataFile(root_, "t.distcp", {&item, 1}, {});
+  auto infos = WriteDataFile(*st_, "t.distcp", {&item, 1}, {});
   ASSERT_TRUE(infos.ok());
   const ChunkMeta chunk = ChunkOf((*infos)[0], {rows, cols});
-  ExpectBox(root_, chunk, 10, 300, 20, 500, 64 << 20);
-  ExpectBox(root_, chunk, 10, 300, 20, 500, 8192);
+  ExpectBox(*st_, chunk, 10, 300, 20, 500, 64 << 20);
+  ExpectBox(*st_, chunk, 10, 300, 20, 500, 8192);
 }
 
 TEST_F(StorageTest, SeveralItemsInOneFileAndBytes) {
@@ -89,18 +96,18 @@ TEST_F(StorageTest, SeveralItemsInOneFileAndBytes) {
       {true, MakeView(big.data(), DType::kFloat32, {800, 400}), {}, "big"},
   };
   std::vector<uint64_t> seen;
-  auto infos = WriteDataFile(root_, "f.distcp", items, {},
+  auto infos = WriteDataFile(*st_, "f.distcp", items, {},
                              [&](size_t i, uint64_t bytes) { seen.push_back(bytes); });
   ASSERT_TRUE(infos.ok());
   ASSERT_EQ(infos->size(), 3u);
   EXPECT_EQ(seen, (std::vector<uint64_t>{48, blob.size(), 800 * 400 * 4}));
   EXPECT_EQ((*infos)[1].offset, (*infos)[0].length);
   EXPECT_EQ((*infos)[2].offset, (*infos)[1].offset + (*infos)[1].length);
-  auto bytes = ReadItem(root_, (*infos)[1], "blob", 1 << 20);
+  auto bytes = ReadItem(*st_, (*infos)[1], "blob", 1 << 20);
   ASSERT_TRUE(bytes.ok());
   EXPECT_EQ(*bytes, blob);
-  ExpectBox(root_, ChunkOf((*infos)[0], {3, 4}), 1, 2, 1, 3, 64 << 20);
-  ExpectBox(root_, ChunkOf((*infos)[2], {800, 400}), 1, 799, 1, 300, 64 << 20);
+  ExpectBox(*st_, ChunkOf((*infos)[0], {3, 4}), 1, 2, 1, 3, 64 << 20);
+  ExpectBox(*st_, ChunkOf((*infos)[2], {800, 400}), 1, 799, 1, 300, 64 << 20);
 }
 
 TEST_F(StorageTest, SeveralThreadsWriteTheSameFileAsOne) {
@@ -119,12 +126,12 @@ TEST_F(StorageTest, SeveralThreadsWriteTheSameFileAsOne) {
     items.push_back({true, MakeView(data.back().data(), DType::kFloat32, {rows, cols}), {},
                      "t" + std::to_string(i)});
   }
-  auto one = WriteDataFile(root_, "one.distcp", items, {});
+  auto one = WriteDataFile(*st_, "one.distcp", items, {});
   ASSERT_TRUE(one.ok()) << one.status().ToString();
   StoreOptions parallel;
   parallel.threads = 3;
   std::vector<int> calls(items.size(), 0);
-  auto three = WriteDataFile(root_, "three.distcp", items, parallel,
+  auto three = WriteDataFile(*st_, "three.distcp", items, parallel,
                              [&](size_t i, uint64_t) { calls[i]++; });
   ASSERT_TRUE(three.ok()) << three.status().ToString();
   EXPECT_EQ(calls, std::vector<int>(items.size(), 1));
@@ -139,7 +146,7 @@ TEST_F(StorageTest, SeveralThreadsWriteTheSameFileAsOne) {
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_TRUE(*a == *b);  // byte for byte, CRCs included
   parallel.threads = 0;
-  EXPECT_EQ(WriteDataFile(root_, "none.distcp", items, parallel).status().code(),
+  EXPECT_EQ(WriteDataFile(*st_, "none.distcp", items, parallel).status().code(),
             StatusCode::kInvalidArgument);
 }
 
@@ -159,7 +166,7 @@ TEST(SplitWriterThreadsTest, FilesFirstThenThreadsWithinFiles) {
 TEST_F(StorageTest, MetadataThatDisagreesWithTheFileIsDataLoss) {
   auto m = Matrix(600, 700);
   StoreItem item{true, MakeView(m.data(), DType::kFloat32, {600, 700}), {}, "m"};
-  auto infos = WriteDataFile(root_, "f.distcp", {&item, 1}, {});
+  auto infos = WriteDataFile(*st_, "f.distcp", {&item, 1}, {});
   ASSERT_TRUE(infos.ok());
   std::vector<float> out(600 * 700);
   ChunkTarget t{MakeView(out.data(), DType::kFloat32, {600, 700}), {0, 0}, {600, 700}};
@@ -167,7 +174,7 @@ TEST_F(StorageTest, MetadataThatDisagreesWithTheFileIsDataLoss) {
   ChunkMeta wrong_shape = ChunkOf((*infos)[0], {700, 600});
   t.dst = MakeView(out.data(), DType::kFloat32, {700, 600});
   t.box_sizes = {700, 600};
-  Status s = ReadChunk(root_, "m", DType::kFloat32, wrong_shape, {&t, 1});
+  Status s = ReadChunk(*st_, "m", DType::kFloat32, wrong_shape, {&t, 1});
   EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
   EXPECT_NE(s.message().find("'m'"), std::string::npos) << s.ToString();
 
@@ -175,7 +182,7 @@ TEST_F(StorageTest, MetadataThatDisagreesWithTheFileIsDataLoss) {
   past_end.storage.length += 1;
   t.dst = MakeView(out.data(), DType::kFloat32, {600, 700});
   t.box_sizes = {600, 700};
-  s = ReadChunk(root_, "m", DType::kFloat32, past_end, {&t, 1});
+  s = ReadChunk(*st_, "m", DType::kFloat32, past_end, {&t, 1});
   EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
   EXPECT_NE(s.message().find("truncated"), std::string::npos) << s.ToString();
 
@@ -186,12 +193,12 @@ TEST_F(StorageTest, MetadataThatDisagreesWithTheFileIsDataLoss) {
       io::WriteFileAtomically(root_ + "/f.distcp",
                               {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, false)
           .ok());
-  s = ReadChunk(root_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
+  s = ReadChunk(*st_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
   EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
 
   // A target outside the chunk is the caller's error.
   t.box_offsets = {1, 0};
-  s = ReadChunk(root_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
+  s = ReadChunk(*st_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
 }
 
@@ -207,17 +214,17 @@ TEST_F(StorageTest, TransformedItemsRoundTripAndCorruptionNamesTheItem) {
         std::vector<std::string>{"dcpp.byteshuffle/1", "stream.zstd/1"}}) {
     StoreOptions o;
     o.transforms = transforms;
-    auto infos = WriteDataFile(root_, "z.distcp", items, o);
+    auto infos = WriteDataFile(*st_, "z.distcp", items, o);
     ASSERT_TRUE(infos.ok()) << infos.status().ToString();
     const std::vector<std::string> recorded(transforms.rbegin(), transforms.rend());
     EXPECT_EQ((*infos)[0].transform_descriptors, recorded);
     EXPECT_LT((*infos)[1].length, blob.size() / 10);  // compressible: it did compress
-    ExpectBox(root_, ChunkOf((*infos)[0], {600, 700}), 5, 500, 7, 600, 4096);
-    auto bytes = ReadItem(root_, (*infos)[1], "blob", 1 << 20);
+    ExpectBox(*st_, ChunkOf((*infos)[0], {600, 700}), 5, 500, 7, 600, 4096);
+    auto bytes = ReadItem(*st_, (*infos)[1], "blob", 1 << 20);
     ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
     EXPECT_EQ(*bytes, blob);
     // The decoder's output cap holds.
-    EXPECT_EQ(ReadItem(root_, (*infos)[1], "blob", 1000).status().code(), StatusCode::kDataLoss);
+    EXPECT_EQ(ReadItem(*st_, (*infos)[1], "blob", 1000).status().code(), StatusCode::kDataLoss);
 
     // Damage the compressed tensor item in the middle.
     std::string file = *io::ReadWholeFile(root_ + "/z.distcp", 1 << 30);
@@ -228,13 +235,13 @@ TEST_F(StorageTest, TransformedItemsRoundTripAndCorruptionNamesTheItem) {
             .ok());
     std::vector<float> out(600 * 700);
     ChunkTarget t{MakeView(out.data(), DType::kFloat32, {600, 700}), {0, 0}, {600, 700}};
-    Status s = ReadChunk(root_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
+    Status s = ReadChunk(*st_, "m", DType::kFloat32, ChunkOf((*infos)[0], {600, 700}), {&t, 1});
     EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
     EXPECT_NE(s.message().find("'m'"), std::string::npos) << s.ToString();
   }
   StoreOptions bad;
   bad.transforms = {"stream.lz4/1"};
-  auto r = WriteDataFile(root_, "bad.distcp", items, bad);
+  auto r = WriteDataFile(*st_, "bad.distcp", items, bad);
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("stream.zstd/1"), std::string::npos) << r.status().ToString();
 }
@@ -254,7 +261,7 @@ TEST_F(StorageTest, LargeTransformedChunksDecodeAsTheyAreRead) {
                        {true, transposed, {}, "t"}};
   StoreOptions o;
   o.transforms = {"stream.zstd/1"};
-  auto infos = WriteDataFile(root_, "s.distcp", items, o);
+  auto infos = WriteDataFile(*st_, "s.distcp", items, o);
   ASSERT_TRUE(infos.ok()) << infos.status().ToString();
   for (size_t i = 0; i < 2; ++i) {
     const ChunkMeta chunk = ChunkOf((*infos)[i], {rows, cols});
@@ -266,7 +273,7 @@ TEST_F(StorageTest, LargeTransformedChunksDecodeAsTheyAreRead) {
         {MakeView(band.data(), DType::kFloat32, {rows, 100}), {0, 250}, {rows, 100}},
         {col_major, {600, 550}, {40, 50}},
     };
-    ASSERT_TRUE(ReadChunk(root_, items[i].name, DType::kFloat32, chunk, targets).ok());
+    ASSERT_TRUE(ReadChunk(*st_, items[i].name, DType::kFloat32, chunk, targets).ok());
     EXPECT_EQ(whole, m) << items[i].name;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < 100; ++c) ASSERT_EQ(band[r * 100 + c], m[r * cols + 250 + c]);

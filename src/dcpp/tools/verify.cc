@@ -12,10 +12,11 @@
 #include "dcpp/format/json.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
-#include "dcpp/io/file.h"
 #include "dcpp/plan/validate.h"
 #include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
+#include "dcpp/storage/dcp_layout.h"
+#include "dcpp/storage/storage.h"
 
 namespace dcpp::tools {
 namespace {
@@ -87,8 +88,10 @@ Result<VerifyReport> Verify(const std::string& dir, const VerifyOptions& options
   Collector problems;
   const std::string metadata_name(io::kMetadataFileName);
 
-  DCPP_ASSIGN_OR_RETURN(std::string md_bytes, io::ReadCheckpointMetadataBytes(dir));
-  auto decoded = io::DecodeCheckpointMetadata(dir, md_bytes);
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> location, storage::OpenStorage(dir));
+  storage::Storage& st = *location;
+  DCPP_ASSIGN_OR_RETURN(std::string md_bytes, storage::ReadCheckpointMetadataBytes(st));
+  auto decoded = storage::DecodeCheckpointMetadata(st, md_bytes);
   if (!decoded.ok()) {
     report.problems.push_back({"", metadata_name, decoded.status().ToString()});
     return report;
@@ -101,13 +104,13 @@ Result<VerifyReport> Verify(const std::string& dir, const VerifyOptions& options
   std::string current_sidecar;
   if (md.storage_meta && md.storage_meta->save_id)
     current_sidecar = format::ChecksumFileName(*md.storage_meta->save_id);
-  auto side = storage::ReadChecksumFile(dir, md);
+  auto side = storage::ReadChecksumFile(st, md);
   if (!side.ok()) {
     problems.Problem("", current_sidecar, side.status().ToString());
   } else if (*side) {
     sidecar = std::move(**side);
     report.checksum_file = current_sidecar;
-    Status s = storage::CheckMetadataBytes(dir, *sidecar, md_bytes);
+    Status s = storage::CheckMetadataBytes(st, *sidecar, md_bytes);
     if (!s.ok()) problems.Problem("", metadata_name, s.ToString());
   }
 
@@ -159,25 +162,25 @@ Result<VerifyReport> Verify(const std::string& dir, const VerifyOptions& options
         if (const auto* c = sidecar->Find(s.relative_path, s.offset, s.length))
           checks.stored_crc32 = c->crc32;
       }
-      auto blob = storage::ReadItem(dir, s, fqn, cap, checks);
-      Status st = blob.status();
-      if (st.ok()) {
+      auto blob = storage::ReadItem(st, s, fqn, cap, checks);
+      Status r = blob.status();
+      if (r.ok()) {
         auto value = format::DecodeValueArchive(format::zip::AsBytes(*blob), "'" + fqn + "'");
-        st = value.status();
+        r = value.status();
       }
-      if (!st.ok()) problems.Problem(fqn, s.relative_path, st.ToString());
+      if (!r.ok()) problems.Problem(fqn, s.relative_path, r.ToString());
       progress.Add(s.length, 1);
       return Status();
     }
     const DType dtype = it.entry->properties.dtype;
     if (!s.transform_descriptors.empty() || s.length <= kWholeBelow) {
-      Status st = storage::ReadChunk(dir, fqn, dtype, *it.chunk, {}, storage::kReadScratchBytes,
-                                     {true, std::nullopt});
-      if (!st.ok()) problems.Problem(fqn, s.relative_path, st.ToString());
+      Status r = storage::ReadChunk(st, fqn, dtype, *it.chunk, {}, storage::kReadScratchBytes,
+                                    {true, std::nullopt});
+      if (!r.ok()) problems.Problem(fqn, s.relative_path, r.ToString());
       progress.Add(s.length, 1);
       return Status();
     }
-    auto record = storage::DescribeStoredChunk(dir, fqn, dtype, *it.chunk);
+    auto record = storage::DescribeStoredChunk(st, fqn, dtype, *it.chunk);
     if (!record.ok()) {
       problems.Problem(fqn, s.relative_path, record.status().ToString());
       progress.Add(s.length, 1);
@@ -199,7 +202,7 @@ Result<VerifyReport> Verify(const std::string& dir, const VerifyOptions& options
   (void)ParallelFor(segments.size(), threads, [&](size_t i) -> Status {
     Segment& g = segments[i];
     const storage::StoredRecord& r = records[g.record];
-    auto crc = storage::CrcOfFileRange(r.path, r.offset + g.offset, g.length);
+    auto crc = storage::CrcOfStoredRange(st, r.relative_path, r.offset + g.offset, g.length);
     if (crc.ok()) g.crc = *crc;
     segment_status[i] = crc.status();
     progress.Add(g.length, 0);
@@ -215,22 +218,19 @@ Result<VerifyReport> Verify(const std::string& dir, const VerifyOptions& options
   }
   for (size_t r = 0; r < records.size(); ++r) {
     const Item& it = *record_items[r];
-    Status st = record_status[r].ok() ? storage::CheckStoredRecord(records[r], crcs[r])
-                                      : record_status[r].WithContext(records[r].where);
-    if (!st.ok()) problems.Problem(it.entry->fqn, it.storage().relative_path, st.ToString());
+    Status s = record_status[r].ok() ? storage::CheckStoredRecord(records[r], crcs[r])
+                                     : record_status[r].WithContext(records[r].where);
+    if (!s.ok()) problems.Problem(it.entry->fqn, it.storage().relative_path, s.ToString());
     // The rest of the item (headers, small records) was read in phase 1.
     progress.Add(it.storage().length - records[r].length, 1);
   }
 
   // Files nothing references.
-  auto names = io::ListDirectory(dir);
+  auto names = st.List();
   if (names.ok()) {
     for (const std::string& n : *names) {
       if (n == metadata_name || n == current_sidecar || referenced.count(n)) continue;
-      const bool data = n.size() > io::kDataFileSuffix.size() &&
-                        n.compare(n.size() - io::kDataFileSuffix.size(), std::string::npos,
-                                  io::kDataFileSuffix) == 0;
-      if (data || format::IsChecksumFileName(n) || n == metadata_name + ".tmp")
+      if (io::IsDataFileName(n) || format::IsChecksumFileName(n) || io::IsTempMetadataName(n))
         report.unreferenced_files.push_back(n);
     }
   }
