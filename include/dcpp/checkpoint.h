@@ -103,6 +103,15 @@ struct LoadOptions {
   // DCP's allow_partial_load: keys of the state dict missing from the
   // checkpoint are left untouched instead of failing with NotFound.
   bool allow_partial_load = false;
+  // Check checksums while reading: the CRC-32 of every torch.save archive
+  // record read in full (tensor data, data.pkl, pickled values), zstd frame
+  // checksums, and, when the checkpoint has a sidecar `.checksums.<save_id>`
+  // (every dcpp writer makes one), `.metadata` and each pickled value's
+  // stored bytes. A mismatch is DataLoss naming the FQN, the file and the
+  // item's offset. Not checkable, so not checked: the part of a large saved
+  // chunk read when only part of it is requested (resharding). Costs a CRC
+  // pass over the bytes read, spread over the reader threads.
+  bool verify_checksums = true;
   ProgressCallback progress;
 };
 
@@ -112,6 +121,7 @@ struct LoadAllOptions {
   // by "." starts with a key followed by "." (DCP's _EmptyStateDictLoadPlanner
   // keys). Empty = everything.
   std::vector<std::string> keys;
+  bool verify_checksums = true;  // as LoadOptions::verify_checksums
   ProgressCallback progress;
 };
 

@@ -24,6 +24,7 @@ Bad arguments detected in Python raise TypeError or ValueError directly.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -54,6 +55,8 @@ __all__ = [
     "save",
     "load",
     "read_metadata",
+    "verify",
+    "VerifyReport",
     "known_transforms",
     "Shard",
     "ShardedTensor",
@@ -186,6 +189,7 @@ def load(
     tensors: Literal["numpy", "torch"] = "numpy",
     weights_only: bool = True,
     progress: ProgressCallback | None = None,
+    verify_checksums: bool = True,
 ) -> Any:
     """Loads a DCP checkpoint.
 
@@ -210,6 +214,15 @@ def load(
     (``weights_only=False`` runs code from the checkpoint: trusted files only).
 
     ``thread_count``: parallel readers, 0 = min(8, hardware threads).
+
+    ``verify_checksums`` (default True) checks the CRC-32 of every torch.save
+    archive record read in full (tensor bytes, data.pkl, pickled values),
+    zstd frame checksums and, when present, dcpp's sidecar checksum file
+    (``.metadata`` and pickled values); a mismatch raises
+    :class:`CorruptCheckpointError` naming the FQN, the file and the offset.
+    A tensor read only in part (resharding) cannot be checked. False skips
+    the checks (about one CRC pass over the bytes read).
+
     Raises :class:`NotFoundError` for a missing checkpoint and
     :class:`CorruptCheckpointError` for damaged files.
     """
@@ -223,6 +236,7 @@ def load(
             progress=progress,
             torch_tensors=_tensors(tensors),
             weights_only=bool(weights_only),
+            verify_checksums=bool(verify_checksums),
         )
     if keys is not None:
         raise TypeError("keys applies to load(path) only; load(state_dict, path) loads its keys")
@@ -239,6 +253,7 @@ def load(
         progress=progress,
         torch_tensors=_tensors(tensors),
         weights_only=bool(weights_only),
+        verify_checksums=bool(verify_checksums),
     )
     return None
 
@@ -250,6 +265,73 @@ def read_metadata(path: str | os.PathLike) -> Metadata:
     :class:`CorruptCheckpointError` when the metadata is damaged.
     """
     return _dcpp.read_metadata(_path(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyProblem:
+    """One damaged thing: an entry (``fqn``), or ``.metadata`` / the sidecar
+    checksum file (``fqn == ""``), in ``file`` (relative to the checkpoint)."""
+
+    fqn: str
+    file: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify` found. ``ok`` is True when nothing is damaged;
+    ``unreferenced_files`` (leftovers of killed or replaced saves) are not
+    damage. ``str(report)`` is the text ``dcpp verify`` prints."""
+
+    checkpoint: str
+    ok: bool
+    checksum_file: str
+    entries: int
+    items: int
+    bytes_read: int
+    seconds: float
+    problems: list[VerifyProblem]
+    unreferenced_files: list[str]
+    text: str = dataclasses.field(repr=False, default="")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def verify(
+    path: str | os.PathLike,
+    *,
+    thread_count: int = 0,
+    progress: ProgressCallback | None = None,
+) -> VerifyReport:
+    """Reads every byte of every item of the checkpoint at ``path`` and
+    checks it, as ``dcpp verify`` does: ``.metadata`` (against the sidecar
+    checksum file when there is one), that each tensor's chunks tile it,
+    every item's bounds, archive structure, dtype and shape, every zip
+    record's CRC-32, zstd frame checksums, and that pickled values decode
+    (nothing is executed). Works on checkpoints torch wrote.
+
+    Damage is reported in the returned :class:`VerifyReport` (``report.ok``
+    is False, ``report.problems`` names each FQN and file), not raised.
+    Raises :class:`NotFoundError` when ``path`` holds no checkpoint.
+    """
+    d = _dcpp.verify(_path(path), thread_count=_int("thread_count", thread_count, 0),
+                     progress=progress)
+    return VerifyReport(
+        checkpoint=d["checkpoint"],
+        ok=d["ok"],
+        checksum_file=d["checksum_file"],
+        entries=d["entries"],
+        items=d["items"],
+        bytes_read=d["bytes_read"],
+        seconds=d["seconds"],
+        problems=[VerifyProblem(**p) for p in d["problems"]],
+        unreferenced_files=list(d["unreferenced_files"]),
+        text=d["text"],
+    )
 
 
 def known_transforms() -> list[str]:

@@ -19,6 +19,10 @@
 
 #include "convert.h"
 #include "dcpp/checkpoint.h"
+#include "dcpp/storage/checksum_file.h"
+#include "dcpp/storage/dcp_layout.h"
+#include "dcpp/storage/storage.h"
+#include "dcpp/tools/verify.h"
 #include "errors.h"
 #include "storage_bindings.h"
 
@@ -203,13 +207,14 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
 
 void LoadIntoImpl(nb::handle state_dict, const std::string& path, int thread_count,
                   bool allow_partial_load, nb::object progress, bool torch_tensors,
-                  bool weights_only) {
+                  bool weights_only, bool verify_checksums) {
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kLoadInto);
   Value sd = conv.ConvertStateDict(state_dict);
   LoadOptions o;
   o.thread_count = thread_count;
   o.allow_partial_load = allow_partial_load;
+  o.verify_checksums = verify_checksums;
   o.progress = WrapProgress(std::move(progress));
   Status s = [&] {
     nb::gil_scoped_release release;
@@ -220,11 +225,13 @@ void LoadIntoImpl(nb::handle state_dict, const std::string& path, int thread_cou
 }
 
 nb::object LoadAllImpl(const std::string& path, int thread_count, std::vector<std::string> keys,
-                       nb::object progress, bool torch_tensors, bool weights_only) {
+                       nb::object progress, bool torch_tensors, bool weights_only,
+                       bool verify_checksums) {
   PyHelpers helpers = PyHelpers::Get();
   LoadAllOptions o;
   o.thread_count = thread_count;
   o.keys = std::move(keys);
+  o.verify_checksums = verify_checksums;
   o.progress = WrapProgress(std::move(progress));
   Result<Value> v = [&] {
     nb::gil_scoped_release release;
@@ -242,6 +249,63 @@ Metadata ReadMetadataImpl(const std::string& path) {
   return ValueOrThrow(std::move(md));
 }
 
+// dcpp.verify: the report as a dict (the package wraps it).
+nb::dict VerifyImpl(const std::string& path, int thread_count, nb::object progress) {
+  tools::VerifyOptions o;
+  o.thread_count = thread_count;
+  o.progress = WrapProgress(std::move(progress));
+  Result<tools::VerifyReport> r = [&] {
+    nb::gil_scoped_release release;
+    return tools::Verify(path, o);
+  }();
+  tools::VerifyReport report = ValueOrThrow(std::move(r));
+  nb::dict d;
+  d["checkpoint"] = report.checkpoint;
+  d["ok"] = report.ok();
+  d["checksum_file"] = report.checksum_file;
+  d["entries"] = report.entries;
+  d["items"] = report.items;
+  d["bytes_read"] = report.bytes_read;
+  d["seconds"] = report.seconds;
+  nb::list problems;
+  for (const auto& p : report.problems) {
+    nb::dict q;
+    q["fqn"] = p.fqn;
+    q["file"] = p.file;
+    q["message"] = p.message;
+    problems.append(q);
+  }
+  d["problems"] = problems;
+  nb::list unref;
+  for (const auto& f : report.unreferenced_files) unref.append(f);
+  d["unreferenced_files"] = unref;
+  d["text"] = tools::VerifyReportText(report);
+  return d;
+}
+
+// For writers that commit .metadata themselves (the torch drop-in writer):
+// writes the sidecar checksum file for the exact `metadata_bytes` about to
+// be committed in `dir`, after the data files are written and before the
+// .metadata rename. Returns the sidecar's name, or None when the metadata
+// has no save_id usable as a file name (then there is no sidecar).
+std::optional<std::string> WriteChecksumFileImpl(const std::string& dir, nb::bytes metadata_bytes,
+                                                 bool sync) {
+  std::string bytes(metadata_bytes.c_str(), metadata_bytes.size());
+  Result<std::optional<std::string>> r = [&]() -> Result<std::optional<std::string>> {
+    nb::gil_scoped_release release;
+    DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> st, storage::OpenStorage(dir));
+    DCPP_ASSIGN_OR_RETURN(Metadata md, storage::DecodeCheckpointMetadata(*st, bytes));
+    if (!md.storage_meta || !md.storage_meta->save_id) return std::optional<std::string>();
+    const std::string name = format::ChecksumFileName(*md.storage_meta->save_id);
+    if (name.empty()) return std::optional<std::string>();
+    DCPP_ASSIGN_OR_RETURN(format::ChecksumFile f,
+                          storage::ChecksumFileFromData(*st, md, *md.storage_meta->save_id, bytes));
+    DCPP_RETURN_IF_ERROR(storage::WriteChecksumFile(*st, f, sync));
+    return std::optional<std::string>(name);
+  }();
+  return ValueOrThrow(std::move(r));
+}
+
 }  // namespace
 }  // namespace dcpp::python
 
@@ -256,9 +320,13 @@ NB_MODULE(_dcpp, m) {
         "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
         "dedup_to_lowest_rank"_a, "progress"_a.none());
   m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,
-        "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a);
+        "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a,
+        "verify_checksums"_a = true);
   m.def("load_all", &LoadAllImpl, "path"_a, "thread_count"_a, "keys"_a, "progress"_a.none(),
-        "torch_tensors"_a, "weights_only"_a);
+        "torch_tensors"_a, "weights_only"_a, "verify_checksums"_a = true);
+  m.def("verify", &VerifyImpl, "path"_a, "thread_count"_a = 0, "progress"_a.none() = nb::none());
+  m.def("_write_checksum_file", &WriteChecksumFileImpl, "dir"_a, "metadata_bytes"_a,
+        "sync"_a = true);
   m.def("read_metadata", &ReadMetadataImpl, "path"_a);
   BindStorage(m);
 }

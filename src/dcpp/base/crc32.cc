@@ -31,12 +31,11 @@ DCPP_PCLMUL inline __m128i Fold(__m128i x, __m128i k, __m128i next) {
       _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), next);
 }
 
+DCPP_PCLMUL uint32_t FoldTail(__m128i x1, __m128i x2, __m128i x3, __m128i x4, const uint8_t* p,
+                              size_t n);
+
 DCPP_PCLMUL uint32_t FoldPclmul(const uint8_t* p, size_t n, uint32_t state) {
   const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596, 0x154442bd4);
-  const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0);
-  const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124);
-  const __m128i poly_mu = _mm_set_epi64x(0x1f7011641, 0x1db710641);
-  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
   __m128i x1 = _mm_xor_si128(Load16(p), _mm_cvtsi32_si128(static_cast<int>(state)));
   __m128i x2 = Load16(p + 16), x3 = Load16(p + 32), x4 = Load16(p + 48);
   p += 64;
@@ -47,6 +46,17 @@ DCPP_PCLMUL uint32_t FoldPclmul(const uint8_t* p, size_t n, uint32_t state) {
     x3 = Fold(x3, k1k2, Load16(p + 32));
     x4 = Fold(x4, k1k2, Load16(p + 48));
   }
+  return FoldTail(x1, x2, x3, x4, p, n);
+}
+
+// Folds four 16-byte accumulators (consecutive in the stream) into one, then
+// the remaining `n` bytes (a multiple of 16) at `p`, and reduces to the CRC.
+DCPP_PCLMUL uint32_t FoldTail(__m128i x1, __m128i x2, __m128i x3, __m128i x4, const uint8_t* p,
+                              size_t n) {
+  const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0);
+  const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124);
+  const __m128i poly_mu = _mm_set_epi64x(0x1f7011641, 0x1db710641);
+  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
   x1 = Fold(x1, k3k4, x2);
   x1 = Fold(x1, k3k4, x3);
   x1 = Fold(x1, k3k4, x4);
@@ -61,6 +71,48 @@ DCPP_PCLMUL uint32_t FoldPclmul(const uint8_t* p, size_t n, uint32_t state) {
   return static_cast<uint32_t>(_mm_extract_epi32(x, 1));
 }
 
+// The same fold four 64-byte registers wide with VPCLMULQDQ (AVX-512): 256
+// bytes per step, about four times the 128-bit loop's throughput, so that
+// checking CRCs while loading costs little next to the copy from the page
+// cache. Fold constants for a 2048-bit distance, x^(2048+32) and
+// x^(2048-32) mod P, bit-reflected and shifted as k1/k2 are. `n` is a
+// multiple of 16 and at least 256.
+#define DCPP_VPCLMUL __attribute__((target("vpclmulqdq,avx512f,avx512vl,pclmul,sse4.1")))
+DCPP_VPCLMUL inline __m512i Load64(const uint8_t* q) { return _mm512_loadu_si512(q); }
+DCPP_VPCLMUL inline __m512i Fold512(__m512i x, __m512i k, __m512i next) {
+  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x, k, 0x00),
+                                   _mm512_clmulepi64_epi128(x, k, 0x11), next, 0x96);
+}
+
+DCPP_VPCLMUL uint32_t FoldVpclmul(const uint8_t* p, size_t n, uint32_t state) {
+  const __m512i k256 = _mm512_broadcast_i32x4(_mm_set_epi64x(0x1322d1430, 0x11542778a));
+  const __m512i k64 = _mm512_broadcast_i32x4(_mm_set_epi64x(0x1c6e41596, 0x154442bd4));
+  __m512i z0 = _mm512_xor_si512(Load64(p),
+                                _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(state))));
+  __m512i z1 = Load64(p + 64), z2 = Load64(p + 128), z3 = Load64(p + 192);
+  p += 256;
+  n -= 256;
+  for (; n >= 256; n -= 256, p += 256) {
+    z0 = Fold512(z0, k256, Load64(p));
+    z1 = Fold512(z1, k256, Load64(p + 64));
+    z2 = Fold512(z2, k256, Load64(p + 128));
+    z3 = Fold512(z3, k256, Load64(p + 192));
+  }
+  z0 = Fold512(z0, k64, z1);
+  z0 = Fold512(z0, k64, z2);
+  z0 = Fold512(z0, k64, z3);
+  for (; n >= 64; n -= 64, p += 64) z0 = Fold512(z0, k64, Load64(p));
+  return FoldTail(_mm512_extracti32x4_epi32(z0, 0), _mm512_extracti32x4_epi32(z0, 1),
+                  _mm512_extracti32x4_epi32(z0, 2), _mm512_extracti32x4_epi32(z0, 3), p, n);
+}
+
+bool HaveVpclmul() {
+  static const bool have = __builtin_cpu_supports("vpclmulqdq") &&
+                           __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("pclmul");
+  return have;
+}
+
 bool HavePclmul() {
   static const bool have = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
   return have;
@@ -71,7 +123,11 @@ bool HavePclmul() {
 
 uint32_t Crc32(std::span<const uint8_t> data, uint32_t seed) {
 #if defined(__x86_64__)
-  if (data.size() >= 256 && HavePclmul()) {
+  if (data.size() >= 1024 && HaveVpclmul()) {
+    const size_t n = data.size() & ~size_t{15};
+    seed = ~FoldVpclmul(data.data(), n, ~seed);
+    data = data.subspan(n);
+  } else if (data.size() >= 256 && HavePclmul()) {
     const size_t n = data.size() & ~size_t{15};
     seed = ~FoldPclmul(data.data(), n, ~seed);
     data = data.subspan(n);

@@ -30,6 +30,7 @@ struct WriteItem {
   std::string blob;
   // Filled in when the item has been written.
   StorageInfo storage;
+  uint32_t stored_crc32 = 0;  // BYTE_IO items: CRC-32 of the stored bytes (sidecar)
 
   bool is_tensor() const { return has_tensor; }
   uint64_t nbytes() const { return has_tensor ? tensor.nbytes() : blob.size(); }

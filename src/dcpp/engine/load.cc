@@ -14,6 +14,7 @@
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/metadata_codec.h"
 #include "dcpp/format/torch_pickle.h"
+#include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/dcp_layout.h"
 #include "dcpp/plan/flatten.h"
@@ -47,7 +48,14 @@ struct BytesTask {
   Value* slot;
 };
 
-Status RunChunkTask(storage::Storage& storage, const ChunkTask& task) {
+// What reads check: checksums on or off, and the checkpoint's sidecar
+// checksum file if it has one.
+struct LoadChecks {
+  bool verify = true;
+  std::optional<format::ChecksumFile> sidecar;
+};
+
+Status RunChunkTask(storage::Storage& storage, const ChunkTask& task, const LoadChecks& checks) {
   const EntryMeta& e = *task.entry;
   const ChunkMeta& c = e.chunks[task.chunk];
   const plan::Box chunk_box{c.offsets, c.sizes};
@@ -57,15 +65,22 @@ Status RunChunkTask(storage::Storage& storage, const ChunkTask& task) {
     if (!overlap) continue;
     targets.push_back({plan::SubView(t.view, t.box, *overlap), overlap->offsets, overlap->sizes});
   }
-  return storage::ReadChunk(storage, e.fqn, e.properties.dtype, c, targets);
+  return storage::ReadChunk(storage, e.fqn, e.properties.dtype, c, targets,
+                            storage::kReadScratchBytes, {checks.verify, std::nullopt});
 }
 
-Status RunBytesTask(storage::Storage& storage, const BytesTask& task) {
+Status RunBytesTask(storage::Storage& storage, const BytesTask& task, const LoadChecks& checks) {
   const StorageInfo& s = task.entry->storage;
   // A pickled value expands at most this much through its transforms (a cap
   // against decompression bombs, far above what real values need).
   const uint64_t cap = std::min<uint64_t>(s.length, uint64_t{1} << 32) * 64 + (uint64_t{64} << 20);
-  DCPP_ASSIGN_OR_RETURN(std::string blob, storage::ReadItem(storage, s, task.entry->fqn, cap));
+  storage::ReadChecks read_checks{checks.verify, std::nullopt};
+  if (checks.sidecar) {
+    const auto* item = checks.sidecar->Find(s.relative_path, s.offset, s.length);
+    if (item) read_checks.stored_crc32 = item->crc32;
+  }
+  DCPP_ASSIGN_OR_RETURN(std::string blob,
+                        storage::ReadItem(storage, s, task.entry->fqn, cap, read_checks));
   auto value = format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(task.entry->fqn));
   if (!value.ok()) return value.status().WithContext(s.relative_path);
   *task.slot = std::move(*value);
@@ -75,8 +90,8 @@ Status RunBytesTask(storage::Storage& storage, const BytesTask& task) {
 // Runs a load's reads: chunk tasks (built from a checked plan) and values.
 class ReadPlan {
  public:
-  ReadPlan(storage::Storage& storage, ProgressCallback progress)
-      : storage_(storage), progress_(std::move(progress)) {}
+  ReadPlan(storage::Storage& storage, ProgressCallback progress, LoadChecks checks)
+      : storage_(storage), progress_(std::move(progress)), checks_(std::move(checks)) {}
 
   void AddChunk(ChunkTask task) { chunks_.push_back(std::move(task)); }
   void AddBytes(const EntryMeta& e, Value* slot) { bytes_.push_back({&e, slot}); }
@@ -91,11 +106,11 @@ class ReadPlan {
     return ParallelFor(n, threads < 1 ? DefaultThreadCount() : threads, [&](size_t i) -> Status {
       uint64_t len;
       if (i < bytes_.size()) {
-        DCPP_RETURN_IF_ERROR(RunBytesTask(storage_, bytes_[i]));
+        DCPP_RETURN_IF_ERROR(RunBytesTask(storage_, bytes_[i], checks_));
         len = bytes_[i].entry->storage.length;
       } else {
         const ChunkTask& t = chunks_[i - bytes_.size()];
-        DCPP_RETURN_IF_ERROR(RunChunkTask(storage_, t));
+        DCPP_RETURN_IF_ERROR(RunChunkTask(storage_, t, checks_));
         len = t.entry->chunks[t.chunk].storage.length;
       }
       if (progress_) {
@@ -113,6 +128,7 @@ class ReadPlan {
  private:
   storage::Storage& storage_;
   ProgressCallback progress_;
+  LoadChecks checks_;
   std::vector<ChunkTask> chunks_;
   std::vector<BytesTask> bytes_;
 };
@@ -202,8 +218,35 @@ std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metada
 // The metadata for a load: read and decoded once by rank 0, whose bytes
 // are shared, so N ranks do not all read the same file from shared
 // storage; a bad file gives every rank rank 0's error.
-Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage) {
-  if (pg.size() == 1) return storage::ReadCheckpointMetadata(storage);
+// The metadata decoded from `bytes`, checked against the sidecar checksum
+// file when `verify` and there is one.
+Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& bytes,
+                                bool verify) {
+  DCPP_ASSIGN_OR_RETURN(Metadata md, storage::DecodeCheckpointMetadata(storage, bytes));
+  if (!verify) return md;
+  DCPP_ASSIGN_OR_RETURN(auto sidecar, storage::ReadChecksumFile(storage, md));
+  if (sidecar) DCPP_RETURN_IF_ERROR(storage::CheckMetadataBytes(storage, *sidecar, bytes));
+  return md;
+}
+
+Result<Metadata> ReadCheckedMetadata(storage::Storage& storage, bool verify) {
+  DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
+  return DecodeAndCheck(storage, bytes, verify);
+}
+
+// The reads' checks: the sidecar is read by every rank (each reads its own
+// pickled values).
+Result<LoadChecks> MakeLoadChecks(storage::Storage& storage, const Metadata& md, bool verify) {
+  LoadChecks checks;
+  checks.verify = verify;
+  if (verify) {
+    DCPP_ASSIGN_OR_RETURN(checks.sidecar, storage::ReadChecksumFile(storage, md));
+  }
+  return checks;
+}
+
+Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, bool verify) {
+  if (pg.size() == 1) return ReadCheckedMetadata(storage, verify);
   constexpr int kCoordinator = 0;
   engine::WireWriter w;
   std::optional<Result<Metadata>> mine;
@@ -212,8 +255,7 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage) {
     const std::string op = "reading the metadata of " + storage.Describe("");
     auto bytes =
         CatchExceptions(op, [&] { return storage::ReadCheckpointMetadataBytes(storage); });
-    mine = bytes.ok() ? CatchExceptions(
-                            op, [&] { return storage::DecodeCheckpointMetadata(storage, *bytes); })
+    mine = bytes.ok() ? CatchExceptions(op, [&] { return DecodeAndCheck(storage, *bytes, verify); })
                       : bytes.status();
     w.Status(mine->status());
     w.Str(mine->ok() ? *bytes : std::string());
@@ -246,7 +288,8 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
     if (legacy.ok() && count_missing(*legacy) == 0) flat = std::move(*legacy);
   }
   std::vector<std::string> missing;
-  ReadPlan reads(storage, o.progress);
+  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(storage, md, o.verify_checksums));
+  ReadPlan reads(storage, o.progress, std::move(checks));
   Destinations dest;
   for (auto& f : flat) {
     auto it = index.find(f.fqn);
@@ -309,7 +352,7 @@ Status LoadImpl(Value& state_dict, storage::Storage& storage, const LoadOptions&
   const std::string dir = storage.Describe("");
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
-  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, storage));
+  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, storage, o.verify_checksums));
 
   // Top-level Stateful values load through their StateDict() and are then
   // handed the result, as DCP does.
@@ -363,7 +406,7 @@ Status LoadImpl(Value& state_dict, storage::Storage& storage, const LoadOptions&
 
 Result<Value> LoadAllImpl(storage::Storage& storage, const LoadAllOptions& o) {
   const std::string dir = storage.Describe("");
-  DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadCheckpointMetadata(storage));
+  DCPP_ASSIGN_OR_RETURN(Metadata md, ReadCheckedMetadata(storage, o.verify_checksums));
   auto selected = [&](const EntryMeta& e) {
     if (o.keys.empty()) return true;
     for (const auto& k : o.keys)
@@ -381,7 +424,8 @@ Result<Value> LoadAllImpl(storage::Storage& storage, const LoadAllOptions& o) {
   for (const auto& e : md.entries)
     if (selected(e)) entries.push_back(&e);
   std::vector<Value> values(entries.size());
-  ReadPlan reads(storage, o.progress);
+  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(storage, md, o.verify_checksums));
+  ReadPlan reads(storage, o.progress, std::move(checks));
   Destinations dest;
   for (size_t i = 0; i < entries.size(); ++i) {
     const EntryMeta& e = *entries[i];

@@ -19,9 +19,11 @@
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/items.h"
 #include "dcpp/engine/wire.h"
+#include "dcpp/format/checksums.h"
 #include "dcpp/format/metadata_codec.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
+#include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/dcp_layout.h"
 #include "dcpp/plan/flatten.h"
@@ -117,6 +119,7 @@ Status WriteOneFile(storage::Storage& storage, const std::string& name,
       store[k].tensor = item.tensor.view();
     } else {
       store[k].bytes = format::zip::AsBytes(item.blob);
+      store[k].stored_crc32 = &items[item_ids[k]]->stored_crc32;  // for the sidecar
     }
     store[k].name = item.fqn;
   }
@@ -149,17 +152,26 @@ std::unordered_set<std::string> ReferencedFiles(const Metadata& md) {
   return names;
 }
 
-// After a commit, under the lock: removes every data file (`__*.distcp`)
-// and temporary metadata (`.metadata*.tmp`) that the committed `md` does
-// not reference: the replaced checkpoint's files and those of saves that
-// died. Nothing else. Best effort: a leftover costs space, never
+// After a commit, under the lock: removes every data file (`__*.distcp`),
+// temporary metadata (`.metadata*.tmp`) and sidecar checksum file
+// (`.checksums.<save_id>`, and its `.tmp`) that the committed `md` does not
+// reference: the replaced checkpoint's files and those of saves that died.
+// Nothing else. Best effort: a leftover costs space, never
 // correctness, and the next save retries.
 void RemoveUnreferencedFiles(storage::Storage& storage, const Metadata& md) {
   auto names = storage.List();
   if (!names.ok()) return;
-  const std::unordered_set<std::string> keep = ReferencedFiles(md);
+  std::unordered_set<std::string> keep = ReferencedFiles(md);
+  if (md.storage_meta && md.storage_meta->save_id)
+    keep.insert(format::ChecksumFileName(*md.storage_meta->save_id));
+  auto is_sidecar = [](const std::string& name) {
+    constexpr std::string_view kTmp = ".tmp";
+    return format::IsChecksumFileName(name) ||
+           (name.size() > kTmp.size() && name.ends_with(kTmp) &&
+            format::IsChecksumFileName(name.substr(0, name.size() - kTmp.size())));
+  };
   for (const std::string& name : *names) {
-    if (!io::IsDataFileName(name) && !io::IsTempMetadataName(name)) continue;
+    if (!io::IsDataFileName(name) && !io::IsTempMetadataName(name) && !is_sidecar(name)) continue;
     if (keep.count(name)) continue;
     (void)storage.Remove(name);
   }
@@ -277,13 +289,14 @@ std::string EncodeWriteResults(const Status& status, const std::vector<engine::W
       w.U64(items[k].storage.length);
       w.U64(items[k].storage.transform_descriptors.size());
       for (const auto& d : items[k].storage.transform_descriptors) w.Str(d);
+      w.U64(items[k].stored_crc32);
     }
   }
   return w.Take();
 }
 
 Status DecodeWriteResults(std::string_view data, Status* rank_status,
-                          std::vector<StorageInfo>* out) {
+                          std::vector<StorageInfo>* out, std::vector<uint32_t>* stored_crcs) {
   engine::WireReader r(data);
   DCPP_RETURN_IF_ERROR(r.ReadStatus(rank_status));
   DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
@@ -300,6 +313,8 @@ Status DecodeWriteResults(std::string_view data, Status* rank_status,
       DCPP_ASSIGN_OR_RETURN(std::string d, r.Str());
       s.transform_descriptors.push_back(std::move(d));
     }
+    DCPP_ASSIGN_OR_RETURN(uint64_t crc, r.U64());
+    stored_crcs->push_back(static_cast<uint32_t>(crc));
     out->push_back(std::move(s));
   }
   return Status();
@@ -438,9 +453,11 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
   if (rank == kCoordinator) {
     std::vector<Status> statuses(results->size());
     Metadata& md = gp.metadata;
+    std::vector<format::ItemChecksum> sidecar_items;
     for (size_t r = 0; r < results->size(); ++r) {
       std::vector<StorageInfo> infos;
-      Status decoded = DecodeWriteResults((*results)[r], &statuses[r], &infos);
+      std::vector<uint32_t> crcs;
+      Status decoded = DecodeWriteResults((*results)[r], &statuses[r], &infos, &crcs);
       if (!decoded.ok()) statuses[r] = decoded;
       if (!statuses[r].ok()) continue;
       if (infos.size() != gp.slots[r].size()) {
@@ -451,6 +468,9 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
       for (size_t k = 0; k < infos.size(); ++k) {
         auto [entry, chunk] = gp.slots[r][k];
         EntryMeta& e = md.entries[entry];
+        if (!e.is_tensor())
+          sidecar_items.push_back(
+              {e.fqn, infos[k].relative_path, infos[k].offset, infos[k].length, crcs[k]});
         (e.is_tensor() ? e.chunks[chunk].storage : e.storage) = std::move(infos[k]);
       }
     }
@@ -460,6 +480,15 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
       md.storage_meta = StorageMeta{dir, Uuid4(), std::nullopt, {}};
       md.version = kDcpVersion;
       if (before_commit) status = before_commit(md).WithContext("before the commit");
+    }
+    if (status.ok()) {
+      // The sidecar goes first, named after this save, so a crash before the
+      // rename below leaves it merely unreferenced (format/checksums.h).
+      status = storage::WriteChecksumFile(
+          storage,
+          storage::MakeChecksumFile(*md.storage_meta->save_id, format::EncodeMetadata(md),
+                                    std::move(sidecar_items)),
+          o.sync_files);
     }
     if (status.ok()) {
       bool published = false;

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "dcpp/base/crc32.h"
+#include "dcpp/format/checksums.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
 #include "dcpp/plan/reshard.h"
@@ -38,13 +40,14 @@ Shape RowMajorStrides(const Shape& sizes) {
 }  // namespace
 
 ChunkStream::ChunkStream(DType dtype, const ChunkMeta& chunk, std::span<const ChunkTarget> targets,
-                         uint64_t window_bytes)
+                         uint64_t window_bytes, bool verify_checksums)
     : dtype_(dtype),
       chunk_(chunk),
       targets_(targets),
       esize_(ElementSize(dtype)),
       record_bytes_(static_cast<uint64_t>(NumElements(chunk.sizes)) * ElementSize(dtype)),
-      index_(chunk.sizes.size(), 0) {
+      index_(chunk.sizes.size(), 0),
+      verify_(verify_checksums) {
   const Shape& s = chunk_.sizes;
   if (record_bytes_ == 0 || s.empty()) {
     window_size_ = record_bytes_;  // no bytes, or a 0-d tensor: one element
@@ -116,6 +119,12 @@ void ChunkStream::FindRecord() {
 }
 
 void ChunkStream::TakeRecordBytes(std::span<const uint8_t> piece) {
+  if (verify_ && record_taken_ < record_bytes_) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(piece.size(),
+                                                            record_bytes_ - record_taken_));
+    record_crc_ = Crc32(piece.first(n), record_crc_);
+    record_taken_ += n;
+  }
   while (!piece.empty() && state_ == State::kRecord) {
     if (window_.empty() && piece.size() >= window_size_) {
       // A whole window in the piece: copy out of it directly.
@@ -178,7 +187,7 @@ void ChunkStream::FlushWindow(const uint8_t* data) {
       slab_bytes_;
 }
 
-bool ChunkStream::Describes() const {
+bool ChunkStream::Describes(Status* crc) const {
   // The archive as it passed, with the record's bytes (already in the
   // targets) read as zeros: the description needs only what lies around it.
   const uint64_t head = head_.size(), size = head + record_bytes_ + tail_.size();
@@ -209,16 +218,31 @@ bool ChunkStream::Describes() const {
   if (!d.ok() || d->dtype != dtype_ || d->shape != chunk_.sizes || d->storage_offset != 0 ||
       d->storage_record_offset != head || d->storage_nbytes != record_bytes_)
     return false;
-  if (record_bytes_ == 0) return true;  // no element to misplace
-  const Shape expected = RowMajorStrides(d->shape);
-  for (size_t k = 0; k < d->shape.size(); ++k)
-    if (d->shape[k] > 1 && d->strides[k] != expected[k]) return false;
+  if (record_bytes_ != 0) {
+    const Shape expected = RowMajorStrides(d->shape);
+    for (size_t k = 0; k < d->shape.size(); ++k)
+      if (d->shape[k] > 1 && d->strides[k] != expected[k]) return false;
+  }
+  if (verify_) {
+    // The storage record passed through record_crc_ (the reader sees zeros
+    // there); every other record lies in head_ or tail_.
+    const format::zip::Entry* storage = nullptr;
+    for (const format::zip::Entry& e : reader->directory().entries) {
+      auto at = reader->Offset(e.name);
+      if (at.ok() && *at == head) storage = &e;
+    }
+    if (!storage) return false;  // cannot happen once Describe agreed
+    *crc = format::CheckRecordCrc(*storage, record_crc_, head);
+    if (crc->ok()) *crc = format::CheckArchiveCrcs(*reader, storage->name);
+    if (!crc->ok()) *crc = crc->WithContext("torch.save tensor archive");
+  }
   return true;
 }
 
 Status ChunkStream::Finish(bool* fits) {
-  *fits = state_ == State::kTail && Describes();
-  return Status();
+  Status crc;
+  *fits = state_ == State::kTail && Describes(&crc);
+  return *fits ? crc : Status();
 }
 
 }  // namespace dcpp::storage

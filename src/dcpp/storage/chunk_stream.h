@@ -19,6 +19,10 @@
 // layout, an unusual writer, a hostile file) is never trusted: Finish says
 // so, and the caller reads the chunk whole instead, which either succeeds
 // or names what is wrong.
+//
+// Checksums: the storage record's CRC-32 is computed as its bytes pass and,
+// with the records around it (held anyway), compared at Finish with what
+// the archive records (0 = none recorded: accepted).
 #ifndef DCPP_STORAGE_CHUNK_STREAM_H_
 #define DCPP_STORAGE_CHUNK_STREAM_H_
 
@@ -40,8 +44,9 @@ class ChunkStream {
   // chunk); they must outlive the stream. Holds about `window_bytes` of
   // record bytes at a time, plus what lies around the record (refused above
   // kMaxAroundBytes).
+  // `verify_checksums`: check the records' CRC-32s (see above).
   ChunkStream(DType dtype, const ChunkMeta& chunk, std::span<const ChunkTarget> targets,
-              uint64_t window_bytes);
+              uint64_t window_bytes, bool verify_checksums = true);
 
   // Takes the next piece of the decoded archive (a transform::ByteSink).
   // Never fails: what does not fit the assumed layout is noted for Finish.
@@ -50,7 +55,9 @@ class ChunkStream {
   // After the last piece. OK: every target holds its part of the chunk, and
   // the archive, checked as a whole read checks it, is laid out as assumed.
   // Otherwise `*fits` is false and the targets hold nothing meaningful: the
-  // caller must read the chunk whole. Never returns a non-OK status itself.
+  // caller must read the chunk whole. An archive that fits but whose CRC-32s
+  // do not match (when checked) is DataLoss naming the record; the caller
+  // adds the item and the file.
   Status Finish(bool* fits);
 
   // Bytes kept before or after the storage record, at most.
@@ -63,7 +70,9 @@ class ChunkStream {
   void FindRecord();
   void TakeRecordBytes(std::span<const uint8_t> piece);
   void FlushWindow(const uint8_t* data);  // window_size_ bytes
-  bool Describes() const;
+  // Whether the archive is laid out as assumed; if so and checksums are
+  // checked, *crc says whether its records' CRC-32s match.
+  bool Describes(Status* crc) const;
 
   const DType dtype_;
   const ChunkMeta& chunk_;
@@ -83,6 +92,9 @@ class ChunkStream {
   Shape index_;              // the current window's first index
   std::vector<uint8_t> window_;
   uint64_t window_size_ = 0;  // bytes the current window takes
+  const bool verify_;
+  uint32_t record_crc_ = 0;    // CRC-32 of the record bytes taken so far
+  uint64_t record_taken_ = 0;  // record bytes taken (checksummed) so far
 };
 
 }  // namespace dcpp::storage

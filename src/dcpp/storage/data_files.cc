@@ -4,7 +4,9 @@
 #include <memory>
 #include <mutex>
 
+#include "dcpp/base/crc32.h"
 #include "dcpp/base/thread_pool.h"
+#include "dcpp/format/checksums.h"
 #include "dcpp/storage/chunk_stream.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/format/zip.h"
@@ -33,6 +35,16 @@ constexpr uint64_t kArchiveSlack = uint64_t{64} << 20;
 // and its decoded tensor bytes pass through windows of about this size.
 constexpr uint64_t kStreamReadBytes = uint64_t{1} << 20;
 constexpr uint64_t kStreamWindowBytes = uint64_t{256} << 10;
+// A storage record read in full straight into its destination is read in
+// pieces of this size, each checksummed right after it lands, while it is
+// still in the reading thread's cache.
+constexpr uint64_t kCrcPieceBytes = uint64_t{256} << 10;
+
+// Where an item is, for checksum errors: the file and the item's offset.
+std::string ItemAt(const std::string& path, const StorageInfo& s) {
+  return path + " (item at byte " + std::to_string(s.offset) + ", " + std::to_string(s.length) +
+         " bytes)";
+}
 
 // An open data file and the byte range of one item in it, checked against
 // the file's size (metadata is untrusted: never read or allocate what the
@@ -64,9 +76,25 @@ Result<ItemFile> OpenItem(Storage& storage, const StorageInfo& s, std::string_vi
 // where their span exceeds the scratch limit.
 class BoxReader {
  public:
+  // `crc_entry` (may be null: nothing checked): the storage record's zip
+  // entry, whose CRC-32 is checked when the reads cover the whole record.
   BoxReader(const ReadableFile& file, uint64_t base, const format::DecodedTensor& src,
-            uint64_t limit)
-      : file_(file), base_(base), src_(src), esize_(ElementSize(src.dtype)), limit_(limit) {}
+            uint64_t limit, const format::zip::Entry* crc_entry = nullptr)
+      : file_(file),
+        base_(base),
+        src_(src),
+        esize_(ElementSize(src.dtype)),
+        limit_(limit),
+        crc_entry_(crc_entry) {}
+
+  // After the last Read: DataLoss if the reads covered the whole storage
+  // record, one after another, and its CRC-32 differs from the recorded
+  // one. Reads that covered less (a partial read) are not checked.
+  Status CheckCrc() const {
+    if (!crc_entry_ || crc_next_ != src_.storage_nbytes || src_.storage_nbytes == 0)
+      return Status();
+    return format::CheckRecordCrc(*crc_entry_, crc_, src_.storage_record_offset);
+  }
 
   // `lo`/`sz`: the box in chunk-local coordinates; `dst` has shape `sz`.
   Status Read(Shape lo, Shape sz, TensorView dst) {
@@ -84,7 +112,7 @@ class BoxReader {
     if (SameContiguousLayout(sz, dst) && static_cast<int64_t>(span_bytes / esize_) == numel) {
       // The box is one run of the stored bytes in the target's own order:
       // read it straight into place, in one piece whatever its size.
-      return file_.ReadAt(at, {static_cast<uint8_t*>(dst.data), span_bytes});
+      return ReadRange(at, {static_cast<uint8_t*>(dst.data), span_bytes});
     }
     if (span_bytes > limit_ && numel > 1) {
       // Split along the dimension with the largest stride among those > 1.
@@ -109,7 +137,7 @@ class BoxReader {
       if (!scratch_) return ResourceExhaustedError("cannot allocate a read buffer");
       scratch_size_ = span_bytes;
     }
-    DCPP_RETURN_IF_ERROR(file_.ReadAt(at, {scratch_.get(), span_bytes}));
+    DCPP_RETURN_IF_ERROR(ReadRange(at, {scratch_.get(), span_bytes}));
     TensorView from;
     from.data = scratch_.get();
     from.dtype = src_.dtype;
@@ -131,11 +159,35 @@ class BoxReader {
     return true;
   }
 
+  // Reads `out` from file offset `at`. While the reads so far ran through
+  // the storage record from its start without a gap, and this one continues
+  // them, the bytes are checksummed piece by piece as they arrive.
+  Status ReadRange(uint64_t at, std::span<uint8_t> out) {
+    const uint64_t record_start = base_;
+    if (!crc_entry_ || crc_entry_->crc32 == 0 || crc_next_ == UINT64_MAX ||
+        at != record_start + crc_next_) {
+      crc_next_ = UINT64_MAX;  // not one pass from the start: nothing to check
+      return file_.ReadAt(at, out);
+    }
+    for (uint64_t done = 0; done < out.size();) {
+      const uint64_t n = std::min<uint64_t>(kCrcPieceBytes, out.size() - done);
+      const std::span<uint8_t> piece = out.subspan(done, n);
+      DCPP_RETURN_IF_ERROR(file_.ReadAt(at + done, piece));
+      crc_ = Crc32(piece, crc_);
+      done += n;
+    }
+    crc_next_ += out.size();
+    return Status();
+  }
+
   const ReadableFile& file_;
   const uint64_t base_;
   const format::DecodedTensor& src_;
   const size_t esize_;
   const uint64_t limit_;
+  const format::zip::Entry* const crc_entry_;
+  uint32_t crc_ = 0;
+  uint64_t crc_next_ = 0;  // record bytes checksummed so far; UINT64_MAX: gave up
   std::unique_ptr<uint8_t[]> scratch_;
   uint64_t scratch_size_ = 0;
 };
@@ -147,10 +199,11 @@ class BoxReader {
 // Errors: the file's range or its transformed data is bad (DataLoss naming
 // the item and the file), or the read failed.
 Status StreamChunk(Storage& storage, std::string_view name, DType dtype,
-                   const ChunkMeta& chunk, std::span<const ChunkTarget> targets, bool* fits) {
+                   const ChunkMeta& chunk, std::span<const ChunkTarget> targets, bool verify,
+                   bool* fits) {
   DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
   const uint64_t chunk_bytes = static_cast<uint64_t>(NumElements(chunk.sizes)) * ElementSize(dtype);
-  ChunkStream stream(dtype, chunk, targets, kStreamWindowBytes);
+  ChunkStream stream(dtype, chunk, targets, kStreamWindowBytes, verify);
   auto decoder = transform::NewDecoder(
       chunk.storage.transform_descriptors, chunk_bytes + kArchiveSlack,
       [&stream](std::span<const uint8_t> piece) { return stream.Write(piece); });
@@ -166,7 +219,7 @@ Status StreamChunk(Storage& storage, std::string_view name, DType dtype,
     done += n;
   }
   DCPP_RETURN_IF_ERROR((*decoder)->Finish().WithContext(where));
-  return stream.Finish(fits);
+  return stream.Finish(fits).WithContext(Quoted(name) + " in " + ItemAt(f.path, chunk.storage));
 }
 
 Status CheckDecoded(const format::DecodedTensor& d, DType dtype, const ChunkMeta& chunk,
@@ -203,6 +256,12 @@ ItemBytes BytesOf(const StoreItem& item, const format::zip::WriteOptions& zip_op
   return b;
 }
 
+uint32_t CrcOfPieces(const std::vector<Bytes>& pieces) {
+  uint32_t crc = 0;
+  for (const Bytes& p : pieces) crc = Crc32(p, crc);
+  return crc;
+}
+
 std::string SavingWhere(const StoreItem& item, const std::string& path) {
   return "saving " + Quoted(item.name) + " to " + path;
 }
@@ -234,12 +293,78 @@ Status WriteInParallel(WritableFile& file, const std::string& path,
       return InternalError(SavingWhere(items[i], path) + ": the archive's size changed");
     DCPP_RETURN_IF_ERROR(
         file.WriteVAt(infos[i].offset, b.pieces).WithContext(SavingWhere(items[i], path)));
+    if (items[i].stored_crc32) *items[i].stored_crc32 = CrcOfPieces(b.pieces);
     if (on_item) {
       std::lock_guard<std::mutex> lock(mu);
       on_item(i, b.in_bytes);
     }
     return Status();
   });
+}
+
+// A large untransformed chunk opened for reading part of it: its archive's
+// small records read and checked against the metadata (and their CRC-32s,
+// when verifying), its storage record located.
+struct LargeChunk {
+  std::shared_ptr<const ReadableFile> file;  // shared with the reader's read_at
+  std::string path;
+  format::zip::Reader reader;
+  format::DecodedTensor described;
+  std::string checked_at;  // the chunk, the file and the item's offset
+  size_t storage_index = SIZE_MAX;  // the storage record's entry, when verifying
+  const format::zip::Entry* storage_entry() const {
+    return storage_index < reader.directory().entries.size()
+               ? &reader.directory().entries[storage_index]
+               : nullptr;
+  }
+};
+
+Result<LargeChunk> OpenLargeChunk(Storage& storage, std::string_view name, DType dtype,
+                                  const ChunkMeta& chunk, const std::string& where, bool verify) {
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
+  const uint64_t base = chunk.storage.offset;
+  std::shared_ptr<const ReadableFile> file = std::move(f.file);
+  auto read_at = [file, base](uint64_t offset, uint64_t length) -> Result<std::string> {
+    std::string out(length, '\0');
+    DCPP_RETURN_IF_ERROR(file->ReadAt(base + offset, Writable(out)));
+    return out;
+  };
+  constexpr uint64_t kMaxSmallRecord = uint64_t{16} << 20;
+  auto reader = format::zip::Reader::OpenRanged(chunk.storage.length, read_at, kMaxSmallRecord);
+  if (!reader.ok())
+    return reader.status().WithContext("torch.save tensor archive").WithContext(where);
+  if (verify) {
+    // The small records first (data.pkl above all), so damage there reads
+    // as what it is rather than as whatever the decoder makes of it.
+    for (const format::zip::Entry& e : reader->directory().entries) {
+      if (e.crc32 == 0 || e.name.rfind("data/", 0) == 0) continue;  // storage records: below
+      auto bytes = reader->Read(e.name);
+      auto at = reader->Offset(e.name);
+      if (bytes.ok() && at.ok())
+        DCPP_RETURN_IF_ERROR(format::CheckRecordCrc(e, Crc32(*bytes), *at)
+                                 .WithContext("torch.save tensor archive")
+                                 .WithContext(where + " in " + ItemAt(f.path, chunk.storage)));
+    }
+  }
+  auto described = format::DescribeTensorArchive(*reader);
+  if (!described.ok()) return described.status().WithContext(where);
+  DCPP_RETURN_IF_ERROR(CheckDecoded(*described, dtype, chunk, where));
+  LargeChunk c{file, f.path, std::move(*reader), std::move(*described), {}, SIZE_MAX};
+  c.checked_at = where + " in " + ItemAt(c.path, chunk.storage);
+  if (verify) {
+    // The small records (data.pkl among them) now; the storage record as
+    // its bytes arrive, if a target reads all of it.
+    const auto& entries = c.reader.directory().entries;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      auto at = c.reader.Offset(entries[i].name);
+      if (at.ok() && *at == c.described.storage_record_offset) c.storage_index = i;
+    }
+    // Without the storage record's entry (cannot happen for an archive
+    // Describe accepted) nothing is checked rather than reading it whole.
+    if (const format::zip::Entry* e = c.storage_entry())
+      DCPP_RETURN_IF_ERROR(format::CheckArchiveCrcs(c.reader, e->name).WithContext(c.checked_at));
+  }
+  return c;
 }
 
 }  // namespace
@@ -278,6 +403,7 @@ Result<std::vector<StorageInfo>> WriteDataFile(
       if (options.transforms.empty()) {
         DCPP_RETURN_IF_ERROR(file.WriteVAt(offset, b.pieces).WithContext(where));
         info.length = b.size;
+        if (item.stored_crc32) *item.stored_crc32 = CrcOfPieces(b.pieces);
       } else {
         transform::EncodeOptions eo;
         eo.zstd_level = options.compression_level;
@@ -285,9 +411,11 @@ Result<std::vector<StorageInfo>> WriteDataFile(
         eo.element_size = item.is_tensor ? static_cast<int>(ElementSize(item.tensor.dtype)) : 1;
         eo.size_hint = b.size;
         uint64_t written = 0;
+        uint32_t stored_crc = 0;
         auto sink = [&](std::span<const uint8_t> out) -> Status {
           DCPP_RETURN_IF_ERROR(file.WriteAt(offset + written, out));
           written += out.size();
+          if (item.stored_crc32) stored_crc = Crc32(out, stored_crc);
           return Status();
         };
         auto encoder =
@@ -297,6 +425,7 @@ Result<std::vector<StorageInfo>> WriteDataFile(
           DCPP_RETURN_IF_ERROR((*encoder)->Write(p).WithContext(where));
         DCPP_RETURN_IF_ERROR((*encoder)->Finish().WithContext(where));
         info.length = written;
+        if (item.stored_crc32) *item.stored_crc32 = stored_crc;
       }
       offset += info.length;
       if (on_item) on_item(i, b.in_bytes);
@@ -308,7 +437,7 @@ Result<std::vector<StorageInfo>> WriteDataFile(
 }
 
 Result<std::string> ReadItem(Storage& location, const StorageInfo& storage,
-                             std::string_view name, uint64_t max_bytes) {
+                             std::string_view name, uint64_t max_bytes, const ReadChecks& checks) {
   DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(location, storage, name));
   const bool transformed = !storage.transform_descriptors.empty();
   if (!transformed && storage.length > max_bytes)
@@ -316,15 +445,28 @@ Result<std::string> ReadItem(Storage& location, const StorageInfo& storage,
                          " bytes, more than the " + std::to_string(max_bytes) + " expected");
   std::string stored(storage.length, '\0');
   DCPP_RETURN_IF_ERROR(f.file->ReadAt(storage.offset, Writable(stored)));
-  if (!transformed) return stored;
-  auto decoded =
-      transform::DecodeAll(storage.transform_descriptors, format::zip::AsBytes(stored), max_bytes);
-  if (!decoded.ok()) return decoded.status().WithContext(Quoted(name) + " in " + f.path);
-  return decoded;
+  const std::string where = Quoted(name) + " in " + ItemAt(f.path, storage);
+  if (checks.verify_checksums && checks.stored_crc32) {
+    const uint32_t crc = Crc32(format::zip::AsBytes(stored));
+    if (crc != *checks.stored_crc32)
+      return DataLossError(where + ": checksum mismatch: the stored bytes' CRC-32 differs from "
+                                   "the one the checksum file records");
+  }
+  if (transformed) {
+    auto decoded = transform::DecodeAll(storage.transform_descriptors,
+                                        format::zip::AsBytes(stored), max_bytes);
+    if (!decoded.ok()) return decoded.status().WithContext(where);
+    stored = std::move(*decoded);
+  }
+  if (checks.verify_checksums)
+    DCPP_RETURN_IF_ERROR(format::CheckArchiveBytes(format::zip::AsBytes(stored)).WithContext(where));
+  return stored;
 }
 
 Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const ChunkMeta& chunk,
-                 std::span<const ChunkTarget> targets, uint64_t buffer_limit) {
+                 std::span<const ChunkTarget> targets, uint64_t buffer_limit,
+                 const ReadChecks& checks) {
+  const bool verify = checks.verify_checksums;
   const std::string where = Quoted(name) + " chunk at offsets " + ShapeToString(chunk.offsets) +
                             " (" + chunk.storage.relative_path + ")";
   const size_t nd = chunk.sizes.size();
@@ -353,14 +495,16 @@ Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const Chu
 
   if (!chunk.storage.transform_descriptors.empty() && chunk_bytes > kWholeReadBelow) {
     bool fits = false;
-    DCPP_RETURN_IF_ERROR(StreamChunk(storage, name, dtype, chunk, targets, &fits));
+    DCPP_RETURN_IF_ERROR(StreamChunk(storage, name, dtype, chunk, targets, verify, &fits));
     if (fits) return Status();
     // Not laid out as DCP writers lay archives out: read it whole below,
     // which either succeeds or says what is wrong.
   }
   if (!chunk.storage.transform_descriptors.empty() || chunk.storage.length <= kWholeReadBelow) {
+    ReadChecks whole;
+    whole.verify_checksums = verify;
     DCPP_ASSIGN_OR_RETURN(std::string blob,
-                          ReadItem(storage, chunk.storage, name, chunk_bytes + kArchiveSlack));
+                          ReadItem(storage, chunk.storage, name, chunk_bytes + kArchiveSlack, whole));
     auto decoded = format::DecodeTensorArchive(format::zip::AsBytes(blob));
     if (!decoded.ok()) return decoded.status().WithContext(where);
     DCPP_RETURN_IF_ERROR(CheckDecoded(*decoded, dtype, chunk, where));
@@ -375,29 +519,53 @@ Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const Chu
 
   // A large untransformed chunk: read its archive's small records, then
   // only the bytes each target needs.
-  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
-  const uint64_t base = chunk.storage.offset;
-  const ReadableFile& file = *f.file;
-  auto read_at = [&file, base](uint64_t offset, uint64_t length) -> Result<std::string> {
-    std::string out(length, '\0');
-    DCPP_RETURN_IF_ERROR(file.ReadAt(base + offset, Writable(out)));
-    return out;
-  };
-  constexpr uint64_t kMaxSmallRecord = uint64_t{16} << 20;
-  auto reader = format::zip::Reader::OpenRanged(chunk.storage.length, read_at, kMaxSmallRecord);
-  if (!reader.ok())
-    return reader.status().WithContext("torch.save tensor archive").WithContext(where);
-  auto described = format::DescribeTensorArchive(*reader);
-  if (!described.ok()) return described.status().WithContext(where);
-  DCPP_RETURN_IF_ERROR(CheckDecoded(*described, dtype, chunk, where));
-  BoxReader box_reader(file, base + described->storage_record_offset, *described,
-                       std::max<uint64_t>(buffer_limit, 1));
+  DCPP_ASSIGN_OR_RETURN(LargeChunk c, OpenLargeChunk(storage, name, dtype, chunk, where, verify));
+  BoxReader box_reader(*c.file, chunk.storage.offset + c.described.storage_record_offset,
+                       c.described, std::max<uint64_t>(buffer_limit, 1), c.storage_entry());
   for (const ChunkTarget& t : targets) {
     Shape lo(nd);
     for (size_t d = 0; d < nd; ++d) lo[d] = t.box_offsets[d] - chunk.offsets[d];
     DCPP_RETURN_IF_ERROR(box_reader.Read(std::move(lo), t.box_sizes, t.dst).WithContext(where));
   }
-  return Status();
+  return box_reader.CheckCrc().WithContext(c.checked_at);
+}
+
+Result<StoredRecord> DescribeStoredChunk(Storage& storage, std::string_view name, DType dtype,
+                                         const ChunkMeta& chunk) {
+  const std::string where = Quoted(name) + " chunk at offsets " + ShapeToString(chunk.offsets) +
+                            " (" + chunk.storage.relative_path + ")";
+  DCPP_ASSIGN_OR_RETURN(LargeChunk c, OpenLargeChunk(storage, name, dtype, chunk, where, true));
+  StoredRecord r;
+  r.relative_path = chunk.storage.relative_path;
+  r.archive_offset = c.described.storage_record_offset;
+  r.offset = chunk.storage.offset + c.described.storage_record_offset;
+  r.length = c.described.storage_nbytes;
+  if (const format::zip::Entry* e = c.storage_entry()) r.entry = *e;
+  r.where = c.checked_at;
+  return r;
+}
+
+Status CheckStoredRecord(const StoredRecord& record, uint32_t crc) {
+  format::zip::Entry e = record.entry;
+  if (e.name.empty()) return Status();
+  return format::CheckRecordCrc(e, crc, record.archive_offset).WithContext(record.where);
+}
+
+Result<uint32_t> CrcOfStoredRange(Storage& storage, std::string_view relative_path,
+                                  uint64_t offset, uint64_t length) {
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<ReadableFile> file, storage.OpenForRead(relative_path));
+  thread_local std::unique_ptr<uint8_t[]> buffer;
+  if (!buffer) buffer.reset(new (std::nothrow) uint8_t[kCrcPieceBytes * 4]);
+  if (!buffer) return ResourceExhaustedError("cannot allocate a read buffer");
+  uint32_t crc = 0;
+  for (uint64_t done = 0; done < length;) {
+    const uint64_t n = std::min<uint64_t>(kCrcPieceBytes * 4, length - done);
+    const std::span<uint8_t> piece(buffer.get(), static_cast<size_t>(n));
+    DCPP_RETURN_IF_ERROR(file->ReadAt(offset + done, piece));
+    crc = Crc32(piece, crc);
+    done += n;
+  }
+  return crc;
 }
 
 }  // namespace dcpp::storage

@@ -10,10 +10,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "dcpp/format/zip.h"
 #include "dcpp/metadata.h"
 #include "dcpp/storage/storage.h"
 #include "dcpp/status.h"
@@ -30,6 +32,10 @@ struct StoreItem {
   TensorView tensor;                   // is_tensor: any dense layout
   std::span<const uint8_t> bytes;      // !is_tensor
   std::string name;                    // for errors (the FQN)
+  // If set, receives the CRC-32 of the bytes stored for this item (after
+  // transforms), for the sidecar checksum file. Costs a pass over the item's
+  // bytes: meant for BYTE_IO items, which are small.
+  uint32_t* stored_crc32 = nullptr;
 };
 
 struct StoreOptions {
@@ -71,14 +77,36 @@ Result<std::vector<StorageInfo>> WriteDataFile(
     const StoreOptions& options,
     const std::function<void(size_t, uint64_t)>& on_item = nullptr);
 
+// What reads check beyond the archive's structure.
+//  - verify_checksums: the CRC-32 each zip record of the item's torch.save
+//    archive records (0 = none recorded, accepted: torch and dcpp write 0
+//    with their CRC options off) is checked for every record read in full:
+//    everything ReadItem returns, every chunk read whole, a large chunk's
+//    small records and its storage record when a target asks for all of it
+//    (computed over the bytes as they arrive, in cache-sized pieces, on the
+//    reading thread), and chunks decoded as a stream (ChunkStream). A read
+//    of only part of a large chunk (resharding) cannot check its storage
+//    record: that part is NOT checked. zstd frames' content checksums are
+//    checked whenever a frame has one, whatever this says.
+//  - stored_crc32 (from the sidecar checksum file): the CRC-32 of the item's
+//    stored bytes, checked by ReadItem when verify_checksums is on.
+// A mismatch is DataLoss naming the item, the file and the item's offset.
+struct ReadChecks {
+  bool verify_checksums = true;
+  std::optional<uint32_t> stored_crc32;
+};
+
 // Reads one item's stored bytes and undoes its transforms: the item's
 // torch.save archive. `max_bytes` caps what the result may grow to (the
 // decoder's allocation bound for untrusted transformed data). DataLoss when
-// the recorded range lies outside the file or the transformed data is
-// corrupt, or storage.relative_path is not a valid entry name; errors name
-// the item (`name`) and the file. Thread-safe.
+// the recorded range lies outside the file, the transformed data is corrupt,
+// storage.relative_path is not a valid entry name, or a checksum in `checks`
+// does not match (bytes that are not a zip archive are returned unchecked:
+// the caller's decoder reports them); errors name the item (`name`), the
+// file and the item's offset. Thread-safe.
 Result<std::string> ReadItem(Storage& location, const StorageInfo& storage,
-                             std::string_view name, uint64_t max_bytes);
+                             std::string_view name, uint64_t max_bytes,
+                             const ReadChecks& checks = {});
 
 // Where a piece of a saved tensor chunk goes: `dst` receives the part of the
 // chunk inside `box` (global coordinates, lying inside the chunk).
@@ -106,10 +134,43 @@ inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
 //  - Smaller chunks are read (and decoded) whole.
 // Checks the archive against the metadata (dtype, shape): DataLoss naming
 // the tensor, its chunk and the file; corrupt transformed data is DataLoss
-// naming the tensor and the file.
+// naming the tensor and the file. Checksums as ReadChecks says (only
+// verify_checksums is used here).
 // Thread-safe (several chunks of one storage may be read at once).
 Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const ChunkMeta& chunk,
-                 std::span<const ChunkTarget> targets, uint64_t buffer_limit = kReadScratchBytes);
+                 std::span<const ChunkTarget> targets, uint64_t buffer_limit = kReadScratchBytes,
+                 const ReadChecks& checks = {});
+
+// ---- For `dcpp verify`: every byte of a large chunk, on several threads ----
+
+// Where a large untransformed chunk's storage record (its tensor bytes) lies
+// and the CRC-32 its archive records for it.
+struct StoredRecord {
+  std::string relative_path;  // the data file
+  uint64_t offset = 0;        // of the record's data, in the file
+  uint64_t archive_offset = 0;  // of the record's data, in the item's archive
+  uint64_t length = 0;
+  format::zip::Entry entry;  // the record's zip entry (empty name: unknown)
+  std::string where;         // the chunk, the file and the item's offset, for errors
+};
+
+// Opens an untransformed chunk and checks everything but its storage
+// record's bytes, as ReadChunk does before a partial read: the archive's
+// structure, its small records' CRC-32s, the tensor it describes against
+// the metadata. Errors as ReadChunk's. (Transformed or small chunks are
+// checked whole by ReadChunk with no targets.) Thread-safe.
+Result<StoredRecord> DescribeStoredChunk(Storage& storage, std::string_view name, DType dtype,
+                                         const ChunkMeta& chunk);
+
+// The CRC-32 of `length` bytes at `offset` of the entry `relative_path`,
+// read in cache-sized pieces into a per-thread buffer; combine pieces of one
+// record computed on several threads with Crc32Combine. Thread-safe.
+Result<uint32_t> CrcOfStoredRange(Storage& storage, std::string_view relative_path,
+                                  uint64_t offset, uint64_t length);
+
+// DataLoss naming the record if `crc` (of all of its bytes) differs from the
+// CRC-32 its entry records (0 = none: OK).
+Status CheckStoredRecord(const StoredRecord& record, uint32_t crc);
 
 }  // namespace dcpp::storage
 

@@ -174,11 +174,14 @@ TEST_F(PosixStorageTest, FifoAsDataFileIsRefusedWithoutBlocking) {
 }
 
 // Rewrites the checkpoint's metadata so that every item names `prefix` +
-// its file.
+// its file, as an outside editor would: its save_id stays, so the sidecar
+// checksum file (which would flag the edited .metadata) goes.
 void Redirect(const std::string& dir, const std::string& prefix) {
   auto st = NewPosixStorage(dir);
   auto md = ReadCheckpointMetadata(*st);
   ASSERT_TRUE(md.ok());
+  if (md->storage_meta && md->storage_meta->save_id)
+    (void)st->Remove(".checksums." + *md->storage_meta->save_id);
   for (auto& e : md->entries) {
     if (e.is_tensor())
       for (auto& c : e.chunks) c.storage.relative_path = prefix + c.storage.relative_path;
@@ -234,7 +237,8 @@ TEST_F(PosixStorageTest, SaveReclaimsLeftoversAndNothingElse) {
   ASSERT_TRUE(Save(Sample(1), dir).ok());
   const auto first = DataFiles(dir);
   for (const char* name : {"__0_0.deadbeef.distcp", "__3_1.distcp", ".metadata.tmp",
-                           ".metadata.0badc0de.tmp", "notes.txt", "__0_0.distcp.bak", "x.distcp"})
+                           ".metadata.0badc0de.tmp", "notes.txt", "__0_0.distcp.bak", "x.distcp",
+                           ".checksums.0ld-save", ".checksums.0ld-save.tmp"})
     std::ofstream(dir + "/" + name) << "junk";
   auto md = Save(Sample(2), dir);
   ASSERT_TRUE(md.ok()) << md.status().ToString();
@@ -245,7 +249,8 @@ TEST_F(PosixStorageTest, SaveReclaimsLeftoversAndNothingElse) {
   ASSERT_EQ(now.size(), 1u);
   EXPECT_NE(now, first);  // a new name: the old file went with the old checkpoint
   std::vector<std::string> expect = {".dcpp.lock", ".metadata", "__0_0.distcp.bak", now[0],
-                                     "notes.txt", "x.distcp"};
+                                     "notes.txt", "x.distcp",
+                                     ".checksums." + *md->storage_meta->save_id};
   std::sort(expect.begin(), expect.end());
   EXPECT_EQ(left, expect);
   auto all = LoadAll(dir);
