@@ -246,7 +246,9 @@ def evaluate(reader: str, path: str, expected: str) -> tuple[str, str]:
                 import dcpp.torch
 
                 dcp.load(got, storage_reader=dcpp.torch.FileSystemReader(path), no_dist=True)
-    except Exception as e:  # noqa: BLE001 - every failure is an outcome here
+    except BaseException as e:  # torch's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
         return "error", f"{type(e).__name__}: {e}"[:300]
     return ("ok" if _same(want, got) else "WRONG"), ""
 
