@@ -27,6 +27,7 @@ import dataclasses
 import io
 import os
 import pickle
+import stat
 import uuid
 from pathlib import Path
 from typing import IO, Any, Sequence
@@ -53,7 +54,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from . import _dcpp
+from . import _dcpp, _torch_metadata
 from ._dcpp import AlreadyExistsError, CorruptCheckpointError
 
 __all__ = ["FileSystemWriter", "FileSystemReader", "ByteShuffle", "extension_registry"]
@@ -109,6 +110,19 @@ def _descriptors_from_extensions(extensions: Sequence[StreamTransformExtension])
                 f"({descriptor}); it applies {', '.join(_dcpp._known_transforms())}"
             )
     return out
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of ``path``; refuses anything but a regular file (a FIFO
+    would block the reader forever, a device never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptCheckpointError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: str) -> None:
@@ -375,6 +389,10 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         self.load_id = str(uuid.uuid4())
         self.rank: int | None = None
         self.use_collectives = True
+        # From the last read_metadata: the Metadata it returned and the
+        # tensors in it whose chunks do not tile them (FQN -> message).
+        self._decoded: Metadata | None = None
+        self._bad_tilings: dict[str, str] = {}
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         self.storage_data = {}
@@ -384,17 +402,16 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         self.load_id = str(uuid.uuid4())
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        """``.metadata`` (or ``__{rank}.metadata``) as torch's Metadata.
+
+        Parsed by dcpp's safe decoder, never unpickled (see
+        :mod:`dcpp._torch_metadata`): a file holding anything but DCP's
+        metadata classes, or chunks of the wrong rank or outside their
+        tensor, raises :class:`dcpp.CorruptCheckpointError`.
+        """
         path = os.path.join(os.fspath(self.path), _metadata_name(kwargs.get("rank")))
-        with open(path, "rb") as f:
-            try:
-                metadata = pickle.load(f)
-            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError,
-                    IndexError, TypeError, ValueError) as e:
-                raise CorruptCheckpointError(f"{path}: cannot unpickle the metadata: {e}") from e
-        if not isinstance(metadata, Metadata):
-            raise CorruptCheckpointError(
-                f"{path}: holds a {type(metadata).__name__}, not checkpoint metadata"
-            )
+        metadata, self._bad_tilings = _torch_metadata.decode(_read_regular_file(path), path)
+        self._decoded = metadata
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -411,6 +428,13 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         self.use_collectives = kwargs.get("use_collectives", True)
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        # As dcpp.load: a tensor whose saved chunks overlap or leave holes
+        # cannot be loaded (torch's reader would leave the holes as they were).
+        if self.metadata is self._decoded:
+            for req in plan.items:
+                problem = self._bad_tilings.get(req.storage_index.fqn)
+                if problem is not None and req.type != LoadItemType.BYTE_IO:
+                    raise CorruptCheckpointError(problem)
         return plan
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:

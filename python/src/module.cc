@@ -20,6 +20,7 @@
 #include "convert.h"
 #include "dcpp/checkpoint.h"
 #include "errors.h"
+#include "metadata_bindings.h"
 #include "storage_bindings.h"
 
 namespace nb = nanobind;
@@ -260,4 +261,5 @@ NB_MODULE(_dcpp, m) {
         "torch_tensors"_a, "weights_only"_a);
   m.def("read_metadata", &ReadMetadataImpl, "path"_a);
   BindStorage(m);
+  BindTorchMetadata(m);
 }
