@@ -24,11 +24,17 @@ dcpp's ``dcpp.byteshuffle/1`` transform.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import fcntl
 import io
 import os
 import pickle
+import secrets
+import socket
 import stat
+import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import IO, Any, Sequence
 
@@ -39,7 +45,11 @@ from torch.distributed.checkpoint._extension import (
     StreamTransformExtension,
     ZStandard,
 )
-from torch.distributed.checkpoint.filesystem import FileSystem, _StorageInfo, _StoragePrefix
+from torch.distributed.checkpoint.filesystem import (
+    FileSystem,
+    SerializationFormat,
+    _StorageInfo,
+)
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import (
     LoadItemType,
@@ -55,12 +65,13 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from . import _dcpp, _torch_metadata
-from ._dcpp import AlreadyExistsError, CorruptCheckpointError
+from ._dcpp import AbortedError, AlreadyExistsError, CorruptCheckpointError
 
 __all__ = ["FileSystemWriter", "FileSystemReader", "ByteShuffle", "extension_registry"]
 
 _METADATA = ".metadata"
 _SUFFIX = ".distcp"
+_LOCK = ".dcpp.lock"
 _DCP_VERSION = "1.0.0"
 
 
@@ -133,6 +144,134 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True)
+class _SaveFiles:
+    """What the coordinator tells each rank in its SavePlan's storage_data:
+    name your data files ``{prefix}{n}.{tag}.distcp``. The tag is new for
+    every save, so a save never writes over a file another checkpoint (the
+    one it replaces, or a save that was killed) may still need."""
+
+    prefix: str
+    tag: str
+
+    def data_file(self, n: int) -> str:
+        return f"{self.prefix}{n}.{self.tag}{_SUFFIX}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """The file names one save owns in the checkpoint directory: all of it
+    (``rank`` None, a coordinated save), or one rank's files (torch's
+    ``use_collectives=False``, where every rank commits its own
+    ``__{rank}.metadata``)."""
+
+    rank: int | None
+
+    @property
+    def metadata(self) -> str:
+        return _metadata_name(self.rank)
+
+    @property
+    def lock(self) -> str:
+        return _LOCK if self.rank is None else f"__{self.rank}{_LOCK}"
+
+    def metadata_tmp(self, tag: str) -> str:
+        return f"{self.metadata}.{tag}.tmp"
+
+    def data_prefix(self, rank: int) -> str:
+        return f"__{rank}_"
+
+    def reclaimable(self, name: str) -> bool:
+        """A data file or temporary metadata of a save in this layout's scope."""
+        data = "__" if self.rank is None else f"__{self.rank}_"
+        return (name.startswith(data) and name.endswith(_SUFFIX)) or (
+            name.startswith(self.metadata) and name.endswith(".tmp")
+        )
+
+
+def _new_tag(root: str) -> str:
+    """A random tag that no file in ``root`` carries yet."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        names = []
+    while True:
+        tag = secrets.token_hex(4)
+        if not any(f".{tag}." in name for name in names):
+            return tag
+
+
+class _DirectoryLock:
+    """An exclusive lock on a checkpoint directory, held by the one process
+    that commits a save (torch's coordinator) from global planning until its
+    ``finish`` ends.
+
+    The protocol is the C++ Save's: ``flock(LOCK_EX | LOCK_NB)`` on the file
+    ``.dcpp.lock`` in the directory (created if missing, never removed); the
+    holder then writes one line naming itself, ``pid=<pid> host=<hostname>
+    started=<UTC ISO-8601> save=<tag>``, which a save that finds the lock
+    taken quotes in its error. The kernel drops the lock when the descriptor
+    closes: on :meth:`release`, when this object is collected (a save that
+    failed on another rank never reaches ``finish``), or when the process
+    dies. Locks exclude across processes and across threads of one process.
+    """
+
+    def __init__(self, path: str, tag: str, timeout: float) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._wait(fd, path, timeout)
+            started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            line = f"pid={os.getpid()} host={socket.gethostname()} started={started} save={tag}\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, line.encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._close = weakref.finalize(self, os.close, fd)
+
+    @staticmethod
+    def _wait(fd: int, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.25)
+        try:
+            with open(path, "rb") as f:
+                holder = f.read(4096).decode(errors="replace").strip() or "not yet named"
+        except OSError as e:
+            holder = f"unreadable: {e}"
+        waited = f"after waiting {timeout:g} s" if timeout > 0 else "(lock_timeout=0)"
+        raise AbortedError(
+            f"{os.path.dirname(path)}: another save is writing this checkpoint; "
+            f"{os.path.basename(path)} is held by {holder} {waited}"
+        )
+
+    def release(self) -> None:
+        self._close()  # closes the descriptor once, however often called
+
+
+def _reclaim(root: str, layout: _Layout, referenced: set[str]) -> None:
+    """Removes the data files and temporary metadata in ``layout``'s scope
+    that the committed metadata does not reference: the replaced checkpoint's
+    and those of killed saves. Best effort: the checkpoint is committed, and
+    whatever stays is reclaimed by the next save."""
+    for name in os.listdir(root):
+        if layout.reclaimable(name) and name not in referenced:
+            try:
+                os.remove(os.path.join(root, name))
+            except OSError:
+                pass
+
+
 class _FileSystemPath:
     """What torch asks a filesystem storage writer or reader about its path."""
 
@@ -153,6 +292,19 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
     The positional arguments are torch's FileSystemWriter's; the rest are
     keyword-only.
 
+    Saves are atomic and exclusive, as dcpp's own save: every save writes its
+    data files under names of its own (``__{rank}_{n}.{tag}.distcp``, a
+    random tag per save) and its metadata to ``.metadata.{tag}.tmp``, then
+    commits by renaming that to ``.metadata`` (fsyncs first and after, with
+    ``sync_files``). Until then a checkpoint already in ``path`` stays intact
+    and loadable; after it, the coordinator removes the data files and
+    temporary metadata the new ``.metadata`` does not reference (the replaced
+    checkpoint's and those of killed saves), and nothing else. From global
+    planning to the commit the coordinator holds an exclusive lock on
+    ``path/.dcpp.lock`` (see ``lock_timeout``). Without collectives
+    (``dcp.save(..., use_collectives=False)``) each rank does all of this for
+    its own files, ``__{rank}.metadata`` and the lock ``__{rank}.dcpp.lock``.
+
     Args:
         path: the checkpoint directory (created if needed).
         single_file_per_rank: True (default): ``thread_count`` data files per
@@ -168,8 +320,16 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         per_thread_copy_ahead: accepted for compatibility with torch's
             writer; unused (tensors on other devices are copied to the CPU
             before writing starts).
+        cache_staged_state_dict: accepted for compatibility with torch's
+            writer; unused (this writer does not stage for dcp.async_save).
         overwrite: False raises :class:`dcpp.AlreadyExistsError` (a
             FileExistsError) in planning when ``path`` holds a checkpoint.
+        serialization_format: only torch's default,
+            ``SerializationFormat.TORCH_SAVE``.
+        lock_timeout: seconds the coordinator waits for another save to
+            release the directory; 0 (default): fail at once. Then
+            :class:`dcpp.AbortedError` names the holder (its pid, host, start
+            time and save tag).
         transforms: stream transforms by descriptor, in application order,
             e.g. ``["stream.zstd/1"]`` (torch reads it with zstandard
             installed) or ``["dcpp.byteshuffle/1", "stream.zstd/1"]`` (torch
@@ -190,15 +350,23 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         sync_files: bool = True,
         thread_count: int = 1,
         per_thread_copy_ahead: int = 10_000_000,
-        *,
+        cache_staged_state_dict: bool = False,
         overwrite: bool = True,
+        _extensions: Sequence[StreamTransformExtension] | None = None,
+        serialization_format: SerializationFormat = SerializationFormat.TORCH_SAVE,
+        *,
         transforms: Sequence[str] | None = None,
         compression_level: int = 1,
         checksums: bool = True,
         io_threads: int = 0,
-        _extensions: Sequence[StreamTransformExtension] | None = None,
+        lock_timeout: float = 0.0,
     ) -> None:
         super().__init__()
+        if serialization_format != SerializationFormat.TORCH_SAVE:
+            raise ValueError(f"dcpp writes torch.save items only, not {serialization_format}")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) \
+                or not lock_timeout >= 0:
+            raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout!r}")
         if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 1:
             raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
         if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 0:
@@ -222,43 +390,71 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         )
         self.compression_level = compression_level
         self.checksums = checksums
+        self.lock_timeout = float(lock_timeout)
         self.save_id = str(uuid.uuid4())
         self.rank: int | None = None
         self.use_collectives = True
+        self._lock: _DirectoryLock | None = None  # held by the coordinator during a save
+        self._tag = ""  # the tag of the save this coordinator prepared
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        self._release_lock()
         if checkpoint_id:
             self.path = self.fs.init_path(checkpoint_id)
         self.save_id = str(uuid.uuid4())
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        # A lock still held here is left from an earlier save through this
+        # writer that failed on another rank (torch then skips finish).
+        self._release_lock()
         self.rank = kwargs.get("rank")
         self.use_collectives = kwargs.get("use_collectives", True)
 
-    def _metadata_rank(self) -> int | None:
-        return None if self.use_collectives or self.rank is None else self.rank
+    def _layout(self) -> _Layout:
+        return _Layout(None if self.use_collectives or self.rank is None else self.rank)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         self.fs.mkdir(self.path)
+        # torch's early check, on every rank; the coordinator checks again
+        # under the lock.
         existing = Path(self.path) / _metadata_name(None if self.use_collectives else 0)
         if existing.exists() and not self.overwrite:
-            raise AlreadyExistsError(
-                f"{self.path} already holds a checkpoint and overwrite=False"
-            )
-        if self.rank is not None and not self.use_collectives:
-            plan = dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{self.rank}_"))
+            raise AlreadyExistsError(f"{self.path} already holds a checkpoint and overwrite=False")
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        """On the coordinator: locks the directory, picks this save's tag and
+        tells every rank the names of its data files."""
+        root = os.fspath(self.path)
+        layout = self._layout()
+        self._tag = _new_tag(root)
+        self._lock = _DirectoryLock(os.path.join(root, layout.lock), self._tag, self.lock_timeout)
+        try:
+            if not self.overwrite and os.path.exists(os.path.join(root, layout.metadata)):
+                raise AlreadyExistsError(f"{root} already holds a checkpoint and overwrite=False")
+        except BaseException:
+            self._release_lock()
+            raise
+        ranks = [layout.rank] if layout.rank is not None else range(len(plans))
         return [
-            dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{i}_"))
-            if plan.storage_data is None
-            else plan
-            for i, plan in enumerate(plans)
+            dataclasses.replace(plan, storage_data=_SaveFiles(layout.data_prefix(r), self._tag))
+            for r, plan in zip(ranks, plans)
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        prefix = plan.storage_data.prefix
+        try:
+            return self._write_data(plan, planner)
+        except BaseException:
+            self._release_lock()  # torch calls nothing more on a failed save
+            raise
+
+    def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        save_files: _SaveFiles = plan.storage_data
         if self.single_file_per_rank:
             buckets = _split_by_size_and_type(self.thread_count, plan.items)
         else:
@@ -268,7 +464,7 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         files = []  # (name, [(fqn, kind, data)]) for the C++ writer
         order = []  # the WriteItems of each file, in the order they are written
         for i, bucket in enumerate(buckets):
-            name = f"{prefix}{i}{_SUFFIX}"
+            name = save_files.data_file(i)
             # As torch's writer: a file's pickled values first, then its tensors.
             written = [wi for wi in bucket if wi.type == WriteItemType.BYTE_IO]
             written += [wi for wi in bucket if wi.type != WriteItemType.BYTE_IO]
@@ -331,24 +527,31 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         return fut
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
-        """Writes ``.metadata`` (torch's pickle) through a temporary file and an atomic rename."""
-        metadata.version = _DCP_VERSION
-        storage_md = {}
-        for wr_list in results:
-            storage_md.update({wr.index: wr.storage_data for wr in wr_list})
-        metadata.storage_data = storage_md
-        metadata.storage_meta = self.storage_meta()
-        root = os.fspath(self.path)
-        final = os.path.join(root, _metadata_name(self._metadata_rank()))
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(metadata, f)
+        """On the coordinator: commits the checkpoint, reclaims what the
+        replaced checkpoint and killed saves left, and releases the lock.
+
+        ``.metadata`` (torch's pickle) is written to ``.metadata.{tag}.tmp``
+        and renamed over ``.metadata``: the commit point.
+        """
+        try:
+            metadata.version = _DCP_VERSION
+            metadata.storage_data = {wr.index: wr.storage_data for rs in results for wr in rs}
+            metadata.storage_meta = self.storage_meta()
+            root = os.fspath(self.path)
+            layout = self._layout()
+            tmp = os.path.join(root, layout.metadata_tmp(self._tag))
+            with open(tmp, "xb") as f:
+                pickle.dump(metadata, f)
+                if self.sync_files:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(root, layout.metadata))
             if self.sync_files:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-        if self.sync_files:
-            _fsync_dir(root)
+                _fsync_dir(root)
+            referenced = {info.relative_path for info in metadata.storage_data.values()}
+            _reclaim(root, layout, referenced)
+        finally:
+            self._release_lock()
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)

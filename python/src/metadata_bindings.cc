@@ -91,15 +91,16 @@ nb::tuple NodeToPython(const pk::Node& n, pk::NodeId id, const std::string& wher
 
 // _torch_metadata_graph(data, where, allowed_globals) -> (nodes, root, tilings)
 //
-// 1. Decodes `data` as dcpp.read_metadata does (format::DecodeMetadata): the
-//    same allow-list of globals, the same checks of every entry (chunk rank,
-//    chunks inside the tensor, a storage record for every chunk and value).
-//    Failures raise: CorruptCheckpointError for a malformed or foreign
-//    (hostile) file, UnimplementedError for a dtype or layout dcpp lacks,
+// 1. Parses `data` with dcpp's pickle VM, accepting only the (module, name)
+//    pairs in `allowed_globals`; anything it refuses (a foreign global, an
+//    opcode torch never writes, garbage) raises CorruptCheckpointError.
+// 2. Decodes the same bytes as dcpp.read_metadata and dcpp.load do
+//    (format::DecodeMetadata): its own allow-list, the same checks of every
+//    entry (chunk rank, chunks inside the tensor, a storage record for every
+//    chunk and value). Raises CorruptCheckpointError for a malformed or
+//    foreign file, UnimplementedError for a dtype or layout dcpp lacks,
 //    ResourceExhaustedError for a file that expands beyond its bounds.
-// 2. Parses the same bytes with dcpp's pickle VM, accepting only the
-//    (module, name) pairs in `allowed_globals`, and returns the inert graph:
-//    `nodes[i]` is a tuple (kind, a, b):
+// 3. Returns the inert graph of step 1: `nodes[i]` is a tuple (kind, a, b):
 //      ("none", None, None), ("bool"|"int"|"float"|"str", value, None),
 //      ("bigint"|"bytes", bytes, None) (a big int little-endian two's
 //      complement), ("tuple"|"list"|"set"|"frozenset", [ids], None),
@@ -107,10 +108,10 @@ nb::tuple NodeToPython(const pk::Node& n, pk::NodeId id, const std::string& wher
 //      ("reduce"|"newobj", [callable, args(, kwargs)], (state or None,
 //      [setitem k0, v0, ...], [appended ids])).
 //    The graph may share nodes and, in hostile files, contain cycles.
-// 3. `tilings` maps the FQN of every tensor whose chunks do not tile it
-//    (overlap, or leave elements uncovered: plan::ValidateChunks with full
-//    coverage) to a CorruptCheckpointError message naming it. dcpp.load
-//    refuses these tensors when it loads them; the caller does the same.
+//    `tilings` maps the FQN of every tensor whose chunks do not tile it
+//    (overlap, or leave elements uncovered: plan::ValidateChunkViews with
+//    full coverage) to a CorruptCheckpointError message naming it. dcpp.load
+//    refuses such a tensor when it loads it; the caller does the same.
 // `where` (the file's path) prefixes every message.
 nb::tuple TorchMetadataGraph(nb::bytes data, const std::string& where,
                              std::vector<std::pair<std::string, std::string>> allowed_globals) {
@@ -123,18 +124,19 @@ nb::tuple TorchMetadataGraph(nb::bytes data, const std::string& where,
   std::vector<std::pair<std::string, std::string>> tilings;
   {
     nb::gil_scoped_release release;
-    md = format::DecodeMetadata(bytes);
-    if (md->ok()) {
-      pk::ParseOptions options;
-      options.allow_global = [&allowed](std::string_view module, std::string_view name) {
-        return allowed.count(std::pair<std::string, std::string>(module, name)) > 0;
-      };
-      // Every node, memo entry and literal byte comes from at least one
-      // input byte: caps in proportion to the input.
-      options.max_nodes = bytes.size() + 16;
-      options.max_memo = bytes.size() + 16;
-      options.max_string_bytes = bytes.size();
-      graph = pk::Parse(bytes, options);
+    pk::ParseOptions options;
+    options.allow_global = [&allowed](std::string_view module, std::string_view name) {
+      return allowed.count(std::pair<std::string, std::string>(module, name)) > 0;
+    };
+    // Caps in proportion to the input: every node and memo entry takes at
+    // least one input byte; string bytes can repeat (a STACK_GLOBAL of
+    // memoized names), as much as DecodeMetadata allows for.
+    options.max_nodes = bytes.size() + 16;
+    options.max_memo = bytes.size() + 16;
+    options.max_string_bytes = bytes.size() * 64 + (size_t{1} << 20);
+    graph = pk::Parse(bytes, options);
+    if (graph->ok()) md = format::DecodeMetadata(bytes);
+    if (md && md->ok()) {
       for (const EntryMeta& e : (*md)->entries) {
         if (!e.is_tensor()) continue;
         std::vector<plan::BoxView> boxes;
@@ -149,8 +151,15 @@ nb::tuple TorchMetadataGraph(nb::bytes data, const std::string& where,
       }
     }
   }
+  // Whatever the pickle VM refuses (a foreign global, an opcode torch never
+  // writes, garbage) is a corrupt file to a reader.
+  if (!graph->ok()) {
+    const Status& s = graph->status();
+    ThrowStatus(s.code() == StatusCode::kResourceExhausted
+                    ? s.WithContext(where + ": metadata")
+                    : DataLossError(std::string(s.message())).WithContext(where + ": metadata"));
+  }
   if (!md->ok()) ThrowStatus(AsReadError(md->status(), where));
-  if (!graph->ok()) ThrowStatus(AsReadError(graph->status(), where));
 
   nb::list nodes;
   const pk::Graph& g = graph->value();
