@@ -12,11 +12,15 @@ in parallel, without the GIL::
     dcp.load(state_dict, storage_reader=dcpp.torch.FileSystemReader(path))
     dcp.async_save(state_dict, storage_writer=dcpp.torch.FileSystemWriter(path))
 
-The checkpoints are torch's format byte for byte in layout (the same file
-names, ``__{rank}_{n}.distcp``, the same ``.metadata``): torch's own
+The checkpoints are torch's format (the same ``.metadata``, the same data
+files, named ``__{rank}_{n}.{tag}.distcp`` with a tag unique to each save so
+that a save never writes over a file another checkpoint needs): torch's own
 FileSystemReader loads what :class:`FileSystemWriter` writes and
 :class:`FileSystemReader` loads what torch's FileSystemWriter writes,
-including zstd-compressed checkpoints. :class:`ByteShuffle` and
+including zstd-compressed checkpoints. Unlike torch's, the writer commits
+atomically, excludes concurrent saves into one directory and reclaims what
+replaced checkpoints and killed saves leave; the reader never unpickles
+``.metadata`` (a hostile file cannot run code through it). :class:`ByteShuffle` and
 :func:`extension_registry` let stock torch read checkpoints written with
 dcpp's ``dcpp.byteshuffle/1`` transform.
 """
@@ -300,8 +304,10 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
     and loadable; after it, the coordinator removes the data files and
     temporary metadata the new ``.metadata`` does not reference (the replaced
     checkpoint's and those of killed saves), and nothing else. From global
-    planning to the commit the coordinator holds an exclusive lock on
-    ``path/.dcpp.lock`` (see ``lock_timeout``). Without collectives
+    planning until that is done the coordinator holds an exclusive lock on
+    ``path/.dcpp.lock`` (see ``lock_timeout``), so saves through this writer
+    or dcpp's own never run into one directory at once (torch's writer takes
+    no lock). Without collectives
     (``dcp.save(..., use_collectives=False)``) each rank does all of this for
     its own files, ``__{rank}.metadata`` and the lock ``__{rank}.dcpp.lock``.
 

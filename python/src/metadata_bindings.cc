@@ -1,11 +1,9 @@
 #include "metadata_bindings.h"
 
-#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
-#include <nanobind/stl/vector.h>
 
+#include <map>
 #include <optional>
-#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -25,100 +23,238 @@ namespace {
 
 namespace pk = format::pickle;
 
-// The decoder refuses a foreign global with InvalidArgument; to a reader that
-// is a corrupt (or hostile) file, like every other decoding failure.
-Status AsReadError(const Status& s, const std::string& where) {
-  Status out = s.code() == StatusCode::kInvalidArgument ? DataLossError(std::string(s.message()))
-                                                         : s;
-  return out.WithContext(where);
-}
+// What the caller's table allows one global to be used as.
+struct Role {
+  enum Kind { kValue, kCall, kNew, kNewSetState } kind = kValue;
+  nb::object obj;
+  nb::object fields;  // kNew: the state keys kept (a frozenset)
+};
 
-nb::list Ids(const std::vector<pk::NodeId>& ids) {
-  nb::list out;
-  for (pk::NodeId id : ids) out.append(id);
-  return out;
-}
+// Python objects from the parsed pickle graph, as pickle.load would build
+// them, but only through the roles of the table: a global is a value, a
+// callable (REDUCE), or a class instantiated empty (NEWOBJ with no
+// arguments) and given its state by its own __setstate__ (kNewSetState) or
+// into __dict__, keeping only the keys in `fields` (kNew). Each node is
+// built once (shared nodes give one shared object, as pickle's memo);
+// cycles and nesting deeper than kMaxDepth are refused. Python errors raised
+// by the table's callables propagate as they are.
+class GraphBuilder {
+ public:
+  GraphBuilder(const pk::Graph& g, nb::dict table, std::string where)
+      : g_(g),
+        table_(std::move(table)),
+        where_(std::move(where)),
+        built_(g.nodes.size()),
+        state_(g.nodes.size(), kUnbuilt) {}
 
-// One node as a Python tuple (kind, a, b); see TorchMetadataGraph.
-nb::tuple NodeToPython(const pk::Node& n, pk::NodeId id, const std::string& where) {
-  switch (n.kind) {
-    case pk::Kind::kNone:
-      return nb::make_tuple("none", nb::none(), nb::none());
-    case pk::Kind::kBool:
-      return nb::make_tuple("bool", n.b, nb::none());
-    case pk::Kind::kInt:
-      return nb::make_tuple("int", n.i, nb::none());
-    case pk::Kind::kBigInt:
-      return nb::make_tuple("bigint", nb::bytes(n.s.data(), n.s.size()), nb::none());
-    case pk::Kind::kFloat:
-      return nb::make_tuple("float", n.f, nb::none());
-    case pk::Kind::kString: {
-      // As Python's unpickler decodes BINUNICODE.
-      nb::object s = nb::steal(PyUnicode_DecodeUTF8(
-          n.s.data(), static_cast<Py_ssize_t>(n.s.size()), "surrogatepass"));
-      if (!s.is_valid()) {
-        PyErr_Clear();
-        ThrowStatus(DataLossError(where + ": metadata: a string that is not UTF-8 (node " +
-                                  std::to_string(id) + ")"));
-      }
-      return nb::make_tuple("str", s, nb::none());
-    }
-    case pk::Kind::kBytes:
-      return nb::make_tuple("bytes", nb::bytes(n.s.data(), n.s.size()), nb::none());
-    case pk::Kind::kTuple:
-      return nb::make_tuple("tuple", Ids(n.items), nb::none());
-    case pk::Kind::kList:
-      return nb::make_tuple("list", Ids(n.items), nb::none());
-    case pk::Kind::kDict:
-      return nb::make_tuple("dict", Ids(n.items), nb::none());
-    case pk::Kind::kSet:
-      return nb::make_tuple("set", Ids(n.items), nb::none());
-    case pk::Kind::kFrozenSet:
-      return nb::make_tuple("frozenset", Ids(n.items), nb::none());
-    case pk::Kind::kGlobal:
-      return nb::make_tuple("global", n.s, n.s2);
-    case pk::Kind::kReduce:
-    case pk::Kind::kNewObj: {
-      nb::object state = n.state == pk::kNoNode ? nb::none() : nb::cast(n.state);
-      return nb::make_tuple(n.kind == pk::Kind::kReduce ? "reduce" : "newobj", Ids(n.items),
-                            nb::make_tuple(state, Ids(n.dict_items), Ids(n.list_items)));
-    }
-    case pk::Kind::kPersistentId:
-      break;  // refused by the parse options; never reached
+  nb::object Build(pk::NodeId id, int depth = 0) {
+    if (id >= g_.nodes.size()) Fail("a reference to a missing object");
+    if (state_[id] == kBuilt) return built_[id];
+    if (state_[id] == kBuilding) Fail("an object contains itself");
+    if (depth > kMaxDepth) Fail("objects nested more than " + std::to_string(kMaxDepth) + " deep");
+    state_[id] = kBuilding;
+    nb::object value = Make(id, depth + 1);
+    built_[id] = value;
+    state_[id] = kBuilt;
+    return value;
   }
-  ThrowStatus(DataLossError(where + ": metadata: unexpected pickle node"));
-}
 
-// _torch_metadata_graph(data, where, allowed_globals) -> (nodes, root, tilings)
+ private:
+  // torch's metadata nests about ten levels deep; far more is a hostile file.
+  static constexpr int kMaxDepth = 100;
+  enum : uint8_t { kUnbuilt, kBuilding, kBuilt };
+
+  [[noreturn]] void Fail(const std::string& problem) const {
+    ThrowStatus(DataLossError(where_ + ": metadata: " + problem));
+  }
+
+  static nb::object Check(PyObject* o) {
+    if (o == nullptr) throw nb::python_error();
+    return nb::steal(o);
+  }
+
+  const Role& RoleOf(pk::NodeId id) {
+    auto it = roles_.find(id);
+    if (it != roles_.end()) return it->second;
+    const pk::Node& n = g_.at(id);
+    nb::object entry = table_.get(nb::make_tuple(n.s, n.s2), nb::none());
+    // The parse admitted only the table's keys.
+    if (entry.is_none()) Fail("the global " + n.s + "." + n.s2 + " is not allowed");
+    Role r;
+    const std::string kind = nb::cast<std::string>(entry[0]);
+    r.kind = kind == "call"           ? Role::kCall
+             : kind == "new"          ? Role::kNew
+             : kind == "new_setstate" ? Role::kNewSetState
+                                      : Role::kValue;
+    r.obj = entry[1];
+    r.fields = entry[2];
+    return roles_.emplace(id, std::move(r)).first->second;
+  }
+
+  nb::object Make(pk::NodeId id, int depth) {
+    const pk::Node& n = g_.at(id);
+    switch (n.kind) {
+      case pk::Kind::kNone:
+        return nb::none();
+      case pk::Kind::kBool:
+        return nb::bool_(n.b);
+      case pk::Kind::kInt:
+        return Check(PyLong_FromLongLong(n.i));
+      case pk::Kind::kBigInt:
+        return nb::handle(reinterpret_cast<PyObject*>(&PyLong_Type))
+            .attr("from_bytes")(nb::bytes(n.s.data(), n.s.size()), "little", "signed"_a = true);
+      case pk::Kind::kFloat:
+        return Check(PyFloat_FromDouble(n.f));
+      case pk::Kind::kString: {
+        // As Python's unpickler decodes BINUNICODE.
+        PyObject* s = PyUnicode_DecodeUTF8(n.s.data(), static_cast<Py_ssize_t>(n.s.size()),
+                                           "surrogatepass");
+        if (s == nullptr) {
+          PyErr_Clear();
+          Fail("a string that is not UTF-8");
+        }
+        return nb::steal(s);
+      }
+      case pk::Kind::kBytes:
+        return nb::bytes(n.s.data(), n.s.size());
+      case pk::Kind::kTuple: {
+        nb::object t = Check(PyTuple_New(static_cast<Py_ssize_t>(n.items.size())));
+        for (size_t i = 0; i < n.items.size(); ++i)
+          PyTuple_SET_ITEM(t.ptr(), static_cast<Py_ssize_t>(i),
+                           Build(n.items[i], depth).release().ptr());
+        return t;
+      }
+      case pk::Kind::kList: {
+        nb::list l;
+        for (pk::NodeId item : n.items) l.append(Build(item, depth));
+        return l;
+      }
+      case pk::Kind::kDict: {
+        nb::dict d;
+        for (size_t i = 0; i + 1 < n.items.size(); i += 2)
+          if (PyDict_SetItem(d.ptr(), Build(n.items[i], depth).ptr(),
+                             Build(n.items[i + 1], depth).ptr()) != 0)
+            throw nb::python_error();
+        return d;
+      }
+      case pk::Kind::kSet:
+      case pk::Kind::kFrozenSet: {
+        nb::object s = Check(n.kind == pk::Kind::kSet ? PySet_New(nullptr)
+                                                      : PyFrozenSet_New(nullptr));
+        for (pk::NodeId item : n.items)
+          if (PySet_Add(s.ptr(), Build(item, depth).ptr()) != 0) throw nb::python_error();
+        return s;
+      }
+      case pk::Kind::kGlobal: {
+        const Role& r = RoleOf(id);
+        if (r.kind != Role::kValue) Fail(n.s + "." + n.s2 + " used as a value");
+        return r.obj;
+      }
+      case pk::Kind::kReduce:
+      case pk::Kind::kNewObj:
+        return Object(n, depth);
+      case pk::Kind::kPersistentId:
+        break;  // refused by the parse options
+    }
+    Fail("an object of an unexpected kind");
+  }
+
+  nb::object Object(const pk::Node& n, int depth) {
+    const bool is_new = n.kind == pk::Kind::kNewObj;
+    if (n.items.size() < 2 || g_.at(n.items[0]).kind != pk::Kind::kGlobal)
+      Fail(std::string(is_new ? "an instance" : "a call") + " of something that is not a class");
+    const pk::Node& callee = g_.at(n.items[0]);
+    const Role& r = RoleOf(n.items[0]);
+    const std::string name = callee.s + "." + callee.s2;
+    nb::object args = Build(n.items[1], depth);
+    if (!PyTuple_Check(args.ptr())) Fail("the arguments of " + name + " are not a tuple");
+    if (n.items.size() > 2) {
+      nb::object kwargs = Build(n.items[2], depth);
+      if (!PyDict_Check(kwargs.ptr()) || PyDict_Size(kwargs.ptr()) != 0)
+        Fail(name + " with keyword arguments");
+    }
+    nb::object obj;
+    if (is_new) {
+      if (r.kind != Role::kNew && r.kind != Role::kNewSetState) Fail("cannot create " + name);
+      if (PyTuple_Size(args.ptr()) != 0) Fail(name + " created with arguments");
+      obj = r.obj.attr("__new__")(r.obj);
+    } else {
+      if (r.kind != Role::kCall) Fail("cannot call " + name);
+      obj = Check(PyObject_Call(r.obj.ptr(), args.ptr(), nullptr));
+    }
+    // In the order pickle's save_reduce writes them: appends, items, state.
+    if (!n.list_items.empty()) {
+      if (!PyList_Check(obj.ptr())) Fail("items appended to " + name);
+      for (pk::NodeId item : n.list_items)
+        if (PyList_Append(obj.ptr(), Build(item, depth).ptr()) != 0) throw nb::python_error();
+    }
+    if (!n.dict_items.empty()) {
+      if (!PyDict_Check(obj.ptr())) Fail("items set on " + name);
+      for (size_t i = 0; i + 1 < n.dict_items.size(); i += 2)
+        if (PyObject_SetItem(obj.ptr(), Build(n.dict_items[i], depth).ptr(),
+                             Build(n.dict_items[i + 1], depth).ptr()) != 0)
+          throw nb::python_error();
+    }
+    if (n.state != pk::kNoNode) {
+      nb::object state = Build(n.state, depth);
+      if (r.kind == Role::kNewSetState) {
+        obj.attr("__setstate__")(state);
+      } else if (r.kind == Role::kNew) {
+        if (!PyDict_Check(state.ptr())) Fail("the state of " + name + " is not a dict");
+        // As pickle: straight into __dict__ (MetadataIndex is frozen).
+        nb::object dict = obj.attr("__dict__");
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
+          int keep = PySet_Contains(r.fields.ptr(), key);
+          if (keep < 0) throw nb::python_error();
+          if (keep && PyDict_SetItem(dict.ptr(), key, value) != 0) throw nb::python_error();
+        }
+      } else {
+        Fail("state given to " + name);
+      }
+    }
+    return obj;
+  }
+
+  const pk::Graph& g_;
+  nb::dict table_;
+  std::string where_;
+  std::vector<nb::object> built_;
+  std::vector<uint8_t> state_;
+  std::map<pk::NodeId, Role> roles_;
+};
+
+// _torch_metadata(data, where, table) -> (root object, tilings)
 //
-// 1. Parses `data` with dcpp's pickle VM, accepting only the (module, name)
-//    pairs in `allowed_globals`; anything it refuses (a foreign global, an
-//    opcode torch never writes, garbage) raises CorruptCheckpointError.
+// 1. Parses `data` (a .metadata file) with dcpp's pickle VM, accepting only
+//    the globals that are keys of `table`; whatever it refuses (a foreign
+//    global, an opcode torch never writes, garbage) raises
+//    CorruptCheckpointError.
 // 2. Decodes the same bytes as dcpp.read_metadata and dcpp.load do
 //    (format::DecodeMetadata): its own allow-list, the same checks of every
 //    entry (chunk rank, chunks inside the tensor, a storage record for every
 //    chunk and value). Raises CorruptCheckpointError for a malformed or
 //    foreign file, UnimplementedError for a dtype or layout dcpp lacks,
 //    ResourceExhaustedError for a file that expands beyond its bounds.
-// 3. Returns the inert graph of step 1: `nodes[i]` is a tuple (kind, a, b):
-//      ("none", None, None), ("bool"|"int"|"float"|"str", value, None),
-//      ("bigint"|"bytes", bytes, None) (a big int little-endian two's
-//      complement), ("tuple"|"list"|"set"|"frozenset", [ids], None),
-//      ("dict", [k0, v0, k1, v1, ...], None), ("global", module, name),
-//      ("reduce"|"newobj", [callable, args(, kwargs)], (state or None,
-//      [setitem k0, v0, ...], [appended ids])).
-//    The graph may share nodes and, in hostile files, contain cycles.
-//    `tilings` maps the FQN of every tensor whose chunks do not tile it
-//    (overlap, or leave elements uncovered: plan::ValidateChunkViews with
-//    full coverage) to a CorruptCheckpointError message naming it. dcpp.load
-//    refuses such a tensor when it loads it; the caller does the same.
-// `where` (the file's path) prefixes every message.
-nb::tuple TorchMetadataGraph(nb::bytes data, const std::string& where,
-                             std::vector<std::pair<std::string, std::string>> allowed_globals) {
+// 3. Builds the Python objects of step 1's graph through `table`:
+//    {(module, name): (role, object, fields)} with role "value" (the global
+//    is `object`), "call" (REDUCE calls it), "new" (NEWOBJ creates an empty
+//    instance of the class, BUILD sets the state keys in the frozenset
+//    `fields`) or "new_setstate" (BUILD calls the instance's __setstate__).
+//    Objects that break these rules raise CorruptCheckpointError; the
+//    table's callables may raise their own Python errors.
+// Returns the root object and `tilings`, which maps the FQN of every tensor
+// whose chunks do not tile it (overlap, or leave elements uncovered:
+// plan::ValidateChunkViews with full coverage) to a CorruptCheckpointError
+// message naming it; dcpp.load refuses such a tensor when it loads it, and
+// the caller does the same. `where` (the file's path) prefixes every message.
+nb::tuple TorchMetadata(nb::bytes data, const std::string& where, nb::dict table) {
   const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(data.c_str()),
                                        data.size());
-  const std::set<std::pair<std::string, std::string>, std::less<>> allowed(
-      allowed_globals.begin(), allowed_globals.end());
+  std::map<std::pair<std::string, std::string>, bool, std::less<>> allowed;
+  for (auto [key, value] : table)
+    allowed[{nb::cast<std::string>(key[0]), nb::cast<std::string>(key[1])}] = true;
   std::optional<Result<Metadata>> md;
   std::optional<Result<pk::Graph>> graph;
   std::vector<std::pair<std::string, std::string>> tilings;
@@ -144,36 +280,38 @@ nb::tuple TorchMetadataGraph(nb::bytes data, const std::string& where,
         for (const ChunkMeta& c : e.chunks) boxes.push_back({c.offsets, c.sizes});
         Status s = plan::ValidateChunkViews(e.fqn, e.size, boxes, /*require_full_coverage=*/true);
         if (!s.ok())
-          tilings.emplace_back(e.fqn,
-                               std::string(DataLossError(std::string(s.message()))
-                                               .WithContext(where + ": metadata")
-                                               .message()));
+          tilings.emplace_back(e.fqn, DataLossError(std::string(s.message()))
+                                          .WithContext(where + ": metadata")
+                                          .message());
       }
     }
   }
-  // Whatever the pickle VM refuses (a foreign global, an opcode torch never
-  // writes, garbage) is a corrupt file to a reader.
+  const std::string context = where + ": metadata";
   if (!graph->ok()) {
     const Status& s = graph->status();
     ThrowStatus(s.code() == StatusCode::kResourceExhausted
-                    ? s.WithContext(where + ": metadata")
-                    : DataLossError(std::string(s.message())).WithContext(where + ": metadata"));
+                    ? s.WithContext(context)
+                    : DataLossError(std::string(s.message())).WithContext(context));
   }
-  if (!md->ok()) ThrowStatus(AsReadError(md->status(), where));
-
-  nb::list nodes;
+  if (!md->ok()) {
+    // The decoder refuses a foreign global with InvalidArgument: to a
+    // reader, a corrupt (or hostile) file like every other failure.
+    const Status& s = md->status();
+    ThrowStatus(s.code() == StatusCode::kInvalidArgument
+                    ? DataLossError(std::string(s.message())).WithContext(where)
+                    : s.WithContext(where));
+  }
   const pk::Graph& g = graph->value();
-  for (size_t i = 0; i < g.nodes.size(); ++i)
-    nodes.append(NodeToPython(g.nodes[i], static_cast<pk::NodeId>(i), where));
+  nb::object root = GraphBuilder(g, table, where).Build(g.root);
   nb::dict bad;
   for (auto& [fqn, message] : tilings) bad[nb::str(fqn.c_str(), fqn.size())] = message;
-  return nb::make_tuple(nodes, g.root, bad);
+  return nb::make_tuple(root, bad);
 }
 
 }  // namespace
 
 void BindTorchMetadata(nb::module_& m) {
-  m.def("_torch_metadata_graph", &TorchMetadataGraph, "data"_a, "where"_a, "allowed_globals"_a);
+  m.def("_torch_metadata", &TorchMetadata, "data"_a, "where"_a, "table"_a);
 }
 
 }  // namespace dcpp::python

@@ -232,6 +232,44 @@ def hostile_payloads(marker):
     }
 
 
+class CallClass:
+    """Unpickles as StorageMeta("x"): a call of an allowed class, which
+    torch's pickles only ever create empty."""
+
+    def __reduce__(self):
+        return StorageMeta, ("x",)
+
+
+def with_extra_field(value):
+    # The decoder ignores state keys it does not know; the objects built
+    # from them are still held to the same rules.
+    md = handmade_metadata()
+    md.__dict__["extra"] = value
+    return pickle.dumps(md, protocol=2)
+
+
+def self_containing_list():
+    loop = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize("value,problem", [
+    (CallClass(), "cannot call .*StorageMeta"),
+    (self_containing_list(), "contains itself"),
+    (eval("[" * 150 + "]" * 150), "nested more than 100 deep"),
+], ids=["class_called", "cycle", "deep"])
+def test_objects_outside_torchs_use_of_the_classes_are_refused(value, problem):
+    with pytest.raises(dcpp.CorruptCheckpointError, match=problem):
+        _torch_metadata.decode(with_extra_field(value), "test")
+
+
+def test_unknown_fields_are_left_out():
+    got, _ = _torch_metadata.decode(with_extra_field({"a": [1, 2]}), "test")
+    assert "extra" not in vars(got)
+    assert got == pickle.loads(pickle.dumps(handmade_metadata()))
+
+
 def test_hostile_payloads_do_run_under_pickle(tmp_path):
     # The payloads are live: unpickling them creates the marker.
     for name, payload in hostile_payloads(tmp_path / "marker").items():
