@@ -302,7 +302,21 @@ nb::tuple TorchMetadata(nb::bytes data, const std::string& where, nb::dict table
                     : s.WithContext(where));
   }
   const pk::Graph& g = graph->value();
-  nb::object root = GraphBuilder(g, table, where).Build(g.root);
+  nb::object root;
+  {
+    // Large metadata is hundreds of thousands of new objects, all kept:
+    // the cyclic collector would walk the growing graph again and again
+    // (half the time of a build). The builder makes no cycles.
+    struct PauseCollector {
+      nb::module_ gc = nb::module_::import_("gc");
+      bool was_enabled = nb::cast<bool>(gc.attr("isenabled")());
+      PauseCollector() { gc.attr("disable")(); }
+      ~PauseCollector() {
+        if (was_enabled) gc.attr("enable")();
+      }
+    } pause;
+    root = GraphBuilder(g, table, where).Build(g.root);
+  }
   nb::dict bad;
   for (auto& [fqn, message] : tilings) bad[nb::str(fqn.c_str(), fqn.size())] = message;
   return nb::make_tuple(root, bad);
