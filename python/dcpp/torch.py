@@ -214,10 +214,13 @@ class _DirectoryLock:
     ``.dcpp.lock`` in the directory (created if missing, never removed); the
     holder then writes one line naming itself, ``pid=<pid> host=<hostname>
     started=<UTC ISO-8601> save=<tag>``, which a save that finds the lock
-    taken quotes in its error. The kernel drops the lock when the descriptor
-    closes: on :meth:`release`, when this object is collected (a save that
-    failed on another rank never reaches ``finish``), or when the process
-    dies. Locks exclude across processes and across threads of one process.
+    taken quotes in its error (an empty file is read again for a moment: the
+    holder has not written its line yet). Releasing empties the file, then
+    closes the descriptor, which drops the lock: on :meth:`release`, when
+    this object is collected (a save that failed on another rank never
+    reaches ``finish``); a process that dies drops it too, leaving its line
+    until the next holder overwrites it. Locks exclude across processes and
+    across threads of one process.
     """
 
     def __init__(self, path: str, tag: str, timeout: float) -> None:
@@ -231,7 +234,17 @@ class _DirectoryLock:
         except BaseException:
             os.close(fd)
             raise
-        self._close = weakref.finalize(self, os.close, fd)
+        self._close = weakref.finalize(self, _DirectoryLock._unlock, fd)
+
+    @staticmethod
+    def _unlock(fd: int) -> None:
+        # Still holding the lock: clear the line, so that no later contender
+        # reads it as the name of a holder that has gone.
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)
 
     @staticmethod
     def _wait(fd: int, path: str, timeout: float) -> None:
@@ -248,16 +261,27 @@ class _DirectoryLock:
                 break
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.25)
-        try:
-            with open(path, "rb") as f:
-                holder = f.read(4096).decode(errors="replace").strip() or "not yet named"
-        except OSError as e:
-            holder = f"unreadable: {e}"
+        holder = _DirectoryLock._holder(path)
         waited = f"after waiting {timeout:g} s" if timeout > 0 else "(lock_timeout=0)"
         raise AbortedError(
             f"{os.path.dirname(path)}: another save is writing this checkpoint; "
             f"{os.path.basename(path)} is held by {holder} {waited}"
         )
+
+    @staticmethod
+    def _holder(path: str) -> str:
+        """The holder's line. A holder names itself just after it locks: an
+        empty file is read again for a moment."""
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    line = f.read(4096).decode(errors="replace").strip()
+            except OSError as e:
+                return f"a holder whose line is unreadable ({e})"
+            if line or time.monotonic() > deadline:
+                return line or "a holder that has not named itself"
+            time.sleep(0.01)
 
     def release(self) -> None:
         self._close()  # closes the descriptor once, however often called
