@@ -188,9 +188,9 @@ class _Layout:
     def reclaimable(self, name: str) -> bool:
         """A data file or temporary metadata of a save in this layout's scope."""
         data = "__" if self.rank is None else f"__{self.rank}_"
-        return (name.startswith(data) and name.endswith(_SUFFIX)) or (
-            name.startswith(self.metadata) and name.endswith(".tmp")
-        )
+        return (
+            name.startswith(data) and name.endswith(_SUFFIX) and len(name) > len(data + _SUFFIX)
+        ) or (name.startswith(self.metadata) and name.endswith(".tmp"))
 
 
 def _new_tag(root: str) -> str:
@@ -224,10 +224,13 @@ class _DirectoryLock:
     """
 
     def __init__(self, path: str, tag: str, timeout: float) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        fd = os.open(path, flags, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CorruptCheckpointError(f"{path} (the lock file) is not a regular file")
             self._wait(fd, path, timeout)
-            started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             line = f"pid={os.getpid()} host={socket.gethostname()} started={started} save={tag}\n"
             os.ftruncate(fd, 0)
             os.pwrite(fd, line.encode(), 0)
@@ -261,11 +264,14 @@ class _DirectoryLock:
                 break
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.25)
+        # The C++ Save's message, but for the option's name.
         holder = _DirectoryLock._holder(path)
-        waited = f"after waiting {timeout:g} s" if timeout > 0 else "(lock_timeout=0)"
+        waited = f"; still held after waiting {timeout:g} s" if timeout > 0 else ""
         raise AbortedError(
-            f"{os.path.dirname(path)}: another save is writing this checkpoint; "
-            f"{os.path.basename(path)} is held by {holder} {waited}"
+            f"{os.path.dirname(path)} is locked by another save ({path}: {holder}){waited}. "
+            "Another save is writing this checkpoint: wait for it to finish, save elsewhere, "
+            "or set lock_timeout to wait for it. The lock is released when its holder exits, "
+            "so a holder that is gone never blocks a save"
         )
 
     @staticmethod
@@ -280,7 +286,7 @@ class _DirectoryLock:
             except OSError as e:
                 return f"a holder whose line is unreadable ({e})"
             if line or time.monotonic() > deadline:
-                return line or "a holder that has not named itself"
+                return line or "holder not recorded yet"
             time.sleep(0.01)
 
     def release(self) -> None:

@@ -20,7 +20,7 @@ from test_torch_storage import assert_state_equal, failures, state, zeros_like
 
 WORKER = os.path.join(os.path.dirname(__file__), "save_race_worker.py")
 LOCK_LINE = re.compile(
-    r"pid=(\d+) host=\S+ started=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 save=([0-9a-f]{8})\n")
+    r"pid=(\d+) host=\S+ started=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ save=([0-9a-f]{8})\n")
 
 
 def loads_as(ckpt, expected):
@@ -119,7 +119,7 @@ def test_two_racing_writers_one_fails_naming_the_holder(tmp_path, ckpt, existing
     assert len(winners) == 1 and len(losers) == 1, results
     (winner,), (loser,) = winners, losers
     out = results[loser][1]
-    assert "FAILED AbortedError" in out and ".dcpp.lock is held by" in out, out
+    assert "FAILED AbortedError" in out and "is locked by another save" in out, out
     winner_pid = re.search(r"SAVED pid=(\d+)", results[winner][1]).group(1)
     assert f"pid={winner_pid} " in out, out
     # The committed checkpoint is entirely the winner's; the loser wrote nothing.
@@ -160,7 +160,7 @@ def test_contention_names_the_holder_and_a_dropped_writer_releases_the_lock(ckpt
         dcp.save(state(1), storage_writer=dtorch.FileSystemWriter(ckpt))
     (err,) = failures(e.value)
     assert isinstance(err, dcpp.AbortedError) and line.strip() in str(err), err
-    with pytest.raises(CheckpointException, match="after waiting 0.3 s"):
+    with pytest.raises(CheckpointException, match="still held after waiting 0.3 s"):
         dcp.save(state(1), storage_writer=dtorch.FileSystemWriter(ckpt, lock_timeout=0.3))
     assert not any(f.endswith(".distcp") for f in os.listdir(ckpt))  # nothing written
     # A save that failed on another rank never reaches finish(); its writer,
@@ -227,3 +227,39 @@ def test_writer_takes_torchs_positional_arguments_in_torchs_order(ckpt):
 
     with pytest.raises(ValueError, match="torch.save"):
         dtorch.FileSystemWriter(ckpt, serialization_format=SerializationFormat.SAFETENSORS)
+
+
+def test_the_lock_excludes_dcpps_own_save_both_ways(ckpt):
+    import threading
+
+    # This writer holds the lock: dcpp.save (the C++ Save) is refused, naming it.
+    holder = hold_lock(ckpt)
+    with pytest.raises(dcpp.AbortedError, match=f"pid={os.getpid()} .* save={holder._tag}"):
+        dcpp.save({"w": torch.ones(3)}, ckpt)
+    del holder
+    gc.collect()
+
+    # dcpp.save holds it (paused in its first progress report, while it
+    # writes): this writer is refused, naming it.
+    writing, go_on = threading.Event(), threading.Event()
+
+    def progress(*args):
+        if not writing.is_set():
+            writing.set()
+            go_on.wait(60)
+
+    cpp_save = threading.Thread(target=dcpp.save, args=({"w": torch.ones(3)}, ckpt),
+                                kwargs={"progress": progress})
+    cpp_save.start()
+    try:
+        assert writing.wait(60)
+        with pytest.raises(CheckpointException, match=f"pid={os.getpid()} .*save=[0-9a-f]{{8}}"):
+            dcp.save({"w": torch.zeros(3)}, storage_writer=dtorch.FileSystemWriter(ckpt))
+    finally:
+        go_on.set()
+        cpp_save.join()
+    out = {"w": torch.zeros(3)}
+    dcp.load(out, storage_reader=dtorch.FileSystemReader(ckpt))
+    assert out["w"].tolist() == [1.0, 1.0, 1.0]
+    dcp.save({"w": torch.full((3,), 2.0)}, storage_writer=dtorch.FileSystemWriter(ckpt))
+    only_committed_files_remain(ckpt)
