@@ -182,7 +182,8 @@ class _Layout:
     def metadata_tmp(self, tag: str) -> str:
         return f"{self.metadata}.{tag}.tmp"
 
-    def data_prefix(self, rank: int) -> str:
+    @staticmethod
+    def data_prefix(rank: int) -> str:
         return f"__{rank}_"
 
     def reclaimable(self, name: str) -> bool:
@@ -215,7 +216,8 @@ class _DirectoryLock:
     holder then writes one line naming itself, ``pid=<pid> host=<hostname>
     started=<UTC ISO-8601> save=<tag>``, which a save that finds the lock
     taken quotes in its error (an empty file is read again for a moment: the
-    holder has not written its line yet). Releasing empties the file, then
+    holder has not written its line yet). Releasing empties the file (which
+    the C++ Save does not: harmless, its line is then just stale), then
     closes the descriptor, which drops the lock: on :meth:`release`, when
     this object is collected (a save that failed on another rank never
     reaches ``finish``); a process that dies drops it too, leaving its line
