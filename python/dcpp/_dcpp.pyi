@@ -157,3 +157,9 @@ def _write_files(dir: str, files: Sequence[tuple[str, Sequence[tuple[str, str, A
 def _read(dir: str, chunk_jobs: Sequence[tuple], byte_jobs: Sequence[tuple], threads: int, buffer_limit: int = ...) -> list[bytes]: ...
 
 def _known_transforms() -> list[str]: ...
+
+def _torch_metadata(data: bytes, where: str, table: dict[tuple[str, str], tuple[str, Any, frozenset[str] | None]]) -> tuple[Any, dict[str, str]]:
+    """Checks ``data`` (a .metadata file) as dcpp.read_metadata does and builds its
+    objects through ``table`` only; returns (root object, {fqn: message} for tensors
+    whose chunks do not tile them). See python/src/metadata_bindings.cc."""
+    ...

@@ -12,11 +12,15 @@ in parallel, without the GIL::
     dcp.load(state_dict, storage_reader=dcpp.torch.FileSystemReader(path))
     dcp.async_save(state_dict, storage_writer=dcpp.torch.FileSystemWriter(path))
 
-The checkpoints are torch's format byte for byte in layout (the same file
-names, ``__{rank}_{n}.distcp``, the same ``.metadata``): torch's own
+The checkpoints are torch's format (the same ``.metadata``, the same data
+files, named ``__{rank}_{n}.{tag}.distcp`` with a tag unique to each save so
+that a save never writes over a file another checkpoint needs): torch's own
 FileSystemReader loads what :class:`FileSystemWriter` writes and
 :class:`FileSystemReader` loads what torch's FileSystemWriter writes,
-including zstd-compressed checkpoints. :class:`ByteShuffle` and
+including zstd-compressed checkpoints. Unlike torch's, the writer commits
+atomically, excludes concurrent saves into one directory and reclaims what
+replaced checkpoints and killed saves leave; the reader never unpickles
+``.metadata`` (a hostile file cannot run code through it). :class:`ByteShuffle` and
 :func:`extension_registry` let stock torch read checkpoints written with
 dcpp's ``dcpp.byteshuffle/1`` transform.
 """
@@ -24,10 +28,17 @@ dcpp's ``dcpp.byteshuffle/1`` transform.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import fcntl
 import io
 import os
 import pickle
+import secrets
+import socket
+import stat
+import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import IO, Any, Sequence
 
@@ -38,7 +49,11 @@ from torch.distributed.checkpoint._extension import (
     StreamTransformExtension,
     ZStandard,
 )
-from torch.distributed.checkpoint.filesystem import FileSystem, _StorageInfo, _StoragePrefix
+from torch.distributed.checkpoint.filesystem import (
+    FileSystem,
+    SerializationFormat,
+    _StorageInfo,
+)
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import (
     LoadItemType,
@@ -53,13 +68,14 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from . import _dcpp
-from ._dcpp import AlreadyExistsError, CorruptCheckpointError
+from . import _dcpp, _torch_metadata
+from ._dcpp import AbortedError, AlreadyExistsError, CorruptCheckpointError
 
 __all__ = ["FileSystemWriter", "FileSystemReader", "ByteShuffle", "extension_registry"]
 
 _METADATA = ".metadata"
 _SUFFIX = ".distcp"
+_LOCK = ".dcpp.lock"
 _DCP_VERSION = "1.0.0"
 
 
@@ -111,12 +127,185 @@ def _descriptors_from_extensions(extensions: Sequence[StreamTransformExtension])
     return out
 
 
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of ``path``; refuses anything but a regular file (a FIFO
+    would block the reader forever, a device never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptCheckpointError(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SaveFiles:
+    """What the coordinator tells each rank in its SavePlan's storage_data:
+    name your data files ``{prefix}{n}.{tag}.distcp``. The tag is new for
+    every save, so a save never writes over a file another checkpoint (the
+    one it replaces, or a save that was killed) may still need."""
+
+    prefix: str
+    tag: str
+
+    def data_file(self, n: int) -> str:
+        return f"{self.prefix}{n}.{self.tag}{_SUFFIX}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """The file names one save owns in the checkpoint directory: all of it
+    (``rank`` None, a coordinated save), or one rank's files (torch's
+    ``use_collectives=False``, where every rank commits its own
+    ``__{rank}.metadata``)."""
+
+    rank: int | None
+
+    @property
+    def metadata(self) -> str:
+        return _metadata_name(self.rank)
+
+    @property
+    def lock(self) -> str:
+        return _LOCK if self.rank is None else f"__{self.rank}{_LOCK}"
+
+    def metadata_tmp(self, tag: str) -> str:
+        return f"{self.metadata}.{tag}.tmp"
+
+    @staticmethod
+    def data_prefix(rank: int) -> str:
+        return f"__{rank}_"
+
+    def reclaimable(self, name: str) -> bool:
+        """A data file or temporary metadata of a save in this layout's scope."""
+        data = "__" if self.rank is None else f"__{self.rank}_"
+        return (
+            name.startswith(data) and name.endswith(_SUFFIX) and len(name) > len(data + _SUFFIX)
+        ) or (name.startswith(self.metadata) and name.endswith(".tmp"))
+
+
+def _new_tag(root: str) -> str:
+    """A random tag that no file in ``root`` carries yet."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        names = []
+    while True:
+        tag = secrets.token_hex(4)
+        if not any(f".{tag}." in name for name in names):
+            return tag
+
+
+class _DirectoryLock:
+    """An exclusive lock on a checkpoint directory, held by the one process
+    that commits a save (torch's coordinator) from global planning until its
+    ``finish`` ends.
+
+    The protocol is the C++ Save's: ``flock(LOCK_EX | LOCK_NB)`` on the file
+    ``.dcpp.lock`` in the directory (created if missing, never removed); the
+    holder then writes one line naming itself, ``pid=<pid> host=<hostname>
+    started=<UTC ISO-8601> save=<tag>``, which a save that finds the lock
+    taken quotes in its error (an empty file is read again for a moment: the
+    holder has not written its line yet). Releasing empties the file (which
+    the C++ Save does not: harmless, its line is then just stale), then
+    closes the descriptor, which drops the lock: on :meth:`release`, when
+    this object is collected (a save that failed on another rank never
+    reaches ``finish``); a process that dies drops it too, leaving its line
+    until the next holder overwrites it. Locks exclude across processes and
+    across threads of one process.
+    """
+
+    def __init__(self, path: str, tag: str, timeout: float) -> None:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        fd = os.open(path, flags, 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CorruptCheckpointError(f"{path} (the lock file) is not a regular file")
+            self._wait(fd, path, timeout)
+            started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            line = f"pid={os.getpid()} host={socket.gethostname()} started={started} save={tag}\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, line.encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._close = weakref.finalize(self, _DirectoryLock._unlock, fd)
+
+    @staticmethod
+    def _unlock(fd: int) -> None:
+        # Still holding the lock: clear the line, so that no later contender
+        # reads it as the name of a holder that has gone.
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)
+
+    @staticmethod
+    def _wait(fd: int, path: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.25)
+        # The C++ Save's message, but for the option's name.
+        holder = _DirectoryLock._holder(path)
+        waited = f"; still held after waiting {timeout:g} s" if timeout > 0 else ""
+        raise AbortedError(
+            f"{os.path.dirname(path)} is locked by another save ({path}: {holder}){waited}. "
+            "Another save is writing this checkpoint: wait for it to finish, save elsewhere, "
+            "or set lock_timeout to wait for it. The lock is released when its holder exits, "
+            "so a holder that is gone never blocks a save"
+        )
+
+    @staticmethod
+    def _holder(path: str) -> str:
+        """The holder's line. A holder names itself just after it locks: an
+        empty file is read again for a moment."""
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    line = f.read(4096).decode(errors="replace").strip()
+            except OSError as e:
+                return f"a holder whose line is unreadable ({e})"
+            if line or time.monotonic() > deadline:
+                return line or "holder not recorded yet"
+            time.sleep(0.01)
+
+    def release(self) -> None:
+        self._close()  # closes the descriptor once, however often called
+
+
+def _reclaim(root: str, layout: _Layout, referenced: set[str]) -> None:
+    """Removes the data files and temporary metadata in ``layout``'s scope
+    that the committed metadata does not reference: the replaced checkpoint's
+    and those of killed saves. Best effort: the checkpoint is committed, and
+    whatever stays is reclaimed by the next save."""
+    for name in os.listdir(root):
+        if layout.reclaimable(name) and name not in referenced:
+            try:
+                os.remove(os.path.join(root, name))
+            except OSError:
+                pass
 
 
 class _FileSystemPath:
@@ -139,6 +328,21 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
     The positional arguments are torch's FileSystemWriter's; the rest are
     keyword-only.
 
+    Saves are atomic and exclusive, as dcpp's own save: every save writes its
+    data files under names of its own (``__{rank}_{n}.{tag}.distcp``, a
+    random tag per save) and its metadata to ``.metadata.{tag}.tmp``, then
+    commits by renaming that to ``.metadata`` (fsyncs first and after, with
+    ``sync_files``). Until then a checkpoint already in ``path`` stays intact
+    and loadable; after it, the coordinator removes the data files and
+    temporary metadata the new ``.metadata`` does not reference (the replaced
+    checkpoint's and those of killed saves), and nothing else. From global
+    planning until that is done the coordinator holds an exclusive lock on
+    ``path/.dcpp.lock`` (see ``lock_timeout``), so saves through this writer
+    or dcpp's own never run into one directory at once (torch's writer takes
+    no lock). Without collectives
+    (``dcp.save(..., use_collectives=False)``) each rank does all of this for
+    its own files, ``__{rank}.metadata`` and the lock ``__{rank}.dcpp.lock``.
+
     Args:
         path: the checkpoint directory (created if needed).
         single_file_per_rank: True (default): ``thread_count`` data files per
@@ -154,8 +358,16 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         per_thread_copy_ahead: accepted for compatibility with torch's
             writer; unused (tensors on other devices are copied to the CPU
             before writing starts).
+        cache_staged_state_dict: accepted for compatibility with torch's
+            writer; unused (this writer does not stage for dcp.async_save).
         overwrite: False raises :class:`dcpp.AlreadyExistsError` (a
             FileExistsError) in planning when ``path`` holds a checkpoint.
+        serialization_format: only torch's default,
+            ``SerializationFormat.TORCH_SAVE``.
+        lock_timeout: seconds the coordinator waits for another save to
+            release the directory; 0 (default): fail at once. Then
+            :class:`dcpp.AbortedError` names the holder (its pid, host, start
+            time and save tag).
         transforms: stream transforms by descriptor, in application order,
             e.g. ``["stream.zstd/1"]`` (torch reads it with zstandard
             installed) or ``["dcpp.byteshuffle/1", "stream.zstd/1"]`` (torch
@@ -176,15 +388,23 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         sync_files: bool = True,
         thread_count: int = 1,
         per_thread_copy_ahead: int = 10_000_000,
-        *,
+        cache_staged_state_dict: bool = False,
         overwrite: bool = True,
+        _extensions: Sequence[StreamTransformExtension] | None = None,
+        serialization_format: SerializationFormat = SerializationFormat.TORCH_SAVE,
+        *,
         transforms: Sequence[str] | None = None,
         compression_level: int = 1,
         checksums: bool = True,
         io_threads: int = 0,
-        _extensions: Sequence[StreamTransformExtension] | None = None,
+        lock_timeout: float = 0.0,
     ) -> None:
         super().__init__()
+        if serialization_format != SerializationFormat.TORCH_SAVE:
+            raise ValueError(f"dcpp writes torch.save items only, not {serialization_format}")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) \
+                or not lock_timeout >= 0:
+            raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {lock_timeout!r}")
         if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 1:
             raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
         if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 0:
@@ -208,43 +428,71 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         )
         self.compression_level = compression_level
         self.checksums = checksums
+        self.lock_timeout = float(lock_timeout)
         self.save_id = str(uuid.uuid4())
         self.rank: int | None = None
         self.use_collectives = True
+        self._lock: _DirectoryLock | None = None  # held by the coordinator during a save
+        self._tag = ""  # the tag of the save this coordinator prepared
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        self._release_lock()
         if checkpoint_id:
             self.path = self.fs.init_path(checkpoint_id)
         self.save_id = str(uuid.uuid4())
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        # A lock still held here is left from an earlier save through this
+        # writer that failed on another rank (torch then skips finish).
+        self._release_lock()
         self.rank = kwargs.get("rank")
         self.use_collectives = kwargs.get("use_collectives", True)
 
-    def _metadata_rank(self) -> int | None:
-        return None if self.use_collectives or self.rank is None else self.rank
+    def _layout(self) -> _Layout:
+        return _Layout(None if self.use_collectives or self.rank is None else self.rank)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         self.fs.mkdir(self.path)
+        # torch's early check, on every rank; the coordinator checks again
+        # under the lock.
         existing = Path(self.path) / _metadata_name(None if self.use_collectives else 0)
         if existing.exists() and not self.overwrite:
-            raise AlreadyExistsError(
-                f"{self.path} already holds a checkpoint and overwrite=False"
-            )
-        if self.rank is not None and not self.use_collectives:
-            plan = dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{self.rank}_"))
+            raise AlreadyExistsError(f"{self.path} already holds a checkpoint and overwrite=False")
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        """On the coordinator: locks the directory, picks this save's tag and
+        tells every rank the names of its data files."""
+        root = os.fspath(self.path)
+        layout = self._layout()
+        self._tag = _new_tag(root)
+        self._lock = _DirectoryLock(os.path.join(root, layout.lock), self._tag, self.lock_timeout)
+        try:
+            if not self.overwrite and os.path.exists(os.path.join(root, layout.metadata)):
+                raise AlreadyExistsError(f"{root} already holds a checkpoint and overwrite=False")
+        except BaseException:
+            self._release_lock()
+            raise
+        ranks = [layout.rank] if layout.rank is not None else range(len(plans))
         return [
-            dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{i}_"))
-            if plan.storage_data is None
-            else plan
-            for i, plan in enumerate(plans)
+            dataclasses.replace(plan, storage_data=_SaveFiles(layout.data_prefix(r), self._tag))
+            for r, plan in zip(ranks, plans)
         ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        prefix = plan.storage_data.prefix
+        try:
+            return self._write_data(plan, planner)
+        except BaseException:
+            self._release_lock()  # torch calls nothing more on a failed save
+            raise
+
+    def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        save_files: _SaveFiles = plan.storage_data
         if self.single_file_per_rank:
             buckets = _split_by_size_and_type(self.thread_count, plan.items)
         else:
@@ -254,7 +502,7 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         files = []  # (name, [(fqn, kind, data)]) for the C++ writer
         order = []  # the WriteItems of each file, in the order they are written
         for i, bucket in enumerate(buckets):
-            name = f"{prefix}{i}{_SUFFIX}"
+            name = save_files.data_file(i)
             # As torch's writer: a file's pickled values first, then its tensors.
             written = [wi for wi in bucket if wi.type == WriteItemType.BYTE_IO]
             written += [wi for wi in bucket if wi.type != WriteItemType.BYTE_IO]
@@ -317,24 +565,31 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         return fut
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
-        """Writes ``.metadata`` (torch's pickle) through a temporary file and an atomic rename."""
-        metadata.version = _DCP_VERSION
-        storage_md = {}
-        for wr_list in results:
-            storage_md.update({wr.index: wr.storage_data for wr in wr_list})
-        metadata.storage_data = storage_md
-        metadata.storage_meta = self.storage_meta()
-        root = os.fspath(self.path)
-        final = os.path.join(root, _metadata_name(self._metadata_rank()))
-        tmp = final + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(metadata, f)
+        """On the coordinator: commits the checkpoint, reclaims what the
+        replaced checkpoint and killed saves left, and releases the lock.
+
+        ``.metadata`` (torch's pickle) is written to ``.metadata.{tag}.tmp``
+        and renamed over ``.metadata``: the commit point.
+        """
+        try:
+            metadata.version = _DCP_VERSION
+            metadata.storage_data = {wr.index: wr.storage_data for rs in results for wr in rs}
+            metadata.storage_meta = self.storage_meta()
+            root = os.fspath(self.path)
+            layout = self._layout()
+            tmp = os.path.join(root, layout.metadata_tmp(self._tag))
+            with open(tmp, "xb") as f:
+                pickle.dump(metadata, f)
+                if self.sync_files:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(root, layout.metadata))
             if self.sync_files:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-        if self.sync_files:
-            _fsync_dir(root)
+                _fsync_dir(root)
+            referenced = {info.relative_path for info in metadata.storage_data.values()}
+            _reclaim(root, layout, referenced)
+        finally:
+            self._release_lock()
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)
@@ -375,6 +630,10 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         self.load_id = str(uuid.uuid4())
         self.rank: int | None = None
         self.use_collectives = True
+        # From the last read_metadata: the Metadata it returned and the
+        # tensors in it whose chunks do not tile them (FQN -> message).
+        self._decoded: Metadata | None = None
+        self._bad_tilings: dict[str, str] = {}
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         self.storage_data = {}
@@ -384,17 +643,16 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         self.load_id = str(uuid.uuid4())
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        """``.metadata`` (or ``__{rank}.metadata``) as torch's Metadata.
+
+        Parsed by dcpp's safe decoder, never unpickled (see
+        :mod:`dcpp._torch_metadata`): a file holding anything but DCP's
+        metadata classes, or chunks of the wrong rank or outside their
+        tensor, raises :class:`dcpp.CorruptCheckpointError`.
+        """
         path = os.path.join(os.fspath(self.path), _metadata_name(kwargs.get("rank")))
-        with open(path, "rb") as f:
-            try:
-                metadata = pickle.load(f)
-            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError,
-                    IndexError, TypeError, ValueError) as e:
-                raise CorruptCheckpointError(f"{path}: cannot unpickle the metadata: {e}") from e
-        if not isinstance(metadata, Metadata):
-            raise CorruptCheckpointError(
-                f"{path}: holds a {type(metadata).__name__}, not checkpoint metadata"
-            )
+        metadata, self._bad_tilings = _torch_metadata.decode(_read_regular_file(path), path)
+        self._decoded = metadata
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -411,6 +669,13 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         self.use_collectives = kwargs.get("use_collectives", True)
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        # As dcpp.load: a tensor whose saved chunks overlap or leave holes
+        # cannot be loaded (torch's reader would leave the holes as they were).
+        if self.metadata is self._decoded:
+            for req in plan.items:
+                problem = self._bad_tilings.get(req.storage_index.fqn)
+                if problem is not None and req.type != LoadItemType.BYTE_IO:
+                    raise CorruptCheckpointError(problem)
         return plan
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:

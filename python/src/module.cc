@@ -24,6 +24,7 @@
 #include "dcpp/storage/storage.h"
 #include "dcpp/tools/verify.h"
 #include "errors.h"
+#include "metadata_bindings.h"
 #include "storage_bindings.h"
 
 namespace nb = nanobind;
@@ -329,4 +330,5 @@ NB_MODULE(_dcpp, m) {
         "sync"_a = true);
   m.def("read_metadata", &ReadMetadataImpl, "path"_a);
   BindStorage(m);
+  BindTorchMetadata(m);
 }

@@ -30,8 +30,12 @@ def test_dcpp_writer_torch_reader(tmp_path, save_world, load_world, zstd):
     ckpt = tmp_path / "ckpt"
     launch(tmp_path, "save", "dcpp", save_world, ckpt, *(["--zstd"] if zstd else []))
     names = sorted(f for f in os.listdir(ckpt) if f.endswith(".distcp"))
-    # torch's naming: __{rank}_{n}.distcp, thread_count=2 files per rank.
-    assert names == sorted(f"__{r}_{n}.distcp" for r in range(save_world) for n in range(2))
+    # torch's naming with this save's tag: __{rank}_{n}.{tag}.distcp,
+    # thread_count=2 files per rank.
+    tags = {name.split(".")[1] for name in names}
+    assert len(tags) == 1, names
+    (tag,) = tags
+    assert names == sorted(f"__{r}_{n}.{tag}.distcp" for r in range(save_world) for n in range(2))
     launch(tmp_path, "load", "torch", load_world, ckpt)
 
 
