@@ -75,6 +75,7 @@ __all__ = ["FileSystemWriter", "FileSystemReader", "ByteShuffle", "extension_reg
 
 _METADATA = ".metadata"
 _SUFFIX = ".distcp"
+_CHECKSUMS_PREFIX = ".checksums."
 _LOCK = ".dcpp.lock"
 _DCP_VERSION = "1.0.0"
 
@@ -193,6 +194,11 @@ class _Layout:
             name.startswith(data) and name.endswith(_SUFFIX) and len(name) > len(data + _SUFFIX)
         ) or (name.startswith(self.metadata) and name.endswith(".tmp"))
 
+    def is_checksum_file(self, name: str) -> bool:
+        """A sidecar checksum file (``.checksums.<save_id>``, see
+        docs/format.md), written only by the coordinator of a collective save."""
+        return self.rank is None and name.startswith(_CHECKSUMS_PREFIX)
+
 
 def _new_tag(root: str) -> str:
     """A random tag that no file in ``root`` carries yet."""
@@ -295,13 +301,15 @@ class _DirectoryLock:
         self._close()  # closes the descriptor once, however often called
 
 
-def _reclaim(root: str, layout: _Layout, referenced: set[str]) -> None:
+def _reclaim(root: str, layout: _Layout, referenced: set[str], sidecar: str | None = None) -> None:
     """Removes the data files and temporary metadata in ``layout``'s scope
-    that the committed metadata does not reference: the replaced checkpoint's
-    and those of killed saves. Best effort: the checkpoint is committed, and
-    whatever stays is reclaimed by the next save."""
+    that the committed metadata does not reference, and sidecar checksum
+    files other than ``sidecar`` (the committed one's): the replaced
+    checkpoint's and those of killed saves. Best effort: the checkpoint is
+    committed, and whatever stays is reclaimed by the next save."""
     for name in os.listdir(root):
-        if layout.reclaimable(name) and name not in referenced:
+        stale_sidecar = layout.is_checksum_file(name) and name != sidecar
+        if (layout.reclaimable(name) and name not in referenced) or stale_sidecar:
             try:
                 os.remove(os.path.join(root, name))
             except OSError:
@@ -578,8 +586,15 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
             root = os.fspath(self.path)
             layout = self._layout()
             tmp = os.path.join(root, layout.metadata_tmp(self._tag))
+            data = pickle.dumps(metadata)
+            # The sidecar checksum file covers these exact bytes and the
+            # pickled values; it goes first, named after this save, so a
+            # crash before the rename leaves it merely unreferenced.
+            sidecar = None
+            if layout.rank is None:
+                sidecar = _dcpp._write_checksum_file(root, data, sync=self.sync_files)
             with open(tmp, "xb") as f:
-                pickle.dump(metadata, f)
+                f.write(data)
                 if self.sync_files:
                     f.flush()
                     os.fsync(f.fileno())
@@ -587,7 +602,7 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
             if self.sync_files:
                 _fsync_dir(root)
             referenced = {info.relative_path for info in metadata.storage_data.values()}
-            _reclaim(root, layout, referenced)
+            _reclaim(root, layout, referenced, sidecar)
         finally:
             self._release_lock()
 

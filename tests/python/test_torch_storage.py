@@ -94,8 +94,10 @@ def test_same_files_and_entries_as_torchs_writer(tmp_path):
     sd = state()
     dcp.save(sd, storage_writer=dcp.FileSystemWriter(tmp_path / "t", thread_count=3))
     dcp.save(sd, storage_writer=dtorch.FileSystemWriter(tmp_path / "d", thread_count=3))
-    # The same files, but for the save tag in dcpp's names and its lock file.
-    dcpp_files = sorted(untagged(f) for f in os.listdir(tmp_path / "d") if f != ".dcpp.lock")
+    # The same files, but for the save tag in dcpp's names, its lock file and
+    # its sidecar checksum file.
+    dcpp_files = sorted(untagged(f) for f in os.listdir(tmp_path / "d")
+                        if f != ".dcpp.lock" and not f.startswith(".checksums."))
     assert sorted(os.listdir(tmp_path / "t")) == dcpp_files
     mt = pickle.load(open(tmp_path / "t" / ".metadata", "rb"))
     md = pickle.load(open(tmp_path / "d" / ".metadata", "rb"))

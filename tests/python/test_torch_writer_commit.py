@@ -37,9 +37,40 @@ def referenced(ckpt, metadata=".metadata"):
     return {info.relative_path for info in md.storage_data.values()}
 
 
+def current_sidecar(ckpt):
+    """The sidecar checksum file the committed .metadata names."""
+    md = dtorch.FileSystemReader(ckpt).read_metadata()
+    return f".checksums.{md.storage_meta.save_id}"
+
+
 def only_committed_files_remain(ckpt, metadata=".metadata", lock=".dcpp.lock", others=()):
     names = set(os.listdir(ckpt))
-    assert names == {metadata, lock, *others} | referenced(ckpt, metadata), sorted(names)
+    expected = {metadata, lock, *others} | referenced(ckpt, metadata)
+    if metadata == ".metadata" and current_sidecar(ckpt) in names:
+        expected.add(current_sidecar(ckpt))
+    assert names == expected, sorted(names)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_writer_covers_metadata_and_values_with_a_sidecar(ckpt, overwrite):
+    if overwrite:
+        dcp.save(state(0), storage_writer=dtorch.FileSystemWriter(ckpt))
+        old_sidecar = current_sidecar(ckpt)
+    dcp.save(state(1), storage_writer=dtorch.FileSystemWriter(ckpt))
+    sidecar = current_sidecar(ckpt)
+    assert os.path.exists(os.path.join(ckpt, sidecar))
+    if overwrite:
+        assert not os.path.exists(os.path.join(ckpt, old_sidecar))  # reclaimed
+    assert dcpp.verify(ckpt).ok
+    # An edit of .metadata that still decodes is caught through the sidecar.
+    path = os.path.join(ckpt, ".metadata")
+    data = bytearray(open(path, "rb").read())
+    at = data.find(b"__0_")
+    data[at + 2] = ord("1") if data[at + 2] != ord("1") else ord("2")
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(dcpp.CorruptCheckpointError, match="checksum"):
+        dcpp.load(ckpt)
+    assert not dcpp.verify(ckpt).ok
 
 
 @pytest.mark.parametrize("old_writer", ["torch", "dcpp"])
