@@ -22,7 +22,11 @@ string(REPLACE "," ";" layers "${DCPP_LAYERS}")
 set(known_exceptions
   # Writes and reads data files through the storage layer directly rather
   # than through an engine entry point.
-  python/src/storage_bindings.cc)
+  python/src/storage_bindings.cc
+  # A unit test of the storage layer that includes the engine's entry
+  # points (engine/engine.h) and runs whole saves and loads: an integration
+  # test, which belongs under tests/.
+  src/dcpp/storage/storage_test.cc)
 
 set(violations 0)
 
@@ -63,6 +67,10 @@ foreach(layer IN LISTS layers)
     message(FATAL_ERROR "no sources in src/dcpp/${layer}: is DCPP_LAYERS right?")
   endif()
   foreach(file IN LISTS files)
+    file(RELATIVE_PATH rel ${DCPP_ROOT} ${file})
+    if(rel IN_LIST known_exceptions)
+      continue()
+    endif()
     dcpp_includes(${file} targets)
     foreach(target IN LISTS targets)
       dcpp_target_layer(${target} to)
