@@ -37,9 +37,14 @@ set(known_exceptions
 
 set(violations 0)
 
-# Appends to `out` "<line>:<target>" for each #include "dcpp/..." (or
-# <dcpp/...>) in `file`.
+# Sets `out` to the targets of the #include "dcpp/..." (or <dcpp/...>)
+# lines in `file`; none for a file in known_exceptions.
 function(dcpp_includes file out)
+  file(RELATIVE_PATH rel ${DCPP_ROOT} ${file})
+  if(rel IN_LIST known_exceptions)
+    set(${out} "" PARENT_SCOPE)
+    return()
+  endif()
   file(STRINGS ${file} lines REGEX "^[ \t]*#[ \t]*include[ \t]*[<\"]dcpp/")
   set(found)
   foreach(line IN LISTS lines)
@@ -74,10 +79,6 @@ foreach(layer IN LISTS layers)
     message(FATAL_ERROR "no sources in src/dcpp/${layer}: is DCPP_LAYERS right?")
   endif()
   foreach(file IN LISTS files)
-    file(RELATIVE_PATH rel ${DCPP_ROOT} ${file})
-    if(rel IN_LIST known_exceptions)
-      continue()
-    endif()
     dcpp_includes(${file} targets)
     foreach(target IN LISTS targets)
       dcpp_target_layer(${target} to)
@@ -120,10 +121,6 @@ endforeach()
 file(GLOB files ${DCPP_ROOT}/python/src/*.h ${DCPP_ROOT}/python/src/*.cc
      ${DCPP_ROOT}/tools/dcpp/*.h ${DCPP_ROOT}/tools/dcpp/*.cc)
 foreach(file IN LISTS files)
-  file(RELATIVE_PATH rel ${DCPP_ROOT} ${file})
-  if(rel IN_LIST known_exceptions)
-    continue()
-  endif()
   dcpp_includes(${file} targets)
   foreach(target IN LISTS targets)
     dcpp_target_layer(${target} to)
