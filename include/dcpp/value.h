@@ -1,8 +1,10 @@
 // Value: a state dict, and everything that can sit in one.
 //
 // A state dict is a tree of dicts, lists and tuples whose leaves are tensors
-// or plain values (None, bool, int, float, str, bytes). Flattening to FQNs
-// follows DCP's rules (see dcpp/state_dict.h). A value that needs a Python
+// or plain values (None, bool, int, float, str, bytes). Save and Load
+// flatten it to FQNs by DCP's rules: dict keys and list indices joined with
+// '.', a list descended only when it holds a tensor or a container that
+// must be, tuples kept whole, empty dicts dropped. A value that needs a Python
 // class dcpp cannot represent is carried as Opaque: its original bytes, which
 // dcpp writes back unchanged.
 #ifndef DCPP_VALUE_H_

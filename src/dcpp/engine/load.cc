@@ -248,7 +248,7 @@ Result<LoadChecks> MakeLoadChecks(storage::Storage& storage, const Metadata& md,
 Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, bool verify) {
   if (pg.size() == 1) return ReadCheckedMetadata(storage, verify);
   constexpr int kCoordinator = 0;
-  engine::WireWriter w;
+  std::string shared;
   std::optional<Result<Metadata>> mine;
   if (pg.rank() == kCoordinator) {
     // An exception here would leave the other ranks waiting in Broadcast.
@@ -257,16 +257,14 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, boo
         CatchExceptions(op, [&] { return storage::ReadCheckpointMetadataBytes(storage); });
     mine = bytes.ok() ? CatchExceptions(op, [&] { return DecodeAndCheck(storage, *bytes, verify); })
                       : bytes.status();
-    w.Status(mine->status());
-    w.Str(mine->ok() ? *bytes : std::string());
+    shared = engine::EncodeSharedMetadata(mine->status(), mine->ok() ? *bytes : std::string());
   }
-  DCPP_ASSIGN_OR_RETURN(std::string msg, pg.Broadcast(w.Take(), kCoordinator));
+  DCPP_ASSIGN_OR_RETURN(std::string msg, pg.Broadcast(std::move(shared), kCoordinator));
   if (mine) return std::move(*mine);
-  engine::WireReader r(msg);
   Status status;
-  DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
+  std::string bytes;
+  DCPP_RETURN_IF_ERROR(engine::DecodeSharedMetadata(msg, &status, &bytes));
   if (!status.ok()) return status;
-  DCPP_ASSIGN_OR_RETURN(std::string bytes, r.Str());
   return storage::DecodeCheckpointMetadata(storage, bytes);
 }
 
@@ -392,16 +390,8 @@ Status LoadImpl(Value& state_dict, storage::Storage& storage, const LoadOptions&
   }
   if (pg.size() == 1) return local;
   // Every rank returns the same status.
-  engine::WireWriter w;
-  w.Status(local);
-  DCPP_ASSIGN_OR_RETURN(std::vector<std::string> all, pg.AllGather(w.Take()));
-  std::vector<Status> statuses(all.size());
-  for (size_t r = 0; r < all.size(); ++r) {
-    engine::WireReader reader(all[r]);
-    Status decoded = reader.ReadStatus(&statuses[r]);
-    if (!decoded.ok()) statuses[r] = decoded;
-  }
-  return engine::CombineRankFailures("load", statuses);
+  DCPP_ASSIGN_OR_RETURN(std::vector<std::string> all, pg.AllGather(engine::EncodeStatus(local)));
+  return engine::CombineRankFailures("load", engine::DecodeStatuses(all));
 }
 
 Result<Value> LoadAllImpl(storage::Storage& storage, const LoadAllOptions& o) {

@@ -248,78 +248,6 @@ plan::LocalPlan ToLocalPlan(const std::vector<engine::WriteItem>& items) {
   return lp;
 }
 
-// What the coordinator tells each rank after global planning.
-struct Assignment {
-  Status status;
-  std::string tag;           // this save's data file name tag
-  std::vector<size_t> keep;  // indices of this rank's items to write
-};
-
-std::string EncodeAssignment(const Assignment& a) {
-  engine::WireWriter w;
-  w.Status(a.status);
-  w.Str(a.tag);
-  w.U64(a.keep.size());
-  for (size_t k : a.keep) w.U64(k);
-  return w.Take();
-}
-
-Status DecodeAssignment(std::string_view data, Assignment* a) {
-  engine::WireReader r(data);
-  DCPP_RETURN_IF_ERROR(r.ReadStatus(&a->status));
-  DCPP_ASSIGN_OR_RETURN(a->tag, r.Str());
-  DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
-  for (uint64_t i = 0; i < n; ++i) {
-    DCPP_ASSIGN_OR_RETURN(uint64_t k, r.U64());
-    a->keep.push_back(k);
-  }
-  return Status();
-}
-
-// A rank's write results: status, then where each kept item went.
-std::string EncodeWriteResults(const Status& status, const std::vector<engine::WriteItem>& items,
-                               const std::vector<size_t>& keep) {
-  engine::WireWriter w;
-  w.Status(status);
-  w.U64(status.ok() ? keep.size() : 0);
-  if (status.ok()) {
-    for (size_t k : keep) {
-      w.Str(items[k].storage.relative_path);
-      w.U64(items[k].storage.offset);
-      w.U64(items[k].storage.length);
-      w.U64(items[k].storage.transform_descriptors.size());
-      for (const auto& d : items[k].storage.transform_descriptors) w.Str(d);
-      w.U64(items[k].stored_crc32);
-    }
-  }
-  return w.Take();
-}
-
-Status DecodeWriteResults(std::string_view data, Status* rank_status,
-                          std::vector<StorageInfo>* out, std::vector<uint32_t>* stored_crcs) {
-  engine::WireReader r(data);
-  DCPP_RETURN_IF_ERROR(r.ReadStatus(rank_status));
-  DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
-  for (uint64_t i = 0; i < n; ++i) {
-    StorageInfo s;
-    DCPP_ASSIGN_OR_RETURN(s.relative_path, r.Str());
-    DCPP_ASSIGN_OR_RETURN(s.offset, r.U64());
-    DCPP_ASSIGN_OR_RETURN(s.length, r.U64());
-    DCPP_ASSIGN_OR_RETURN(uint64_t transforms, r.U64());
-    if (transforms > 64)
-      return DataLossError("write results: " + std::to_string(transforms) +
-                           " transforms on one item");
-    for (uint64_t t = 0; t < transforms; ++t) {
-      DCPP_ASSIGN_OR_RETURN(std::string d, r.Str());
-      s.transform_descriptors.push_back(std::move(d));
-    }
-    DCPP_ASSIGN_OR_RETURN(uint64_t crc, r.U64());
-    stored_crcs->push_back(static_cast<uint32_t>(crc));
-    out->push_back(std::move(s));
-  }
-  return Status();
-}
-
 // Coordinator, after global planning: creates the location, takes its
 // lock (kept in *lock until the commit and cleanup are done) and decides how
 // an existing checkpoint there is treated.
@@ -415,7 +343,7 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
   if (rank == kCoordinator) {
     std::vector<Status> statuses;
     std::vector<plan::LocalPlan> local_plans = engine::DecodeLocalPlans(plans, &statuses);
-    Assignment a;
+    engine::Assignment a;
     a.status = engine::CombineRankFailures("save planning", statuses);
     if (a.status.ok()) {
       auto g = plan::CreateGlobalSavePlan(local_plans, {.to_lowest_rank = o.dedup_to_lowest_rank});
@@ -426,12 +354,12 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
     if (a.status.ok()) a.status = PrepareDirectory(storage, o, a.tag, &lock);
     for (size_t r = 0; r < plans.size(); ++r) {
       a.keep = a.status.ok() ? gp.keep[r] : std::vector<size_t>{};
-      parts.push_back(EncodeAssignment(a));
+      parts.push_back(engine::EncodeAssignment(a));
     }
   }
   DCPP_ASSIGN_OR_RETURN(std::string mine, pg.Scatter(std::move(parts), kCoordinator));
-  Assignment assignment;
-  DCPP_RETURN_IF_ERROR(DecodeAssignment(mine, &assignment));
+  engine::Assignment assignment;
+  DCPP_RETURN_IF_ERROR(engine::DecodeAssignment(mine, &assignment));
   if (!assignment.status.ok()) return assignment.status.WithContext("save to " + dir);
 
   // 3. Every rank writes what it was assigned.
@@ -442,14 +370,15 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
   auto remove_created = [&] {
     for (const auto& name : created) (void)storage.Remove(name);
   };
-  auto results = pg.Gather(EncodeWriteResults(written, items, assignment.keep), kCoordinator);
+  auto results =
+      pg.Gather(engine::EncodeWriteResults(written, items, assignment.keep), kCoordinator);
   if (!results.ok()) {
     remove_created();
     return results.status();
   }
 
   // 4. The coordinator commits .metadata only if every rank succeeded.
-  engine::WireWriter fin;
+  std::string fin;
   if (rank == kCoordinator) {
     std::vector<Status> statuses(results->size());
     Metadata& md = gp.metadata;
@@ -457,7 +386,7 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
     for (size_t r = 0; r < results->size(); ++r) {
       std::vector<StorageInfo> infos;
       std::vector<uint32_t> crcs;
-      Status decoded = DecodeWriteResults((*results)[r], &statuses[r], &infos, &crcs);
+      Status decoded = engine::DecodeWriteResults((*results)[r], &statuses[r], &infos, &crcs);
       if (!decoded.ok()) statuses[r] = decoded;
       if (!statuses[r].ok()) continue;
       if (infos.size() != gp.slots[r].size()) {
@@ -501,18 +430,16 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
     // Still under the lock: reclaim what the new checkpoint does not use,
     // before any rank returns.
     if (status.ok()) RemoveUnreferencedFiles(storage, md);
-    fin.Status(status);
-    fin.U64(committed);
     // The committed metadata goes to every rank with the verdict, so no
     // rank reads storage again (and all return the same thing).
-    fin.Str(status.ok() ? format::EncodeMetadata(md) : std::string());
+    fin = engine::EncodeCommitOutcome(status, committed,
+                                      status.ok() ? format::EncodeMetadata(md) : std::string());
   }
-  DCPP_ASSIGN_OR_RETURN(std::string final_message, pg.Broadcast(fin.Take(), kCoordinator));
-  engine::WireReader r(final_message);
+  DCPP_ASSIGN_OR_RETURN(std::string final_message, pg.Broadcast(std::move(fin), kCoordinator));
   Status status;
-  DCPP_RETURN_IF_ERROR(r.ReadStatus(&status));
-  DCPP_ASSIGN_OR_RETURN(uint64_t committed, r.U64());
-  DCPP_ASSIGN_OR_RETURN(std::string encoded, r.Str());
+  bool committed = false;
+  std::string encoded;
+  DCPP_RETURN_IF_ERROR(engine::DecodeCommitOutcome(final_message, &status, &committed, &encoded));
   if (!committed) {
     remove_created();
     return status.WithContext("save to " + dir + " failed (nothing was committed)");

@@ -13,16 +13,7 @@ constexpr uint64_t kMaxCount = uint64_t{1} << 32;
 Status Truncated() { return DataLossError("truncated message between ranks"); }
 }  // namespace
 
-void WireWriter::U64(uint64_t v) {
-  char b[10];
-  size_t n = 0;
-  while (v >= 0x80) {
-    b[n++] = static_cast<char>(v | 0x80);
-    v >>= 7;
-  }
-  b[n++] = static_cast<char>(v);
-  out_.append(b, n);
-}
+void WireWriter::U64(uint64_t v) { PutVarint(&out_, v); }
 
 void WireWriter::Str(std::string_view s) {
   U64(s.size());
@@ -37,21 +28,6 @@ void WireWriter::Shape(std::span<const int64_t> s) {
 void WireWriter::Status(const dcpp::Status& s) {
   U64(static_cast<uint64_t>(s.code()));
   Str(s.message());
-}
-
-bool WireReader::SlowVarint(uint64_t* v) {
-  uint64_t out = 0;
-  for (int shift = 0; shift < 64; shift += 7) {
-    if (pos_ >= data_.size()) return false;
-    const auto b = static_cast<uint8_t>(data_[pos_++]);
-    if (shift == 63 && b > 1) return false;  // beyond 64 bits
-    out |= uint64_t{b & 0x7Fu} << shift;
-    if (b < 0x80) {
-      *v = out;
-      return true;
-    }
-  }
-  return false;
 }
 
 Result<uint64_t> WireReader::U64() {
@@ -192,6 +168,121 @@ std::vector<plan::LocalPlan> DecodeLocalPlans(std::span<const std::string> messa
     return dcpp::Status();
   });
   return plans;
+}
+
+std::string EncodeAssignment(const Assignment& a) {
+  WireWriter w;
+  w.Status(a.status);
+  w.Str(a.tag);
+  w.U64(a.keep.size());
+  for (size_t k : a.keep) w.U64(k);
+  return w.Take();
+}
+
+dcpp::Status DecodeAssignment(std::string_view data, Assignment* a) {
+  WireReader r(data);
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(&a->status));
+  DCPP_ASSIGN_OR_RETURN(a->tag, r.Str());
+  DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
+  for (uint64_t i = 0; i < n; ++i) {
+    DCPP_ASSIGN_OR_RETURN(uint64_t k, r.U64());
+    a->keep.push_back(k);
+  }
+  return dcpp::Status();
+}
+
+std::string EncodeWriteResults(const dcpp::Status& status, const std::vector<WriteItem>& items,
+                               const std::vector<size_t>& keep) {
+  WireWriter w;
+  w.Status(status);
+  w.U64(status.ok() ? keep.size() : 0);
+  if (status.ok()) {
+    for (size_t k : keep) {
+      w.Str(items[k].storage.relative_path);
+      w.U64(items[k].storage.offset);
+      w.U64(items[k].storage.length);
+      w.U64(items[k].storage.transform_descriptors.size());
+      for (const auto& d : items[k].storage.transform_descriptors) w.Str(d);
+      w.U64(items[k].stored_crc32);
+    }
+  }
+  return w.Take();
+}
+
+dcpp::Status DecodeWriteResults(std::string_view data, dcpp::Status* rank_status,
+                                std::vector<StorageInfo>* out, std::vector<uint32_t>* stored_crcs) {
+  WireReader r(data);
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(rank_status));
+  DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
+  for (uint64_t i = 0; i < n; ++i) {
+    StorageInfo s;
+    DCPP_ASSIGN_OR_RETURN(s.relative_path, r.Str());
+    DCPP_ASSIGN_OR_RETURN(s.offset, r.U64());
+    DCPP_ASSIGN_OR_RETURN(s.length, r.U64());
+    DCPP_ASSIGN_OR_RETURN(uint64_t transforms, r.U64());
+    if (transforms > 64)
+      return DataLossError("write results: " + std::to_string(transforms) +
+                           " transforms on one item");
+    for (uint64_t t = 0; t < transforms; ++t) {
+      DCPP_ASSIGN_OR_RETURN(std::string d, r.Str());
+      s.transform_descriptors.push_back(std::move(d));
+    }
+    DCPP_ASSIGN_OR_RETURN(uint64_t crc, r.U64());
+    stored_crcs->push_back(static_cast<uint32_t>(crc));
+    out->push_back(std::move(s));
+  }
+  return dcpp::Status();
+}
+
+std::string EncodeCommitOutcome(const dcpp::Status& status, bool committed,
+                                std::string_view metadata) {
+  WireWriter w;
+  w.Reserve(32 + status.message().size() + metadata.size());
+  w.Status(status);
+  w.U64(committed);
+  w.Str(metadata);
+  return w.Take();
+}
+
+dcpp::Status DecodeCommitOutcome(std::string_view data, dcpp::Status* status, bool* committed,
+                                 std::string* metadata) {
+  WireReader r(data);
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(status));
+  DCPP_ASSIGN_OR_RETURN(uint64_t c, r.U64());
+  DCPP_ASSIGN_OR_RETURN(*metadata, r.Str());
+  *committed = c != 0;
+  return dcpp::Status();
+}
+
+std::string EncodeSharedMetadata(const dcpp::Status& status, std::string_view bytes) {
+  WireWriter w;
+  w.Status(status);
+  w.Str(status.ok() ? bytes : std::string_view());
+  return w.Take();
+}
+
+dcpp::Status DecodeSharedMetadata(std::string_view data, dcpp::Status* status, std::string* bytes) {
+  WireReader r(data);
+  DCPP_RETURN_IF_ERROR(r.ReadStatus(status));
+  if (!status->ok()) return dcpp::Status();
+  DCPP_ASSIGN_OR_RETURN(*bytes, r.Str());
+  return dcpp::Status();
+}
+
+std::string EncodeStatus(const dcpp::Status& status) {
+  WireWriter w;
+  w.Status(status);
+  return w.Take();
+}
+
+std::vector<dcpp::Status> DecodeStatuses(std::span<const std::string> messages) {
+  std::vector<dcpp::Status> statuses(messages.size());
+  for (size_t r = 0; r < messages.size(); ++r) {
+    WireReader reader(messages[r]);
+    dcpp::Status decoded = reader.ReadStatus(&statuses[r]);
+    if (!decoded.ok()) statuses[r] = decoded;
+  }
+  return statuses;
 }
 
 dcpp::Status CombineRankFailures(std::string_view what, const std::vector<dcpp::Status>& by_rank) {

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "dcpp/base/varint.h"
+#include "dcpp/engine/items.h"
 #include "dcpp/metadata.h"
 #include "dcpp/plan/save_planner.h"
 #include "dcpp/status.h"
@@ -53,24 +55,7 @@ class WireReader {
 
   // Unchecked-result forms for hot loops: false (and nothing consumed that
   // matters: the message is bad) on truncated or malformed input.
-  bool Varint(uint64_t* v) {
-    // One- and two-byte values (below 2^14) are by far the most common.
-    if (data_.size() - pos_ >= 2) {
-      const auto b0 = static_cast<uint8_t>(data_[pos_]);
-      if (b0 < 0x80) {
-        *v = b0;
-        pos_ += 1;
-        return true;
-      }
-      const auto b1 = static_cast<uint8_t>(data_[pos_ + 1]);
-      if (b1 < 0x80) {
-        *v = (b0 & 0x7Fu) | (uint64_t{b1} << 7);
-        pos_ += 2;
-        return true;
-      }
-    }
-    return SlowVarint(v);
-  }
+  bool Varint(uint64_t* v) { return GetVarint(data_, &pos_, v); }
   bool Bytes(std::string_view* s) {
     uint64_t n = 0;
     if (!Varint(&n) || n > data_.size() - pos_) return false;
@@ -80,8 +65,6 @@ class WireReader {
   }
 
  private:
-  bool SlowVarint(uint64_t* v);
-
   std::string_view data_;
   size_t pos_ = 0;
 };
@@ -98,6 +81,51 @@ Result<plan::LocalPlan> DecodeLocalPlan(std::string_view data, dcpp::Status* ran
 // the DataLoss saying why (its plan is then empty). `messages` is only read.
 std::vector<plan::LocalPlan> DecodeLocalPlans(std::span<const std::string> messages,
                                               std::vector<dcpp::Status>* statuses, int threads = 0);
+
+// Save, step 2: what the coordinator tells each rank after global planning.
+struct Assignment {
+  dcpp::Status status;       // the planning outcome; not OK: write nothing
+  std::string tag;           // this save's data file name tag
+  std::vector<size_t> keep;  // indices of this rank's items to write
+};
+std::string EncodeAssignment(const Assignment& a);
+// Appends the decoded indices to a->keep. DataLoss when `data` is not a
+// message EncodeAssignment wrote (a is then partly filled).
+dcpp::Status DecodeAssignment(std::string_view data, Assignment* a);
+
+// Save, step 3: a rank's write results, its status and then, if OK, where
+// each kept item (items[keep[0]], items[keep[1]] ...) went and its
+// stored_crc32.
+std::string EncodeWriteResults(const dcpp::Status& status, const std::vector<WriteItem>& items,
+                               const std::vector<size_t>& keep);
+// *rank_status is the status the rank sent; the StorageInfos are appended
+// to *out and the items' stored_crc32 to *stored_crcs. DataLoss when `data`
+// is not a message EncodeWriteResults wrote, or names more than 64
+// transforms for an item.
+dcpp::Status DecodeWriteResults(std::string_view data, dcpp::Status* rank_status,
+                                std::vector<StorageInfo>* out, std::vector<uint32_t>* stored_crcs);
+
+// Save, step 4: the coordinator's commit outcome, broadcast to every rank:
+// its status, whether its .metadata was published, and the encoded
+// metadata committed (empty when none was).
+std::string EncodeCommitOutcome(const dcpp::Status& status, bool committed,
+                                std::string_view metadata);
+// DataLoss when `data` is not a message EncodeCommitOutcome wrote.
+dcpp::Status DecodeCommitOutcome(std::string_view data, dcpp::Status* status, bool* committed,
+                                 std::string* metadata);
+
+// Load: the .metadata bytes rank 0 read and decoded, or why it could not
+// (then `bytes` is ignored and sent empty).
+std::string EncodeSharedMetadata(const dcpp::Status& status, std::string_view bytes);
+// *status is rank 0's status; *bytes is filled only when it is OK. DataLoss
+// when `data` is not a message EncodeSharedMetadata wrote.
+dcpp::Status DecodeSharedMetadata(std::string_view data, dcpp::Status* status, std::string* bytes);
+
+// A rank's final status, gathered so every rank can return the same error.
+std::string EncodeStatus(const dcpp::Status& status);
+// Element r: the status messages[r] holds, or the DataLoss saying why it
+// does not decode.
+std::vector<dcpp::Status> DecodeStatuses(std::span<const std::string> messages);
 
 // Combines per-rank failures into the one error every rank returns:
 // "<what> failed on rank 1 (NOT_FOUND: ...); rank 3 (...)". The code is the

@@ -160,5 +160,126 @@ TEST(WireTest, CombineRankFailures) {
   EXPECT_EQ(s.code(), StatusCode::kAborted);
 }
 
+// Every proper prefix of `msg` must fail to decode with DataLoss.
+template <typename Decode>
+void ExpectPrefixesAreDataLoss(const std::string& msg, Decode decode) {
+  for (size_t n = 0; n < msg.size(); ++n) {
+    const Status s = decode(std::string_view(msg).substr(0, n));
+    EXPECT_EQ(s.code(), StatusCode::kDataLoss) << "prefix of " << n << " bytes";
+  }
+}
+
+TEST(WireTest, AssignmentRoundTrip) {
+  const Assignment a{NotFoundError("gone"), "1a2b3c4d", {0, 3, 300, uint64_t{1} << 40}};
+  const std::string msg = EncodeAssignment(a);
+  Assignment b;
+  ASSERT_TRUE(DecodeAssignment(msg, &b).ok());
+  EXPECT_EQ(b.status, a.status);
+  EXPECT_EQ(b.tag, a.tag);
+  EXPECT_EQ(b.keep, a.keep);
+  ExpectPrefixesAreDataLoss(msg, [](std::string_view m) {
+    Assignment x;
+    return DecodeAssignment(m, &x);
+  });
+}
+
+TEST(WireTest, WriteResultsRoundTrip) {
+  std::vector<WriteItem> items(3);
+  items[0].storage = {"__0_0.distcp", 0, 100, {}};
+  items[1].storage = {"__0_1.distcp", 64, 5, {"stream.zstd/1"}};
+  items[2].storage = {"__0_0.distcp", 128, 7, {"dcpp.byteshuffle/1", "stream.zstd/1"}};
+  items[1].stored_crc32 = 0xCBF43926u;
+  items[2].stored_crc32 = 7;
+  const std::string msg = EncodeWriteResults(Status(), items, {2, 1});
+  Status rank_status = InternalError("not set");
+  std::vector<StorageInfo> infos;
+  std::vector<uint32_t> crcs;
+  ASSERT_TRUE(DecodeWriteResults(msg, &rank_status, &infos, &crcs).ok());
+  EXPECT_TRUE(rank_status.ok());
+  ASSERT_EQ(infos.size(), 2u);
+  EXPECT_EQ(infos[0], items[2].storage);
+  EXPECT_EQ(infos[1], items[1].storage);
+  EXPECT_EQ(crcs, (std::vector<uint32_t>{7, 0xCBF43926u}));
+  ExpectPrefixesAreDataLoss(msg, [](std::string_view m) {
+    Status s;
+    std::vector<StorageInfo> out;
+    std::vector<uint32_t> c;
+    return DecodeWriteResults(m, &s, &out, &c);
+  });
+
+  // A failed rank sends its status and no items.
+  infos.clear();
+  crcs.clear();
+  ASSERT_TRUE(DecodeWriteResults(EncodeWriteResults(DataLossError("disk"), items, {0, 1, 2}),
+                                 &rank_status, &infos, &crcs)
+                  .ok());
+  EXPECT_EQ(rank_status, DataLossError("disk"));
+  EXPECT_TRUE(infos.empty());
+  EXPECT_TRUE(crcs.empty());
+
+  // More transforms on one item than any pipeline has.
+  WireWriter w;
+  w.Status(Status());
+  w.U64(1);
+  w.Str("f");
+  w.U64(0);
+  w.U64(1);
+  w.U64(65);
+  EXPECT_EQ(DecodeWriteResults(w.Take(), &rank_status, &infos, &crcs).code(),
+            StatusCode::kDataLoss);
+}
+
+TEST(WireTest, CommitOutcomeRoundTrip) {
+  for (bool committed : {false, true}) {
+    const std::string metadata = committed ? "\x80\x02pickled\0metadata"s : ""s;
+    const std::string msg = EncodeCommitOutcome(AbortedError("late"), committed, metadata);
+    Status s;
+    bool got = !committed;
+    std::string got_metadata = "not set";
+    ASSERT_TRUE(DecodeCommitOutcome(msg, &s, &got, &got_metadata).ok());
+    EXPECT_EQ(s, AbortedError("late"));
+    EXPECT_EQ(got, committed);
+    EXPECT_EQ(got_metadata, metadata);
+    ExpectPrefixesAreDataLoss(msg, [](std::string_view m) {
+      Status x;
+      bool c;
+      std::string md;
+      return DecodeCommitOutcome(m, &x, &c, &md);
+    });
+  }
+}
+
+TEST(WireTest, SharedMetadataRoundTrip) {
+  const std::string bytes = "\x80\x02pickled\0metadata"s;
+  const std::string msg = EncodeSharedMetadata(Status(), bytes);
+  Status s = InternalError("not set");
+  std::string got;
+  ASSERT_TRUE(DecodeSharedMetadata(msg, &s, &got).ok());
+  EXPECT_TRUE(s.ok());
+  EXPECT_EQ(got, bytes);
+  ExpectPrefixesAreDataLoss(msg, [](std::string_view m) {
+    Status x;
+    std::string b;
+    return DecodeSharedMetadata(m, &x, &b);
+  });
+  // An error travels without the bytes.
+  const std::string failed = EncodeSharedMetadata(NotFoundError("no .metadata"), bytes);
+  EXPECT_LT(failed.size(), msg.size());
+  got = "untouched";
+  ASSERT_TRUE(DecodeSharedMetadata(failed, &s, &got).ok());
+  EXPECT_EQ(s, NotFoundError("no .metadata"));
+  EXPECT_EQ(got, "untouched");
+}
+
+TEST(WireTest, DecodeStatusesKeepsEachRanksStatus) {
+  const std::vector<std::string> messages = {EncodeStatus(Status()), "\x05"s,
+                                             EncodeStatus(NotFoundError("x"))};
+  const std::vector<Status> statuses = DecodeStatuses(messages);
+  ASSERT_EQ(statuses.size(), 3u);
+  EXPECT_TRUE(statuses[0].ok());
+  EXPECT_EQ(statuses[1].code(), StatusCode::kDataLoss);
+  EXPECT_EQ(statuses[2], NotFoundError("x"));
+}
+
 }  // namespace
 }  // namespace dcpp::engine

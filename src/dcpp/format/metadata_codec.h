@@ -1,6 +1,7 @@
 // The DCP `.metadata` file (a pickled torch.distributed.checkpoint Metadata)
-// to and from dcpp::Metadata. See shared/reference/dcp-format.md section 2.
-// Pure: no I/O.
+// to and from dcpp::Metadata. What dcpp writes and accepts is summarized in
+// docs/format.md (".metadata" and "Reading"). Pure: no I/O. Decoder in
+// metadata_codec_decode.cc, encoder in metadata_codec_encode.cc.
 #ifndef DCPP_FORMAT_METADATA_CODEC_H_
 #define DCPP_FORMAT_METADATA_CODEC_H_
 

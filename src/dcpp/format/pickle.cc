@@ -6,6 +6,8 @@
 #include <limits>
 #include <utility>
 
+#include "dcpp/base/utf8.h"
+
 namespace dcpp::format::pickle {
 namespace {
 
@@ -233,26 +235,6 @@ uint64_t LoadLE(const uint8_t* p, int n) {
   uint64_t v = 0;
   for (int k = n - 1; k >= 0; --k) v = (v << 8) | p[k];
   return v;
-}
-
-// Appends code point `cp` as UTF-8. Lone surrogates are encoded like any other
-// code point (as Python's 'surrogatepass' does), so no input is rejected.
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
 }
 
 // Python's int(str) refuses more digits than this by default (3.11+), so a

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "dcpp/base/utf8.h"
 #include "dcpp/format/pickle.h"
 
 namespace dcpp::format {
@@ -181,15 +182,7 @@ class TorchPickler {
   void SaveBytes(std::string_view bytes) {
     std::string text;
     text.reserve(bytes.size());
-    for (char c : bytes) {
-      unsigned char u = static_cast<unsigned char>(c);
-      if (u < 0x80) {
-        text += c;
-      } else {
-        text += static_cast<char>(0xC0 | (u >> 6));
-        text += static_cast<char>(0x80 | (u & 0x3F));
-      }
-    }
+    for (char c : bytes) AppendUtf8(static_cast<unsigned char>(c), &text);
     w_.Global("_codecs", "encode");
     if (bytes.size() <= 1) {
       SaveString(text);  // CPython shares '' and one-character strings

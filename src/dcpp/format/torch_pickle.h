@@ -1,7 +1,7 @@
 // The data.pkl codec of torch.save archives: the bytes DCP stores for each
 // tensor item (a torch.save of one tensor) and for each BYTE_IO item (a
-// torch.save of an arbitrary Python object). See
-// shared/reference/dcp-format.md sections 3.2, 3.3 and 3.6.
+// torch.save of an arbitrary Python object). What is written and accepted
+// is summarized in docs/format.md ("Items" and "Reading").
 //
 // Writing produces what torch 2.13's torch.save produces: data.pkl byte for
 // byte for a tensor (and for simple values), records in torch's order.

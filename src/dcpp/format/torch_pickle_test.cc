@@ -222,7 +222,7 @@ std::string BuildArchive(const ArchiveSpec& a) {
 // ---------------------------------------------------------------------------
 
 // Verified against torch 2.13: torch.save(torch.arange(16.).reshape(4, 4))
-// writes exactly these 154 bytes as data.pkl (dcp-format.md section 3.6).
+// writes exactly these 154 bytes as data.pkl (docs/format.md, "Items").
 constexpr char kTorch4x4FloatPkl[] =
     "\x80\x02"
     "ctorch._utils\n_rebuild_tensor_v2\nq\x00((X\x07\x00\x00\x00storageq\x01"

@@ -2,7 +2,7 @@
 // writer (caffe2 inline_container + miniz) lays it out, and a reader that
 // checks every offset against the archive's size.
 //
-// Layout written (shared/reference/dcp-format.md section 3.4): stored
+// Layout written (docs/format.md, "Items"): stored
 // entries named "<archive>/<record>", local headers with flags 0x0808 (0x0800
 // for empty records), zero time/date/CRC/sizes in the local header, an "FB"
 // extra field padding each record's data to `alignment` bytes from the start

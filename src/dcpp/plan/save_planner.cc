@@ -2,20 +2,12 @@
 
 #include <algorithm>
 #include <charconv>
-#include <chrono>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <unordered_map>
-#define PT(name)                                                                                  \
-  do {                                                                                            \
-    auto now_ = std::chrono::steady_clock::now();                                                 \
-    if (getenv("PT"))                                                                             \
-      fprintf(stderr, "  %-10s %.3f\n", name, std::chrono::duration<double>(now_ - pt_).count()); \
-    pt_ = now_;                                                                                   \
-  } while (0)
 
 #include "dcpp/base/thread_pool.h"
+#include "dcpp/base/varint.h"
 #include "dcpp/plan/validate.h"
 
 namespace dcpp::plan {
@@ -35,33 +27,6 @@ namespace {
 
 constexpr char kDerivedPath = 0;
 constexpr char kExplicitPath = 1;
-
-void PutVarint(std::string* out, uint64_t v) {
-  char buf[10];
-  size_t n = 0;
-  while (v >= 0x80) {
-    buf[n++] = static_cast<char>(v | 0x80);
-    v >>= 7;
-  }
-  buf[n++] = static_cast<char>(v);
-  out->append(buf, n);
-}
-
-// False when `s` ends inside the varint or it does not fit 64 bits.
-bool GetVarint(std::string_view s, size_t* pos, uint64_t* v) {
-  uint64_t out = 0;
-  for (int shift = 0; shift < 64; shift += 7) {
-    if (*pos >= s.size()) return false;
-    const auto b = static_cast<uint8_t>(s[(*pos)++]);
-    if (shift == 63 && b > 1) return false;
-    out |= uint64_t{b & 0x7Fu} << shift;
-    if (b < 0x80) {
-      *v = out;
-      return true;
-    }
-  }
-  return false;
-}
 
 // The decimal text std::to_string gives `v`, in `buf`.
 std::string_view IntText(int64_t v, char (&buf)[24]) {
@@ -351,63 +316,95 @@ ObjectPath LocalPlan::path(size_t i) const {
 }
 
 // ---------------------------------------------------------------- global plan
+//
+// CreateGlobalSavePlan runs in phases, each a function below:
+//   NumberItems       every item gets a global number (ranks ascending)
+//   IdentifyFqns      distinct FQNs, and which of them have replicas
+//   GroupReplicas     the replica groups of those FQNs
+//   ChooseWriters     one writer per replica group (the dedup)
+//   AssignEntries     DCP's entry order, each kept item's slot, and the
+//                     checks that an FQN means the same thing on every rank
+//   MakeEntries       the entries' FQN, path, kind, dtype and size
+//   FillChunkLists    the tensors' chunk lists, with a quick tiling check
+//   CheckTiling       the full tiling check of what the quick one left
+// All but the last three walk the items in global order, touching each
+// rank's plan (and the previous rank's) sequentially.
 
-Result<GlobalPlan> CreateGlobalSavePlan(const std::vector<LocalPlan>& plans,
-                                        const GlobalPlanOptions& options) {
-  auto pt_ = std::chrono::steady_clock::now();
-  const size_t num_ranks = plans.size();
-  // Items are numbered globally, ranks ascending: rank r's item i is base[r] + i.
-  std::vector<uint32_t> base(num_ranks + 1);
+namespace {
+
+// Global item numbers: rank r's item i is base[r] + i.
+struct Numbering {
+  std::span<const LocalPlan> plans;
+  std::vector<uint32_t> base;  // num_ranks + 1 elements; base.back() == n
+  uint32_t n = 0;
+
+  size_t num_ranks() const { return plans.size(); }
+  PlannedItem item(const Holder& h) const { return plans[h.rank].item(h.g - base[h.rank]); }
+};
+
+// Numbers the items of `plans` (borrowed by the result). ResourceExhausted
+// when there are kNone or more, as numbers and kNone must fit 32 bits.
+Result<Numbering> NumberItems(const std::vector<LocalPlan>& plans) {
+  Numbering num{plans, std::vector<uint32_t>(plans.size() + 1), 0};
   uint64_t total = 0;
-  for (size_t r = 0; r < num_ranks; ++r) {
-    base[r] = static_cast<uint32_t>(total);
+  for (size_t r = 0; r < plans.size(); ++r) {
+    num.base[r] = static_cast<uint32_t>(total);
     total += plans[r].size();
     if (total >= kNone)
       return ResourceExhaustedError("save plans hold " + std::to_string(total) +
                                     "+ items; at most 2^32 - 2 are supported");
   }
-  base[num_ranks] = static_cast<uint32_t>(total);
-  const uint32_t n = static_cast<uint32_t>(total);
-  // Every pass but the one building entries walks the items in this global
-  // order, touching each rank's plan (and the previous rank's) sequentially.
-  auto item_at = [&](const Holder& h) { return plans[h.rank].item(h.g - base[h.rank]); };
+  num.base[plans.size()] = num.n = static_cast<uint32_t>(total);
+  return num;
+}
 
-  // 1. Number the distinct FQNs. Ranks nearly always list the same FQNs in
-  //    the same order, so an item is first compared with the previous rank's
-  //    item at its position; the hash table is the fallback. Also learn, per
-  //    FQN, whether its items' replica keys strictly increase in this order
-  //    (chunks of a sharded tensor: no replicas) or are all equal (a value or
-  //    tensor every holder has whole: one replica group).
-  struct FqnState {
-    uint32_t count = 0;
-    Holder first, last;
-    bool increasing = true;
-    bool all_equal = true;
-  };
-  std::vector<uint32_t> fqn_id(n);
-  std::vector<FqnState> state;
+// Per distinct FQN: its holders, and the order of their replica keys.
+struct FqnState {
+  uint32_t count = 0;  // items with this FQN
+  Holder first, last;  // see IdentifyFqns and AssignEntries
+  // The items' replica keys strictly increase in global order (chunks of a
+  // sharded tensor: no replicas) ...
+  bool increasing = true;
+  // ... or are all equal (a value, or a tensor every holder has whole: one
+  // replica group).
+  bool all_equal = true;
+};
+
+struct FqnTable {
+  std::vector<uint32_t> id;     // per global item: its FQN's number
+  std::vector<FqnState> state;  // per FQN, numbered by first appearance
+};
+
+// Numbers the distinct FQNs in order of first appearance and fills their
+// state (first and last holder in global order). Ranks nearly always list
+// the same FQNs in the same order, so an item is first compared with the
+// previous rank's item at its position; a hash table is the fallback.
+// Cannot fail.
+FqnTable IdentifyFqns(const Numbering& num) {
+  FqnTable t;
+  t.id.resize(num.n);
   std::unordered_map<std::string_view, uint32_t> id_of;
-  for (size_t r = 0; r < num_ranks; ++r) {
-    const LocalPlan& p = plans[r];
-    const LocalPlan* prev = r > 0 ? &plans[r - 1] : nullptr;
+  for (size_t r = 0; r < num.num_ranks(); ++r) {
+    const LocalPlan& p = num.plans[r];
+    const LocalPlan* prev = r > 0 ? &num.plans[r - 1] : nullptr;
     for (size_t i = 0; i < p.size(); ++i) {
-      const uint32_t g = base[r] + static_cast<uint32_t>(i);
+      const uint32_t g = num.base[r] + static_cast<uint32_t>(i);
       const std::string_view fqn = p.fqn(i);
       uint32_t fid;
       if (prev != nullptr && i < prev->size() && prev->fqn(i) == fqn) {
-        fid = fqn_id[base[r - 1] + i];
+        fid = t.id[num.base[r - 1] + i];
       } else {
-        auto [it, fresh] = id_of.try_emplace(fqn, static_cast<uint32_t>(state.size()));
-        if (fresh) state.emplace_back();
+        auto [it, fresh] = id_of.try_emplace(fqn, static_cast<uint32_t>(t.state.size()));
+        if (fresh) t.state.emplace_back();
         fid = it->second;
       }
-      fqn_id[g] = fid;
-      FqnState& s = state[fid];
+      t.id[g] = fid;
+      FqnState& s = t.state[fid];
       const Holder h{g, static_cast<uint32_t>(r)};
       if (s.count == 0) {
         s.first = h;
       } else if (s.increasing || s.all_equal) {
-        const int c = KeyCompare(item_at(s.last), p.item(i));
+        const int c = KeyCompare(num.item(s.last), p.item(i));
         if (c >= 0) s.increasing = false;
         if (c != 0) s.all_equal = false;
       }
@@ -415,104 +412,142 @@ Result<GlobalPlan> CreateGlobalSavePlan(const std::vector<LocalPlan>& plans,
       s.last = h;
     }
   }
-  const size_t num_fqns = state.size();
-  PT("ids");
+  return t;
+}
 
-  // 2. Replica groups of the FQNs that have replicas, in order of their first
-  //    holder; every other item is a group of its own.
-  std::vector<uint32_t> hold_begin(num_fqns + 1, 0);
-  for (size_t f = 0; f < num_fqns; ++f)
-    hold_begin[f + 1] = hold_begin[f] + (state[f].increasing ? 0 : state[f].count);
-  std::vector<Holder> hold(hold_begin[num_fqns]);
+struct Replicas {
+  // Holders of the FQNs that are not `increasing`, FQN by FQN; within an
+  // FQN, by replica key and then global order.
+  std::vector<Holder> hold;
   struct Group {
     uint32_t first;       // the first holder's global item number
     uint32_t begin, end;  // holders: hold[begin, end), ascending
   };
+  // The replica groups (items of one FQN with equal keys), ordered by their
+  // first holder. Items of `increasing` FQNs are in no group: each is its
+  // own writer.
   std::vector<Group> groups;
-  if (!hold.empty()) {
-    std::vector<uint32_t> cursor(hold_begin.begin(), hold_begin.end() - 1);
-    for (size_t r = 0; r < num_ranks; ++r)
-      for (uint32_t g = base[r]; g < base[r + 1]; ++g)
-        if (!state[fqn_id[g]].increasing) hold[cursor[fqn_id[g]]++] = {g, static_cast<uint32_t>(r)};
-    auto less = [&](const Holder& a, const Holder& b) {
-      return KeyCompare(item_at(a), item_at(b)) < 0;
-    };
-    for (size_t f = 0; f < num_fqns; ++f) {
-      const uint32_t b = hold_begin[f], e = hold_begin[f + 1];
-      if (b == e) continue;
-      if (state[f].all_equal) {
-        groups.push_back({hold[b].g, b, e});
-        continue;
-      }
-      std::stable_sort(hold.begin() + b, hold.begin() + e, less);
-      for (uint32_t k = b, run = b; k <= e; ++k) {
-        if (k == e || (k > b && less(hold[k - 1], hold[k]))) {
-          groups.push_back({hold[run].g, run, k});
-          run = k;
-        }
+};
+
+// Groups the replicas of every FQN that has any. Cannot fail. O(n log n)
+// in the holders of FQNs whose keys neither increase nor are all equal,
+// linear otherwise.
+Replicas GroupReplicas(const Numbering& num, const FqnTable& fqns) {
+  const size_t num_fqns = fqns.state.size();
+  std::vector<uint32_t> hold_begin(num_fqns + 1, 0);
+  for (size_t f = 0; f < num_fqns; ++f)
+    hold_begin[f + 1] = hold_begin[f] + (fqns.state[f].increasing ? 0 : fqns.state[f].count);
+  Replicas rep;
+  rep.hold.resize(hold_begin[num_fqns]);
+  if (rep.hold.empty()) return rep;
+  std::vector<Holder>& hold = rep.hold;
+  std::vector<uint32_t> cursor(hold_begin.begin(), hold_begin.end() - 1);
+  for (size_t r = 0; r < num.num_ranks(); ++r)
+    for (uint32_t g = num.base[r]; g < num.base[r + 1]; ++g)
+      if (!fqns.state[fqns.id[g]].increasing)
+        hold[cursor[fqns.id[g]]++] = {g, static_cast<uint32_t>(r)};
+  auto less = [&](const Holder& a, const Holder& b) {
+    return KeyCompare(num.item(a), num.item(b)) < 0;
+  };
+  for (size_t f = 0; f < num_fqns; ++f) {
+    const uint32_t b = hold_begin[f], e = hold_begin[f + 1];
+    if (b == e) continue;
+    if (fqns.state[f].all_equal) {
+      rep.groups.push_back({hold[b].g, b, e});
+      continue;
+    }
+    std::stable_sort(hold.begin() + b, hold.begin() + e, less);
+    for (uint32_t k = b, run = b; k <= e; ++k) {
+      if (k == e || (k > b && less(hold[k - 1], hold[k]))) {
+        rep.groups.push_back({hold[run].g, run, k});
+        run = k;
       }
     }
-    std::sort(groups.begin(), groups.end(),
-              [](const Group& a, const Group& b) { return a.first < b.first; });
   }
-  PT("groups");
+  std::sort(rep.groups.begin(), rep.groups.end(),
+            [](const Replicas::Group& a, const Replicas::Group& b) { return a.first < b.first; });
+  return rep;
+}
 
-  // 3. One writer per group, groups taken in order of their first holder;
-  //    in the same pass, what each rank writes, in plan order, checked
-  //    against the copy of its FQN kept before it (the first makes the
-  //    entry: DCP orders entries by first appearance). An item's fate is
-  //    settled by the time the pass reaches it: its group's first holder
-  //    comes no later.
-  GlobalPlan gp;
-  gp.keep.resize(num_ranks);
-  gp.slots.resize(num_ranks);
-  std::vector<uint8_t> kept(n, 0);
-  std::vector<uint64_t> planned(num_ranks, 0);
+// Which items are written: per global item, 1 if kept. Every item of an
+// `increasing` FQN is kept; of each replica group exactly one, chosen when
+// the walk in global order reaches the group's first holder: the lowest
+// rank with `to_lowest_rank`, else the holder whose rank has the fewest
+// bytes planned so far (ties: the lowest rank). Cannot fail.
+std::vector<uint8_t> ChooseWriters(const Numbering& num, const FqnTable& fqns,
+                                   const Replicas& rep, bool to_lowest_rank) {
+  std::vector<uint8_t> kept(num.n, 0);
+  std::vector<uint64_t> planned(num.num_ranks(), 0);
   auto weight = [](const PlannedItem& item) {
     return item.is_tensor ? std::max<uint64_t>(item.nbytes, 1) : 1;
   };
-  std::vector<uint32_t> entry_of(num_fqns, kNone);
-  std::vector<uint32_t> chunks_of(num_fqns, 0);
-  std::vector<uint32_t> entry_fqns;
-  entry_fqns.reserve(num_fqns);
   size_t next_group = 0;
-  for (size_t r = 0; r < num_ranks; ++r) {
-    const LocalPlan& p = plans[r];
-    std::vector<size_t>& keep = gp.keep[r];
-    std::vector<std::pair<size_t, size_t>>& slots = gp.slots[r];
+  for (size_t r = 0; r < num.num_ranks(); ++r) {
+    const LocalPlan& p = num.plans[r];
+    for (uint32_t g = num.base[r]; g < num.base[r + 1]; ++g) {
+      if (fqns.state[fqns.id[g]].increasing) {
+        kept[g] = 1;
+        planned[r] += weight(p.item(g - num.base[r]));
+      } else if (next_group < rep.groups.size() && rep.groups[next_group].first == g) {
+        const Replicas::Group& gr = rep.groups[next_group++];
+        uint32_t best = gr.begin;
+        for (uint32_t h = gr.begin + 1; h < gr.end && !to_lowest_rank; ++h)
+          if (planned[rep.hold[h].rank] < planned[rep.hold[best].rank]) best = h;
+        kept[rep.hold[best].g] = 1;
+        planned[rep.hold[best].rank] += weight(num.item(rep.hold[best]));
+      }
+    }
+  }
+  return kept;
+}
+
+// The entries in DCP's order: one per FQN, in order of its first kept
+// item (plans in rank order, items in plan order).
+struct EntryOrder {
+  std::vector<uint32_t> fqn;     // per entry: its FQN's number
+  std::vector<uint32_t> chunks;  // per FQN: kept tensor chunks
+};
+
+// Fills gp->keep and gp->slots from `kept`, numbers the entries, and checks
+// each kept item against the kept item of its FQN before it: the same kind
+// (tensor or value), dtype and global shape, else InvalidArgument naming
+// the FQN and ranks (the first offender in global order; gp is then
+// partly filled). Sets each FQN's state.first to its first kept item and
+// state.last to its last.
+Result<EntryOrder> AssignEntries(const Numbering& num, FqnTable& fqns,
+                                 const std::vector<uint8_t>& kept, GlobalPlan* gp) {
+  const size_t num_fqns = fqns.state.size();
+  gp->keep.resize(num.num_ranks());
+  gp->slots.resize(num.num_ranks());
+  EntryOrder order;
+  order.fqn.reserve(num_fqns);
+  order.chunks.assign(num_fqns, 0);
+  std::vector<uint32_t> entry_of(num_fqns, kNone);
+  for (size_t r = 0; r < num.num_ranks(); ++r) {
+    const LocalPlan& p = num.plans[r];
+    std::vector<size_t>& keep = gp->keep[r];
+    std::vector<std::pair<size_t, size_t>>& slots = gp->slots[r];
     keep.reserve(p.size());
     slots.reserve(p.size());
-    for (uint32_t g = base[r]; g < base[r + 1]; ++g) {
-      const size_t index = g - base[r];
-      const uint32_t fid = fqn_id[g];
-      FqnState& s = state[fid];
-      const PlannedItem item = p.item(index);
-      if (s.increasing) {
-        kept[g] = 1;
-        planned[r] += weight(item);
-      } else if (next_group < groups.size() && groups[next_group].first == g) {
-        const Group& gr = groups[next_group++];
-        uint32_t best = gr.begin;
-        for (uint32_t h = gr.begin + 1; h < gr.end && !options.to_lowest_rank; ++h)
-          if (planned[hold[h].rank] < planned[hold[best].rank]) best = h;
-        kept[hold[best].g] = 1;
-        planned[hold[best].rank] += weight(item_at(hold[best]));
-      }
+    for (uint32_t g = num.base[r]; g < num.base[r + 1]; ++g) {
       if (!kept[g]) continue;
-
+      const size_t index = g - num.base[r];
+      const uint32_t fid = fqns.id[g];
+      FqnState& s = fqns.state[fid];
+      const PlannedItem item = p.item(index);
       keep.push_back(index);
       if (entry_of[fid] == kNone) {
-        entry_of[fid] = static_cast<uint32_t>(entry_fqns.size());
-        entry_fqns.push_back(fid);
+        entry_of[fid] = static_cast<uint32_t>(order.fqn.size());
+        order.fqn.push_back(fid);
         s.first = {g, static_cast<uint32_t>(r)};
       } else {
-        const PlannedItem before = item_at(s.last);
+        const PlannedItem before = num.item(s.last);
         auto where = [&] { return "'" + std::string(item.fqn) + "'"; };
         if (before.is_tensor != item.is_tensor) {
           std::vector<int> ranks;  // of the kept items of this FQN so far, this one included
           for (size_t q = 0; q <= r; ++q)
-            for (size_t k : gp.keep[q])
-              if (fqn_id[base[q] + k] == fid) ranks.push_back(static_cast<int>(q));
+            for (size_t k : gp->keep[q])
+              if (fqns.id[num.base[q] + k] == fid) ranks.push_back(static_cast<int>(q));
           return InvalidArgumentError(where() +
                                       " is a tensor on some ranks and a value on others (ranks " +
                                       RankList(ranks) + ")");
@@ -528,43 +563,55 @@ Result<GlobalPlan> CreateGlobalSavePlan(const std::vector<LocalPlan>& plans,
       }
       s.last = {g, static_cast<uint32_t>(r)};
       // Values are deduplicated by FQN: an entry holds at most one.
-      slots.push_back({entry_of[fid], item.is_tensor ? chunks_of[fid]++ : 0});
+      slots.push_back({entry_of[fid], item.is_tensor ? order.chunks[fid]++ : 0});
     }
     if (keep.capacity() > 2 * keep.size() + 16) {  // mostly replicas: give the rest back
       keep.shrink_to_fit();
       slots.shrink_to_fit();
     }
   }
-  PT("keep");
+  return order;
+}
 
-  // 4. The entries. Their chunk lists are the bulk of the metadata and a
-  //    transpose of the plans (ranks x tensors); a plain transpose touches a
-  //    different page for nearly every chunk, so the lists are filled a
-  //    block of ranks at a time, entry by entry within the block: the plans
-  //    read and the lists written then stay within a small working set.
-  //    Each thread fills the lists of a run of entries, in chunk order.
-  const size_t num_entries = entry_fqns.size();
-  Metadata& md = gp.metadata;
-  md.entries.resize(num_entries);
-  std::vector<uint8_t> entry_is_tensor(num_entries);
+// Creates md->entries from their first kept items (storage and chunk lists
+// empty; chunk capacity reserved). Returns, per entry, whether it is a
+// tensor. Cannot fail.
+std::vector<uint8_t> MakeEntries(const Numbering& num, const FqnTable& fqns,
+                                 const EntryOrder& order, Metadata* md) {
+  const size_t num_entries = order.fqn.size();
+  md->entries.resize(num_entries);
+  std::vector<uint8_t> is_tensor(num_entries);
   for (size_t k = 0; k < num_entries; ++k) {
-    const Holder first = state[entry_fqns[k]].first;
-    const PlannedItem item = item_at(first);
-    EntryMeta& e = md.entries[k];
+    const Holder first = fqns.state[order.fqn[k]].first;
+    const PlannedItem item = num.item(first);
+    EntryMeta& e = md->entries[k];
     e.fqn = item.fqn;
-    e.path = plans[first.rank].path(first.g - base[first.rank]);
+    e.path = num.plans[first.rank].path(first.g - num.base[first.rank]);
     e.kind = item.is_tensor ? EntryMeta::Kind::kTensor : EntryMeta::Kind::kBytes;
     e.properties.dtype = item.dtype;
     e.size.assign(item.global_shape.begin(), item.global_shape.end());
-    entry_is_tensor[k] = item.is_tensor;
-    if (item.is_tensor) e.chunks.reserve(chunks_of[entry_fqns[k]]);
+    is_tensor[k] = item.is_tensor;
+    if (item.is_tensor) e.chunks.reserve(order.chunks[order.fqn[k]]);
   }
-  PT("entries");
+  return is_tensor;
+}
+
+// Fills the tensor entries' chunk lists of gp->metadata from gp->keep and
+// gp->slots, in chunk order, on `threads` threads (each a run of entries),
+// and returns the tensor entries that the quick TilingCheck could not
+// clear, ascending. Cannot fail.
+//
+// The chunk lists are the bulk of the metadata and a transpose of the
+// plans (ranks x tensors); a plain transpose touches a different page for
+// nearly every chunk, so the lists are filled a block of ranks at a time,
+// entry by entry within the block: the plans read and the lists written
+// then stay within a small working set.
+std::vector<uint32_t> FillChunkLists(const Numbering& num, const std::vector<uint8_t>& is_tensor,
+                                     size_t threads, GlobalPlan* gp) {
   constexpr size_t kBlock = 32;
-  const size_t threads =
-      std::clamp<size_t>(options.threads > 0 ? options.threads : DefaultThreadCount(), 1,
-                         std::max<size_t>(1, std::min(num_entries, total / kMinItemsPerThread)));
-  // Entries whose chunks the quick check below could not clear.
+  const size_t num_ranks = num.num_ranks();
+  const size_t num_entries = is_tensor.size();
+  std::vector<EntryMeta>& entries = gp->metadata.entries;
   std::vector<std::vector<uint32_t>> unclear(threads);
   (void)ParallelFor(threads, static_cast<int>(threads), [&](size_t t) {
     const size_t k0 = num_entries * t / threads, k1 = num_entries * (t + 1) / threads;
@@ -576,22 +623,22 @@ Result<GlobalPlan> CreateGlobalSavePlan(const std::vector<LocalPlan>& plans,
     std::vector<Pending> pending;
     std::vector<TilingCheck> checks;
     checks.reserve(k1 - k0);
-    for (size_t k = k0; k < k1; ++k) checks.emplace_back(md.entries[k].size);
+    for (size_t k = k0; k < k1; ++k) checks.emplace_back(entries[k].size);
     for (size_t r0 = 0; r0 < num_ranks; r0 += kBlock) {
       const size_t r1 = std::min(num_ranks, r0 + kBlock);
       // Counting sort of the block's chunks of entries [k0, k1) by entry;
       // within an entry they stay in rank and plan order, i.e. chunk order.
       std::fill(start.begin(), start.end(), 0);
       for (size_t r = r0; r < r1; ++r)
-        for (const auto& [entry, chunk] : gp.slots[r])
-          if (entry >= k0 && entry < k1) start[entry - k0 + 1] += entry_is_tensor[entry];
+        for (const auto& [entry, chunk] : gp->slots[r])
+          if (entry >= k0 && entry < k1) start[entry - k0 + 1] += is_tensor[entry];
       for (size_t k = k0; k < k1; ++k) start[k - k0 + 1] += start[k - k0];
       pending.resize(start[k1 - k0]);
       for (size_t r = r0; r < r1; ++r) {
-        for (size_t j = 0; j < gp.slots[r].size(); ++j) {
-          const size_t entry = gp.slots[r][j].first;
-          if (entry < k0 || entry >= k1 || !entry_is_tensor[entry]) continue;
-          const PlannedItem item = plans[r].item(gp.keep[r][j]);
+        for (size_t j = 0; j < gp->slots[r].size(); ++j) {
+          const size_t entry = gp->slots[r][j].first;
+          if (entry < k0 || entry >= k1 || !is_tensor[entry]) continue;
+          const PlannedItem item = num.plans[r].item(gp->keep[r][j]);
           pending[start[entry - k0]++] = {item.offsets.data(),
                                           {static_cast<uint32_t>(item.offsets.size()),
                                            static_cast<uint32_t>(item.sizes.size())}};
@@ -600,7 +647,7 @@ Result<GlobalPlan> CreateGlobalSavePlan(const std::vector<LocalPlan>& plans,
       // start[k - k0] is now where entry k's chunks end (and entry k + 1's begin).
       constexpr size_t kAhead = 8;
       for (size_t k = k0, at = 0; k < k1; ++k) {
-        std::vector<ChunkMeta>& chunks = md.entries[k].chunks;
+        std::vector<ChunkMeta>& chunks = entries[k].chunks;
         TilingCheck& check = checks[k - k0];
         for (; at < start[k - k0]; ++at) {
           if (at + kAhead < pending.size()) __builtin_prefetch(pending[at + kAhead].offsets);
@@ -614,25 +661,44 @@ Result<GlobalPlan> CreateGlobalSavePlan(const std::vector<LocalPlan>& plans,
       }
     }
     for (size_t k = k0; k < k1; ++k)
-      if (entry_is_tensor[k] && !checks[k - k0].Clear())
-        unclear[t].push_back(static_cast<uint32_t>(k));
+      if (is_tensor[k] && !checks[k - k0].Clear()) unclear[t].push_back(static_cast<uint32_t>(k));
     return Status();
   });
-  PT("chunks");
+  std::vector<uint32_t> all;
+  for (const auto& u : unclear) all.insert(all.end(), u.begin(), u.end());
+  return all;
+}
 
-  // 5. Each tensor's chunks must tile it: the entries the quick check did
-  //    not clear get the full check, and the first failing entry is
-  //    reported (ParallelFor returns the failure with the lowest index).
-  std::vector<uint32_t> check_fully;
-  for (const auto& u : unclear) check_fully.insert(check_fully.end(), u.begin(), u.end());
-  DCPP_RETURN_IF_ERROR(ParallelFor(check_fully.size(), static_cast<int>(threads), [&](size_t i) {
-    const EntryMeta& e = md.entries[check_fully[i]];
+// The full check that each of `entries` (indices into md.entries) has
+// chunks in bounds, not overlapping and covering the tensor: the error of
+// the first failing entry in `entries` order (InvalidArgument naming the
+// FQN), else OK.
+Status CheckTiling(const Metadata& md, const std::vector<uint32_t>& entries, size_t threads) {
+  return ParallelFor(entries.size(), static_cast<int>(threads), [&](size_t i) {
+    const EntryMeta& e = md.entries[entries[i]];
     std::vector<BoxView> boxes;
     boxes.reserve(e.chunks.size());
     for (const auto& c : e.chunks) boxes.push_back({c.offsets, c.sizes});
     return ValidateChunkViews(e.fqn, e.size, boxes, true);
-  }));
-  PT("validate");
+  });
+}
+
+}  // namespace
+
+Result<GlobalPlan> CreateGlobalSavePlan(const std::vector<LocalPlan>& plans,
+                                        const GlobalPlanOptions& options) {
+  DCPP_ASSIGN_OR_RETURN(const Numbering num, NumberItems(plans));
+  FqnTable fqns = IdentifyFqns(num);
+  const Replicas replicas = GroupReplicas(num, fqns);
+  const std::vector<uint8_t> kept = ChooseWriters(num, fqns, replicas, options.to_lowest_rank);
+  GlobalPlan gp;
+  DCPP_ASSIGN_OR_RETURN(const EntryOrder order, AssignEntries(num, fqns, kept, &gp));
+  const std::vector<uint8_t> is_tensor = MakeEntries(num, fqns, order, &gp.metadata);
+  const size_t threads = std::clamp<size_t>(
+      options.threads > 0 ? options.threads : DefaultThreadCount(), 1,
+      std::max<size_t>(1, std::min<size_t>(is_tensor.size(), num.n / kMinItemsPerThread)));
+  const std::vector<uint32_t> unclear = FillChunkLists(num, is_tensor, threads, &gp);
+  DCPP_RETURN_IF_ERROR(CheckTiling(gp.metadata, unclear, threads));
   return gp;
 }
 
