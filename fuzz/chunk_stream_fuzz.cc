@@ -33,7 +33,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                    chunk.sizes};
   const size_t piece = size > 0 ? 1 + data[0] % 97 : 1;
   const uint64_t window = size > 1 ? 1 + data[1] * 3 : 64;
-  storage::ChunkStream stream(dtype, chunk, {&target, 1}, window);
+  // With checksums checked, damaged bytes may be refused (DataLoss), never
+  // anything worse.
+  {
+    storage::ChunkStream checked(dtype, chunk, {&target, 1}, window, /*verify_checksums=*/true);
+    for (size_t at = 0; at < size; at += piece) {
+      const size_t n = piece < size - at ? piece : size - at;
+      if (!checked.Write(archive.subspan(at, n)).ok()) std::abort();  // it never fails
+    }
+    bool fits = false;
+    const Status s = checked.Finish(&fits);
+    if (!s.ok() && s.code() != StatusCode::kDataLoss) std::abort();
+  }
+  // Unchecked, the two read paths must agree byte for byte.
+  storage::ChunkStream stream(dtype, chunk, {&target, 1}, window, /*verify_checksums=*/false);
   for (size_t at = 0; at < size; at += piece) {
     const size_t n = piece < size - at ? piece : size - at;
     if (!stream.Write(archive.subspan(at, n)).ok()) std::abort();  // it never fails

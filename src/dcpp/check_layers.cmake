@@ -26,6 +26,10 @@ set(known_exceptions
   # Writes the checksum sidecar for the dcpp.torch writer through
   # storage/checksum_file.h, dcp_layout.h and storage.h.
   python/src/module.cc
+  # Builds torch's Metadata objects for dcpp.torch.FileSystemReader from the
+  # safe pickle parser's graph (format/pickle.h, metadata_codec.h) and checks
+  # chunk tiling with plan/validate.h.
+  python/src/metadata_bindings.cc
   # Wrap their entry points in base/exception_barrier.h's CatchExceptions
   # (a public or engine-level barrier would serve them instead).
   python/src/errors.cc
