@@ -62,7 +62,7 @@ TEST_F(CheckpointTest, SaveThenLoadAllAndInPlace) {
   for (int threads : {1, 3}) {
     for (bool single : {true, false}) {
       SaveOptions o;
-      o.thread_count = threads;
+      o.files_per_rank = threads;
       o.single_file_per_rank = single;
       const std::string dir = Dir("t" + std::to_string(threads) + (single ? "s" : "m"));
       auto md = Save(sd, dir, o);
@@ -95,7 +95,7 @@ TEST_F(CheckpointTest, IoThreadsWriteTheSameFiles) {
     std::vector<std::string> dirs;
     for (int io : {1, 4}) {
       SaveOptions o;
-      o.thread_count = files;
+      o.files_per_rank = files;
       o.io_threads = io;
       dirs.push_back(Dir("io" + std::to_string(files) + "_" + std::to_string(io)));
       ASSERT_TRUE(Save(sd, dirs.back(), o).ok());
@@ -225,7 +225,7 @@ TEST_F(CheckpointTest, KeyFilterAndProgress) {
 
 TEST_F(CheckpointTest, BadOptionsAndState) {
   SaveOptions o;
-  o.thread_count = 0;
+  o.files_per_rank = 0;
   EXPECT_EQ(Save(SampleState(), Dir("b"), o).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(Save(Value(3), Dir("b")).status().code(), StatusCode::kInvalidArgument);
   TensorView bad = MakeView(nullptr, DType::kFloat32, {2});

@@ -34,7 +34,7 @@ using std::chrono::milliseconds;
 struct Spec {
   int tensors = 2;
   int64_t rows = 8;
-  int file_per_rank = 1;  // SaveOptions.thread_count
+  int file_per_rank = 1;  // SaveOptions.files_per_rank
   std::vector<std::string> transforms;
 };
 
@@ -75,7 +75,7 @@ std::vector<Status> SaveOn(storage::Storage& st, const Spec& s, int seed, int ra
   auto run = [&](ProcessGroup* pg) -> Status {
     SaveOptions o;
     o.process_group = pg;
-    o.thread_count = s.file_per_rank;
+    o.files_per_rank = s.file_per_rank;
     o.transforms = s.transforms;
     return engine::Save(RankState(s, seed, pg ? pg->rank() : 0, ranks), st, o).status();
   };

@@ -95,7 +95,7 @@ TEST_F(DistributedTest, ReshardsAcrossRankCounts) {
       sd["step"] = 42;
       SaveOptions o;
       o.process_group = &pg;
-      o.thread_count = 2;
+      o.files_per_rank = 2;
       return Save(sd, dir, o).status();
     }));
     auto md = ReadMetadata(dir);

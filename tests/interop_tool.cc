@@ -505,7 +505,7 @@ Status SaveSharded(const std::string& manifest_dir, const std::string& ckpt,
     DCPP_ASSIGN_OR_RETURN(Value sd, RankStateDict(global, pg.rank(), pg.size(), split, true));
     dcpp::SaveOptions o;
     o.process_group = &pg;
-    o.thread_count = args.thread_count;
+    o.files_per_rank = args.thread_count;
     return dcpp::Save(sd, ckpt, o).status();
   }));
 }
@@ -543,7 +543,7 @@ Status Run(int argc, char** argv) {
     dcpp::SaveOptions o;
     for (int i = 4; i + 1 < argc; ++i)
       if (!std::strcmp(argv[i], "--thread-count")) {
-        o.thread_count = std::atoi(argv[i + 1]);
+        o.files_per_rank = std::atoi(argv[i + 1]);
       } else if (!std::strcmp(argv[i], "--transform")) {
         o.transforms.push_back(argv[i + 1]);
       }

@@ -50,16 +50,17 @@ struct SaveOptions {
   // DCP's dedup_save_to_lowest_rank: replicated items are written by the
   // lowest rank holding them instead of spreading them by size.
   bool dedup_to_lowest_rank = false;
-  // With single_file_per_rank, the number of data files per rank (DCP's
-  // FileSystemWriter thread_count). Must be >= 1.
-  int thread_count = 1;
+  // With single_file_per_rank, the number of data files per rank (what
+  // DCP's FileSystemWriter calls thread_count; dcpp.save and
+  // dcpp.torch.FileSystemWriter keep that name). Must be >= 1.
+  int files_per_rank = 1;
   // Threads writing this rank's data files: the files in parallel, and
   // where threads outnumber files, several threads within one file
   // (uncompressed items go straight to offsets computed beforehand, so the
-  // bytes are the same as one thread's). 0 (default): max(thread_count,
+  // bytes are the same as one thread's). 0 (default): max(files_per_rank,
   // min(8, hardware threads)); negative is InvalidArgument.
   int io_threads = 0;
-  // true: thread_count files per rank; false: one file per item.
+  // true: files_per_rank files per rank; false: one file per item.
   bool single_file_per_rank = true;
   // fsync data files and the metadata, and the directory after the commit.
   bool sync_files = true;
@@ -98,8 +99,9 @@ struct LoadOptions {
   // rank asks for its own pieces (ShardedTensor leaves) in any layout: only
   // the overlapping parts of the saved chunks are read.
   ProcessGroup* process_group = nullptr;
-  // Parallel readers; 0 picks min(8, hardware threads).
-  int thread_count = 0;
+  // Threads reading this rank's chunks in parallel; 0 picks min(8,
+  // hardware threads). (dcpp.load calls it thread_count.)
+  int io_threads = 0;
   // DCP's allow_partial_load: keys of the state dict missing from the
   // checkpoint are left untouched instead of failing with NotFound.
   bool allow_partial_load = false;
@@ -116,7 +118,7 @@ struct LoadOptions {
 };
 
 struct LoadAllOptions {
-  int thread_count = 0;
+  int io_threads = 0;  // as LoadOptions::io_threads
   // Only entries whose FQN equals a key, or whose path from the root joined
   // by "." starts with a key followed by "." (DCP's _EmptyStateDictLoadPlanner
   // keys). Empty = everything.

@@ -189,7 +189,7 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
   Value sd = conv.ConvertStateDict(state_dict);
   SaveOptions o;
-  o.thread_count = thread_count;
+  o.files_per_rank = thread_count;  // torch's FileSystemWriter name in Python
   o.io_threads = io_threads;
   o.single_file_per_rank = single_file_per_rank;
   o.sync_files = sync_files;
@@ -213,7 +213,7 @@ void LoadIntoImpl(nb::handle state_dict, const std::string& path, int thread_cou
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kLoadInto);
   Value sd = conv.ConvertStateDict(state_dict);
   LoadOptions o;
-  o.thread_count = thread_count;
+  o.io_threads = thread_count;
   o.allow_partial_load = allow_partial_load;
   o.verify_checksums = verify_checksums;
   o.progress = WrapProgress(std::move(progress));
@@ -230,7 +230,7 @@ nb::object LoadAllImpl(const std::string& path, int thread_count, std::vector<st
                        bool verify_checksums) {
   PyHelpers helpers = PyHelpers::Get();
   LoadAllOptions o;
-  o.thread_count = thread_count;
+  o.io_threads = thread_count;
   o.keys = std::move(keys);
   o.verify_checksums = verify_checksums;
   o.progress = WrapProgress(std::move(progress));
@@ -253,7 +253,7 @@ Metadata ReadMetadataImpl(const std::string& path) {
 // dcpp.verify: the report as a dict (the package wraps it).
 nb::dict VerifyImpl(const std::string& path, int thread_count, nb::object progress) {
   tools::VerifyOptions o;
-  o.thread_count = thread_count;
+  o.io_threads = thread_count;
   o.progress = WrapProgress(std::move(progress));
   Result<tools::VerifyReport> r = [&] {
     nb::gil_scoped_release release;

@@ -238,7 +238,7 @@ int Save(const std::vector<std::string>& args) {
   dcpp::SaveOptions base;
   base.overwrite = true;
   base.sync_files = true;
-  base.thread_count = static_cast<int>(files);
+  base.files_per_rank = static_cast<int>(files);
   if (!SetLockTimeout(base, lock_timeout_ms)) {
     std::fprintf(stderr, "error: this dcpp has no SaveOptions.lock_timeout_ms\n");
     return kUsage;

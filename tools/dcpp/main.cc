@@ -263,7 +263,7 @@ int Verify(int argc, char** argv) {
     long v;
     if (!ParseInt(args.flags["--threads"], 1, 1024, v))
       return Usage(kVerifyHelp, "--threads must be an integer in [1, 1024]");
-    o.thread_count = static_cast<int>(v);
+    o.io_threads = static_cast<int>(v);
   }
   if (!args.flags.count("--quiet")) o.progress = dcpp::tools::MakeProgressPrinter(stderr);
   auto report = dcpp::tools::Verify(args.positional[0], o);
@@ -292,7 +292,7 @@ int Convert(int argc, char** argv) {
     long n;
     if (!ParseInt(args.flags["--thread-count"], 1, 1024, n))
       return Usage(kConvertHelp, "--thread-count must be an integer in [1, 1024]");
-    o.thread_count = static_cast<int>(n);
+    o.files_per_rank = static_cast<int>(n);
   }
   o.single_file_per_rank = !args.flags.count("--file-per-item");
   o.sync_files = !args.flags.count("--no-sync");

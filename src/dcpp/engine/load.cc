@@ -340,7 +340,7 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
                          " (allow_partial_load skips missing keys)");
   }
   DCPP_RETURN_IF_ERROR(PrepareReads(storage, planned, dest, reads).WithContext("loading " + dir));
-  return reads.Run(o.thread_count).WithContext("loading " + dir);
+  return reads.Run(o.io_threads).WithContext("loading " + dir);
 }
 
 // Load without its exception barrier. The rank-local part runs through
@@ -426,7 +426,7 @@ Result<Value> LoadAllImpl(storage::Storage& storage, const LoadAllOptions& o) {
   }
   DCPP_ASSIGN_OR_RETURN(plan::TensorReadPlan planned, plan::PlanTensorReads(dest.requests));
   DCPP_RETURN_IF_ERROR(PrepareReads(storage, planned, dest, reads).WithContext("loading " + dir));
-  DCPP_RETURN_IF_ERROR(reads.Run(o.thread_count).WithContext("loading " + dir));
+  DCPP_RETURN_IF_ERROR(reads.Run(o.io_threads).WithContext("loading " + dir));
   Value root = Value::EmptyDict();
   for (size_t i = 0; i < entries.size(); ++i) {
     const EntryMeta& e = *entries[i];

@@ -61,7 +61,7 @@ std::vector<std::vector<size_t>> AssignFiles(const std::vector<engine::WriteItem
     for (size_t i = 0; i < items.size(); ++i) files.push_back({i});
     return files;
   }
-  const size_t bins = static_cast<size_t>(o.thread_count);
+  const size_t bins = static_cast<size_t>(o.files_per_rank);
   files.resize(bins);
   std::vector<size_t> bytes_items, tensor_items;
   for (size_t i = 0; i < items.size(); ++i)
@@ -278,7 +278,7 @@ Status WriteAssigned(storage::Storage& storage, int rank, const std::string& tag
     names[f] = io::DataFileName(rank, static_cast<int>(f), tag);
   std::vector<std::atomic<bool>> started(files.size());
   const int io_threads =
-      o.io_threads > 0 ? o.io_threads : std::max(o.thread_count, DefaultThreadCount());
+      o.io_threads > 0 ? o.io_threads : std::max(o.files_per_rank, DefaultThreadCount());
   const storage::WriterThreads split = storage::SplitWriterThreads(files.size(), io_threads);
   Status s = ParallelFor(files.size(), split.parallel_files, [&](size_t f) {
     started[f] = true;
@@ -304,9 +304,9 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
   // 1. Local plan. A failure here is carried to the coordinator, so every
   //    rank takes part in every collective and none hangs.
   Status local;
-  if (o.thread_count < 1)
-    local = InvalidArgumentError("SaveOptions.thread_count must be >= 1, got " +
-                                 std::to_string(o.thread_count));
+  if (o.files_per_rank < 1)
+    local = InvalidArgumentError("SaveOptions.files_per_rank must be >= 1, got " +
+                                 std::to_string(o.files_per_rank));
   else if (o.io_threads < 0)
     local = InvalidArgumentError("SaveOptions.io_threads must be >= 0, got " +
                                  std::to_string(o.io_threads));

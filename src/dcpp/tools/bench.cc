@@ -406,7 +406,7 @@ static Result<BenchResult> BenchSaveImpl(const BenchOptions& o) {
     }
     SaveOptions so;
     so.process_group = pg;
-    so.thread_count = o.thread_count;
+    so.files_per_rank = o.thread_count;
     so.io_threads = o.thread_count;  // as many threads as torch's writer gets
     so.sync_files = o.sync_files;
     so.transforms = o.transforms;
@@ -465,7 +465,7 @@ static Result<BenchResult> BenchLoadImpl(const BenchOptions& o) {
     Value& state = states[static_cast<size_t>(rank)];
     LoadOptions lo;
     lo.process_group = pg;
-    lo.thread_count = o.thread_count;
+    lo.io_threads = o.thread_count;
     if (pg) DCPP_RETURN_IF_ERROR(pg->Barrier());
     if (rank == 0) r.rss_before_bytes = CurrentRss();
     const auto t0 = Clock::now();

@@ -12,7 +12,7 @@ static Result<Metadata> ConvertImpl(const std::string& src, const std::string& d
                                      const SaveOptions& options) {
   DCPP_ASSIGN_OR_RETURN(Metadata src_md, ReadMetadata(src));
   LoadAllOptions load_options;
-  load_options.thread_count = options.thread_count;
+  load_options.io_threads = options.io_threads;
   DCPP_ASSIGN_OR_RETURN(Value state, LoadAll(src, load_options));
   // Save records what a tensor's memory says (dtype); the source's extra
   // tensor properties are metadata only, so they are copied into the

@@ -138,7 +138,7 @@ Status SaveRank(ProcessGroup& pg, const DemoOptions& o, const std::vector<Spec>&
   AddPlainValues(state);
   SaveOptions so;
   so.process_group = &pg;
-  so.thread_count = o.thread_count;
+  so.files_per_rank = o.thread_count;
   so.sync_files = o.sync_files;
   if (pg.rank() == 0) so.progress = o.progress;
   DCPP_ASSIGN_OR_RETURN(Metadata md, Save(state, dir, so));
@@ -165,7 +165,7 @@ Status LoadRank(ProcessGroup& pg, const DemoOptions& o, const std::vector<Spec>&
   state["step"] = Value();
   LoadOptions lo;
   lo.process_group = &pg;
-  lo.thread_count = o.thread_count;
+  lo.io_threads = o.thread_count;
   if (pg.rank() == 0) lo.progress = o.progress;
   DCPP_RETURN_IF_ERROR(Load(state, dir, lo));
   std::vector<uint8_t> expected;

@@ -143,7 +143,7 @@ Result<VerifyReport> Verify(const std::string& dir, const VerifyOptions& options
   uint64_t total = 0;
   for (const Item& it : items) total += it.storage().length;
   ProgressSink progress(options.progress, total, items.size());
-  const int threads = options.thread_count > 0 ? options.thread_count : DefaultThreadCount();
+  const int threads = options.io_threads > 0 ? options.io_threads : DefaultThreadCount();
 
   // Phase 1: every item's structure and small records; small and compressed
   // items completely. Large uncompressed records are split into segments.

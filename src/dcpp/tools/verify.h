@@ -13,7 +13,7 @@
 namespace dcpp::tools {
 
 struct VerifyOptions {
-  int thread_count = 0;  // readers; 0 picks min(8, hardware threads)
+  int io_threads = 0;  // readers; 0 picks min(8, hardware threads)
   ProgressCallback progress;  // phase "verify"
 };
 

@@ -80,7 +80,7 @@ TEST_F(VerifyTest, FlippedTensorByteIsFoundByVerifyAndLoad) {
   for (const char* fqn : {"w", "b"}) {
     const StorageInfo& s = StorageOf(md, fqn);
     Flip(s.relative_path, s.offset + s.length / 2);
-    auto r = Verify(Dir("ck"), {.thread_count = 3});
+    auto r = Verify(Dir("ck"), {.io_threads = 3});
     ASSERT_TRUE(r.ok());
     ASSERT_EQ(r->problems.size(), 1u) << VerifyReportText(*r);
     EXPECT_EQ(r->problems[0].fqn, fqn);
