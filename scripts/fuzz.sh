@@ -65,6 +65,10 @@ nice_cmd=()
 # abort_on_error: a report ends the process at once (libFuzzer then saves the
 # input); detect_leaks: leaks count as failures.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1:symbolize=1}
+if [ -z "${ASAN_SYMBOLIZER_PATH:-}" ] && ! command -v llvm-symbolizer >/dev/null &&
+   [ -x /usr/lib/llvm-14/bin/llvm-symbolizer ]; then
+  export ASAN_SYMBOLIZER_PATH=/usr/lib/llvm-14/bin/llvm-symbolizer
+fi
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 failed=()
@@ -82,6 +86,7 @@ for t in "${targets[@]}"; do
   before=$(find "$dir/artifacts" -type f | wc -l)
   log=$dir/log.$(date -u +%Y%m%dT%H%M%S)
   start=$(date +%s)
+  touch "$dir/.started"
   status=0
   # shellcheck disable=SC2086
   "${nice_cmd[@]}" "$bin" "${flags[@]}" ${FUZZ_ARGS:-} "$dir/corpus" "${seeds[@]}" >"$log" 2>&1 ||
@@ -103,6 +108,11 @@ for t in "${targets[@]}"; do
     line="$line  FAILED (exit $status; artefacts in $dir/artifacts; log $log)"
     grep -m1 -E 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|SUMMARY' "$log" || true
     tail -n 40 "$log"
+    # The failing inputs, so a CI log alone is enough to reproduce them.
+    find "$dir/artifacts" -type f -newer "$dir/.started" | while read -r a; do
+        echo "--- $a ($(stat -c %s "$a") bytes, base64, first 4 KiB):"
+        head -c 4096 "$a" | base64
+      done
   fi
   summary+=("$line")
 done
