@@ -37,8 +37,8 @@ class Dict {
   Dict& operator=(Dict&&) noexcept;
   ~Dict();
 
-  size_t size() const { return keys_.size(); }
-  bool empty() const { return keys_.empty(); }
+  size_t size() const;  // defined below Value (see there)
+  bool empty() const;
   const std::vector<Value>& keys() const { return keys_; }
   const std::vector<Value>& values() const { return values_; }
   std::vector<Value>& mutable_values() { return values_; }
@@ -158,6 +158,12 @@ class Value {
                Dict, Tensor, Opaque, ShardedTensor, std::shared_ptr<Stateful>>
       v_;
 };
+
+// Defined here, where Value is complete, rather than inside Dict: clang 14
+// with libstdc++ 12 in C++20 mode instantiates std::vector<Value>::size (a
+// constexpr function) on the spot, which fails while Value is incomplete.
+inline size_t Dict::size() const { return keys_.size(); }
+inline bool Dict::empty() const { return keys_.empty(); }
 
 }  // namespace dcpp
 

@@ -48,8 +48,8 @@ class Object {
   Object& operator=(Object&&) noexcept;
   ~Object();
 
-  size_t size() const { return members_.size(); }
-  bool empty() const { return members_.empty(); }
+  size_t size() const;  // defined below Json (see there)
+  bool empty() const;
 
   // The value stored under `key`, or null if there is none. The pointer is
   // valid until the object is next modified.
@@ -70,8 +70,8 @@ class Object {
   // Members in insertion order. Keys are read-only so the index stays valid;
   // change values through Find or value(i).
   const std::vector<Member>& members() const { return members_; }
-  std::vector<Member>::const_iterator begin() const { return members_.begin(); }
-  std::vector<Member>::const_iterator end() const { return members_.end(); }
+  std::vector<Member>::const_iterator begin() const;
+  std::vector<Member>::const_iterator end() const;
   // REQUIRES: i < size().
   Json& value(size_t i);
 
@@ -203,6 +203,16 @@ Result<Json> Parse(std::string_view text, const ParseOptions& options = {});
 // that are not valid UTF-8 are written as U+FFFD so the output is always
 // valid JSON. Parse(Serialize(v)) == v for every value Parse can return.
 std::string Serialize(const Json& value, int indent = -1);
+
+// Defined here, where Json is complete, rather than inside Object: clang 14
+// with libstdc++ 12 in C++20 mode instantiates these constexpr vector members
+// on the spot, which fails while Json is incomplete.
+inline size_t Object::size() const { return members_.size(); }
+inline bool Object::empty() const { return members_.empty(); }
+inline std::vector<Object::Member>::const_iterator Object::begin() const {
+  return members_.begin();
+}
+inline std::vector<Object::Member>::const_iterator Object::end() const { return members_.end(); }
 
 }  // namespace dcpp::format::json
 
