@@ -9,10 +9,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get install -y -q --no-install-recommends \
     g++ make ninja-build pkg-config zlib1g-dev libzstd-dev libgtest-dev libgmock-dev \
     libopenmpi-dev openmpi-bin \
-    clang libclang-rt-14-dev llvm
+    clang libclang-rt-14-dev llvm time
   # clang + libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for the
   # fuzz targets (scripts/fuzz.sh); llvm: llvm-symbolizer, so sanitizer
-  # reports name source lines.
+  # reports name source lines; time: /usr/bin/time measures peak memory in
+  # the hostile-input tests.
 fi
 command -v cmake >/dev/null || python3 -m pip install -q cmake
 command -v ninja >/dev/null || python3 -m pip install -q ninja
