@@ -124,6 +124,7 @@ def save(
     compression_level: int = 1,
     dedup_to_lowest_rank: bool = False,
     progress: ProgressCallback | None = None,
+    lock_timeout: float = 0,
 ) -> Metadata:
     """Saves ``state_dict`` as a DCP checkpoint in the directory ``path``.
 
@@ -157,6 +158,9 @@ def save(
     * ``compression_level``: zstd level, 1 (fast) to 19; negative is faster.
     * ``dedup_to_lowest_rank``: DCP's option; no effect for one process.
     * ``progress``: see :data:`ProgressCallback`.
+    * ``lock_timeout``: seconds to wait when another save holds the
+      directory's lock (``.dcpp.lock``); 0 (default) raises
+      :class:`AbortedError` at once, naming the holder.
 
     Returns the checkpoint's :class:`Metadata`. On failure nothing that looks
     like a checkpoint is left behind and an existing checkpoint is intact.
@@ -176,7 +180,14 @@ def save(
         compression_level=_int("compression_level", compression_level, -(1 << 17)),
         dedup_to_lowest_rank=bool(dedup_to_lowest_rank),
         progress=progress,
+        lock_timeout_ms=_lock_timeout_ms(lock_timeout),
     )
+
+
+def _lock_timeout_ms(seconds: float) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {seconds!r}")
+    return int(round(seconds * 1000))
 
 
 def load(

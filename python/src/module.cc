@@ -184,7 +184,7 @@ void BindMetadata(nb::module_& m) {
 Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count,
                   int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite,
                   bool checksums, std::vector<std::string> transforms, int compression_level,
-                  bool dedup_to_lowest_rank, nb::object progress) {
+                  bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms) {
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
   Value sd = conv.ConvertStateDict(state_dict);
@@ -198,6 +198,7 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   o.transforms = std::move(transforms);
   o.compression_level = compression_level;
   o.dedup_to_lowest_rank = dedup_to_lowest_rank;
+  o.lock_timeout_ms = lock_timeout_ms;
   o.progress = WrapProgress(std::move(progress));
   Result<Metadata> md = [&] {
     nb::gil_scoped_release release;
@@ -319,7 +320,7 @@ NB_MODULE(_dcpp, m) {
   m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
         "single_file_per_rank"_a,
         "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
-        "dedup_to_lowest_rank"_a, "progress"_a.none());
+        "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0);
   m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,
         "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a,
         "verify_checksums"_a = true);
