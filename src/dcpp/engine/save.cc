@@ -410,18 +410,22 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
       md.version = kDcpVersion;
       if (before_commit) status = before_commit(md).WithContext("before the commit");
     }
+    // Encoded once: the sidecar covers these bytes, the commit writes them
+    // and every rank receives them.
+    std::string encoded;
     if (status.ok()) {
+      encoded = format::EncodeMetadata(md);
       // The sidecar goes first, named after this save, so a crash before the
       // rename below leaves it merely unreferenced (format/checksums.h).
       status = storage::WriteChecksumFile(
           storage,
-          storage::MakeChecksumFile(*md.storage_meta->save_id, format::EncodeMetadata(md),
-                                    std::move(sidecar_items)),
+          storage::MakeChecksumFile(*md.storage_meta->save_id, encoded, std::move(sidecar_items)),
           o.sync_files);
     }
     if (status.ok()) {
       bool published = false;
-      status = storage::CommitMetadata(storage, md, o.sync_files, assignment.tag, &published);
+      status = storage::CommitEncodedMetadata(storage, encoded, o.sync_files, assignment.tag,
+                                              &published);
       // A failure after the rename (say, the directory fsync) leaves our
       // .metadata published: then the data files must stay.
       committed = status.ok() || published;
@@ -432,8 +436,7 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
     if (status.ok()) RemoveUnreferencedFiles(storage, md);
     // The committed metadata goes to every rank with the verdict, so no
     // rank reads storage again (and all return the same thing).
-    fin = engine::EncodeCommitOutcome(status, committed,
-                                      status.ok() ? format::EncodeMetadata(md) : std::string());
+    fin = engine::EncodeCommitOutcome(status, committed, status.ok() ? encoded : std::string());
   }
   DCPP_ASSIGN_OR_RETURN(std::string final_message, pg.Broadcast(std::move(fin), kCoordinator));
   Status status;

@@ -51,8 +51,12 @@ Result<Metadata> ReadCheckpointMetadata(Storage& storage) {
 
 Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::string_view tag,
                       bool* published) {
+  return CommitEncodedMetadata(storage, format::EncodeMetadata(md), sync, tag, published);
+}
+
+Status CommitEncodedMetadata(Storage& storage, std::string_view bytes, bool sync,
+                             std::string_view tag, bool* published) {
   if (published) *published = false;
-  const std::string bytes = format::EncodeMetadata(md);
   const std::string tmp = io::TempMetadataName(tag);
   bool created = false;
   Status status = [&]() -> Status {

@@ -39,6 +39,11 @@ Result<bool> HasCommittedCheckpoint(Storage& storage);
 Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::string_view tag,
                       bool* published = nullptr);
 
+// The same commit for metadata already encoded (format::EncodeMetadata), for
+// a caller that also needs the bytes (the sidecar checksum file covers them).
+Status CommitEncodedMetadata(Storage& storage, std::string_view encoded, bool sync,
+                             std::string_view tag, bool* published = nullptr);
+
 }  // namespace dcpp::storage
 
 #endif  // DCPP_STORAGE_DCP_LAYOUT_H_
