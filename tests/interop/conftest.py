@@ -34,7 +34,9 @@ def interop():
 
 def run(args, expect_ok=True):
     """Runs a command; returns CompletedProcess. Asserts the exit status."""
-    p = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600)
+    # errors="backslashreplace": a message may quote bytes of a damaged file.
+    p = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                       errors="backslashreplace", timeout=600)
     if expect_ok:
         assert p.returncode == 0, f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
     return p
