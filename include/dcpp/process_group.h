@@ -51,6 +51,17 @@ class ProcessGroup {
   // Rank r receives `parts[r]` from `root`; REQUIRES parts.size() == size()
   // on root (InvalidArgument otherwise); ignored elsewhere.
   virtual Result<std::string> Scatter(std::vector<std::string> parts, int root) = 0;
+
+  // A new group over the same ranks (same rank and size) whose collectives
+  // never match this group's, so two threads of a rank may use the two
+  // groups at once (an async save's background thread uses a duplicate
+  // while training uses the original). Collective: every rank calls it in
+  // the same position of its call sequence. The duplicate outlives nothing
+  // it needs: it may be destroyed before or after this group. Threads: a
+  // fresh set shared by the ranks' k-th duplicates; MPI: MPI_Comm_idup, and
+  // Unimplemented unless MPI runs with MPI_THREAD_MULTIPLE (which dcpp
+  // requests when it initializes MPI). The default is Unimplemented.
+  virtual Result<std::unique_ptr<ProcessGroup>> Duplicate();
 };
 
 inline constexpr std::chrono::milliseconds kDefaultCollectiveTimeout{std::chrono::minutes(10)};

@@ -19,8 +19,11 @@
 // MPI_Finalize is skipped at exit because it could block forever on the lost
 // peer. The process should report the error and exit.
 //
-// Thread safety: MPI is initialized with MPI_THREAD_SERIALIZED, so at most
-// one thread at a time may be inside any MPI group (or other MPI call).
+// Thread safety: dcpp initializes MPI asking for MPI_THREAD_MULTIPLE and
+// accepts MPI_THREAD_SERIALIZED. With MULTIPLE, different groups (a group
+// and its Duplicate) may be used by different threads at once; with less,
+// at most one thread at a time may be inside any MPI group (or other MPI
+// call), and Duplicate is refused.
 #include "dcpp/collective/mpi_group.h"
 
 #include "dcpp/collective/collective_op.h"
@@ -119,7 +122,7 @@ Status EnsureMpiInitialized() {
   if (initialized) return Status();
 
   int provided = MPI_THREAD_SINGLE;
-  const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+  const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
   if (rc != MPI_SUCCESS) return MpiError(rc, "MakeMpiProcessGroup: MPI_Init_thread");
   if (std::atexit(FinalizeAtExit) != 0) {
     return InternalError("MakeMpiProcessGroup: could not register MPI_Finalize to run at exit");
@@ -196,6 +199,7 @@ class MpiGroup final : public ProcessGroup {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string_view kind() const override { return "mpi"; }
+  Result<std::unique_ptr<ProcessGroup>> Duplicate() override;
 
   Status Barrier() override {
     DCPP_RETURN_IF_ERROR(broken_);
@@ -461,12 +465,10 @@ class MpiGroup final : public ProcessGroup {
 
 }  // namespace
 
-Result<std::unique_ptr<ProcessGroup>> MakeMpiGroupWithOptions(const MpiGroupOptions& options) {
-  if (options.timeout.count() <= 0) {
-    return InvalidArgumentError("MakeMpiProcessGroup: timeout must be positive, got " +
-                                std::to_string(options.timeout.count()) + " ms");
-  }
-  DCPP_RETURN_IF_ERROR(EnsureMpiInitialized());
+// A group over a private duplicate of `parent`. Collective over parent's
+// ranks; gives up after options.timeout.
+static Result<std::unique_ptr<ProcessGroup>> DuplicateComm(MPI_Comm parent, const MpiGroupOptions& options,
+                                                           std::string_view what) {
   const Clock::time_point deadline = Clock::now() + options.timeout;
   // A private communicator keeps dcpp's traffic apart from the program's
   // own. MPI_Comm_idup rather than MPI_Comm_dup so that a peer that never
@@ -474,21 +476,44 @@ Result<std::unique_ptr<ProcessGroup>> MakeMpiGroupWithOptions(const MpiGroupOpti
   // MPI writes it when the request completes, possibly after a timeout.
   auto comm = std::make_shared<MPI_Comm>(MPI_COMM_NULL);
   MPI_Request request = MPI_REQUEST_NULL;
-  int rc = MPI_Comm_idup(MPI_COMM_WORLD, comm.get(), &request);
-  if (rc != MPI_SUCCESS) return MpiError(rc, "MakeMpiProcessGroup: MPI_Comm_idup");
-  DCPP_RETURN_IF_ERROR(WaitFor(&request, deadline, comm,
-                               "MakeMpiProcessGroup (duplicating MPI_COMM_WORLD)",
-                               options.timeout));
+  const std::string context(what);
+  int rc = MPI_Comm_idup(parent, comm.get(), &request);
+  if (rc != MPI_SUCCESS) return MpiError(rc, context + ": MPI_Comm_idup");
+  DCPP_RETURN_IF_ERROR(
+      WaitFor(&request, deadline, comm, context + " (duplicating the communicator)", options.timeout));
   // Errors must come back as codes to become Status values; the default
   // handler would abort the job.
   rc = MPI_Comm_set_errhandler(*comm, MPI_ERRORS_RETURN);
-  if (rc != MPI_SUCCESS) return MpiError(rc, "MakeMpiProcessGroup: MPI_Comm_set_errhandler");
+  if (rc != MPI_SUCCESS) return MpiError(rc, context + ": MPI_Comm_set_errhandler");
   int rank = 0;
   int size = 0;
   rc = MPI_Comm_rank(*comm, &rank);
   if (rc == MPI_SUCCESS) rc = MPI_Comm_size(*comm, &size);
-  if (rc != MPI_SUCCESS) return MpiError(rc, "MakeMpiProcessGroup: MPI_Comm_rank/size");
+  if (rc != MPI_SUCCESS) return MpiError(rc, context + ": MPI_Comm_rank/size");
   return std::unique_ptr<ProcessGroup>(std::make_unique<MpiGroup>(*comm, rank, size, options));
+}
+
+Result<std::unique_ptr<ProcessGroup>> MpiGroup::Duplicate() {
+  if (!broken_.ok()) return broken_;
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&provided);
+  if (provided < MPI_THREAD_MULTIPLE) {
+    return UnimplementedError(
+        "MPI runs at thread level " + std::to_string(provided) +
+        " (MPI_THREAD_MULTIPLE is " + std::to_string(MPI_THREAD_MULTIPLE) +
+        "): a duplicate group used from a background thread needs MPI_THREAD_MULTIPLE; "
+        "initialize MPI with MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...) or let dcpp do it");
+  }
+  return DuplicateComm(comm_, options_, "ProcessGroup::Duplicate");
+}
+
+Result<std::unique_ptr<ProcessGroup>> MakeMpiGroupWithOptions(const MpiGroupOptions& options) {
+  if (options.timeout.count() <= 0) {
+    return InvalidArgumentError("MakeMpiProcessGroup: timeout must be positive, got " +
+                                std::to_string(options.timeout.count()) + " ms");
+  }
+  DCPP_RETURN_IF_ERROR(EnsureMpiInitialized());
+  return DuplicateComm(MPI_COMM_WORLD, options, "MakeMpiProcessGroup");
 }
 
 }  // namespace collective

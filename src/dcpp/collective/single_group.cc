@@ -51,9 +51,17 @@ class SingleProcessGroup final : public ProcessGroup {
     }
     return std::move(parts[0]);
   }
+
+  Result<std::unique_ptr<ProcessGroup>> Duplicate() override { return MakeSingleProcessGroup(); }
 };
 
 }  // namespace
+
+Result<std::unique_ptr<ProcessGroup>> ProcessGroup::Duplicate() {
+  return UnimplementedError("this " + std::string(kind()) +
+                            " process group cannot be duplicated (ProcessGroup::Duplicate), "
+                            "which an async save needs for its background collectives");
+}
 
 std::unique_ptr<ProcessGroup> MakeSingleProcessGroup() {
   return std::make_unique<SingleProcessGroup>();

@@ -68,6 +68,8 @@ struct ThreadGroupState {
   std::condition_variable cv;
   std::shared_ptr<Round> current;  // the round that arriving ranks join
   Status broken;                   // Aborted once a round has timed out
+  // The sets made by Duplicate: element k is the ranks' k-th duplicate.
+  std::vector<std::shared_ptr<ThreadGroupState>> duplicates;
 };
 
 namespace {
@@ -233,6 +235,18 @@ Result<std::string> ThreadGroup::Scatter(std::vector<std::string> parts, int roo
   if (rank_ == root) call.parts = std::move(parts);
   DCPP_ASSIGN_OR_RETURN(Outcome out, Join(*state_, rank_, std::move(call)));
   return std::move(out.one);
+}
+
+Result<std::unique_ptr<ProcessGroup>> ThreadGroup::Duplicate() {
+  std::shared_ptr<ThreadGroupState> dup;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->duplicates.size() <= duplicates_)
+      state_->duplicates.push_back(std::make_shared<ThreadGroupState>(state_->size, state_->timeout));
+    dup = state_->duplicates[duplicates_];
+  }
+  ++duplicates_;
+  return std::unique_ptr<ProcessGroup>(std::make_unique<ThreadGroup>(std::move(dup), rank_));
 }
 
 }  // namespace collective

@@ -57,10 +57,14 @@ class ThreadGroup final : public ProcessGroup {
   Result<std::string> Broadcast(std::string data, int root) override;
   Result<std::vector<std::string>> AllGather(std::string data) override;
   Result<std::string> Scatter(std::vector<std::string> parts, int root) override;
+  // The k-th Duplicate of every rank joins the same new set (created by the
+  // first rank to ask, with this set's size and timeout).
+  Result<std::unique_ptr<ProcessGroup>> Duplicate() override;
 
  private:
   std::shared_ptr<ThreadGroupState> state_;
   int rank_;
+  size_t duplicates_ = 0;  // how many this rank has made
 };
 
 }  // namespace dcpp::collective

@@ -414,3 +414,66 @@ TEST(LaunchedByMpiTest, FollowsLauncherEnvironment) {
 
 }  // namespace
 }  // namespace dcpp
+
+namespace dcpp {
+namespace {
+
+// A duplicate's collectives are matched only among duplicates: each rank's
+// two threads use the two groups at once, in opposite orders of payload, and
+// every result must come from its own group.
+TEST(ThreadGroupTest, DuplicateIsIndependentAndUsableConcurrently) {
+  constexpr int kRanks = 3;
+  auto groups = MakeThreadGroups(kRanks, std::chrono::milliseconds(30000));
+  ASSERT_TRUE(groups.ok());
+  std::vector<std::unique_ptr<ProcessGroup>> dups(kRanks);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRanks; ++r) {
+    threads.emplace_back([&, r] {
+      auto d = (*groups)[r]->Duplicate();
+      ASSERT_TRUE(d.ok()) << d.status().ToString();
+      dups[r] = std::move(*d);
+    });
+  }
+  for (auto& t : threads) t.join();
+  threads.clear();
+  std::vector<std::string> errors(2 * kRanks);
+  for (int r = 0; r < kRanks; ++r) {
+    for (int which = 0; which < 2; ++which) {
+      threads.emplace_back([&, r, which] {
+        ProcessGroup& g = which == 0 ? *(*groups)[r] : *dups[r];
+        EXPECT_EQ(g.rank(), r);
+        EXPECT_EQ(g.size(), kRanks);
+        for (int i = 0; i < 50; ++i) {
+          auto all = g.AllGather((which ? "dup" : "orig") + std::to_string(r) + "/" +
+                                 std::to_string(i));
+          if (!all.ok()) {
+            errors[2 * r + which] = all.status().ToString();
+            return;
+          }
+          for (int q = 0; q < kRanks; ++q) {
+            const std::string want =
+                (which ? "dup" : "orig") + std::to_string(q) + "/" + std::to_string(i);
+            if ((*all)[q] != want) errors[2 * r + which] = "got " + (*all)[q] + " want " + want;
+          }
+        }
+      });
+    }
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors) EXPECT_EQ(e, "");
+  // The original group outliving its duplicate and vice versa is fine.
+  dups.clear();
+  auto again = (*groups)[0]->Duplicate();
+  EXPECT_TRUE(again.ok());
+}
+
+TEST(SingleProcessGroupTest, DuplicateIsASingleGroup) {
+  auto g = MakeSingleProcessGroup();
+  auto d = g->Duplicate();
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ((*d)->size(), 1);
+  EXPECT_EQ((*d)->kind(), "single");
+}
+
+}  // namespace
+}  // namespace dcpp
