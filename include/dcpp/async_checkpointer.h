@@ -90,6 +90,16 @@ class AsyncSaveHandle {
   std::shared_ptr<State> state_;
 };
 
+class AsyncCheckpointer;
+namespace storage {
+class Storage;
+}  // namespace storage
+namespace engine {
+// Internal, for tests (src/dcpp/engine/engine.h).
+Result<std::unique_ptr<AsyncCheckpointer>> CreateAsyncCheckpointerOver(
+    storage::Storage& storage, const AsyncCheckpointerOptions& options);
+}  // namespace engine
+
 class AsyncCheckpointer {
  public:
   // Collective when options.process_group is set (see there).
@@ -117,6 +127,8 @@ class AsyncCheckpointer {
   uint64_t pool_bytes() const;
 
  private:
+  friend Result<std::unique_ptr<AsyncCheckpointer>> engine::CreateAsyncCheckpointerOver(
+      storage::Storage&, const AsyncCheckpointerOptions&);
   struct Impl;
   explicit AsyncCheckpointer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

@@ -33,8 +33,8 @@ constexpr std::array<DTypeInfo, kNumDTypes> kInfo = {{
     {DType::kBool, 1, "bool", "BoolStorage", "BOOL"},
     {DType::kFloat8E4M3FN, 1, "float8_e4m3fn", "", "F8_E4M3"},
     {DType::kFloat8E5M2, 1, "float8_e5m2", "", "F8_E5M2"},
-    {DType::kFloat8E4M3FNUZ, 1, "float8_e4m3fnuz", "", ""},
-    {DType::kFloat8E5M2FNUZ, 1, "float8_e5m2fnuz", "", ""},
+    {DType::kFloat8E4M3FNUZ, 1, "float8_e4m3fnuz", "", "F8_E4M3FNUZ"},
+    {DType::kFloat8E5M2FNUZ, 1, "float8_e5m2fnuz", "", "F8_E5M2FNUZ"},
     {DType::kFloat8E8M0FNU, 1, "float8_e8m0fnu", "", "F8_E8M0"},
 }};
 

@@ -7,6 +7,7 @@
 
 #include <functional>
 
+#include "dcpp/async_checkpointer.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/storage/storage.h"
 
@@ -37,13 +38,24 @@ using BeforeCommit = std::function<Status(Metadata&)>;
 //     is ever removed (the lock file neither).
 // A failure anywhere before the commit removes what this save wrote and
 // leaves any existing checkpoint untouched.
+// `local_failure`: an error this rank hit before the save (an async save's
+// staging); the rank still takes part in every collective, carrying it, so
+// every rank fails with it, named by rank, as for any rank-local failure.
 Result<Metadata> Save(const Value& state_dict, storage::Storage& storage,
-                      const SaveOptions& options, const BeforeCommit& before_commit = nullptr);
+                      const SaveOptions& options, const BeforeCommit& before_commit = nullptr,
+                      const Status& local_failure = Status());
 
 // dcpp::Load, LoadAll and ReadMetadata from `storage`.
 Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& options);
 Result<Value> LoadAll(storage::Storage& storage, const LoadAllOptions& options);
 Result<Metadata> ReadMetadata(storage::Storage& storage);
+
+// An AsyncCheckpointer whose saves all go to `storage` (borrowed; must
+// outlive the checkpointer) whatever path they are given (the path names
+// the save in messages only): for tests with memory or fault-injecting
+// storage.
+Result<std::unique_ptr<AsyncCheckpointer>> CreateAsyncCheckpointerOver(
+    storage::Storage& storage, const AsyncCheckpointerOptions& options);
 
 }  // namespace dcpp::engine
 

@@ -294,7 +294,7 @@ Status WriteAssigned(storage::Storage& storage, int rank, const std::string& tag
 // CatchExceptions themselves, so a rank that runs out of memory still takes
 // part in every collective, carrying its error.
 Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
-                          const engine::BeforeCommit& before_commit) {
+                          const engine::BeforeCommit& before_commit, const Status& local_failure) {
   const std::string dir = storage.Describe("");
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
@@ -303,14 +303,14 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
 
   // 1. Local plan. A failure here is carried to the coordinator, so every
   //    rank takes part in every collective and none hangs.
-  Status local;
-  if (o.files_per_rank < 1)
+  Status local = local_failure;
+  if (local.ok() && o.files_per_rank < 1)
     local = InvalidArgumentError("SaveOptions.files_per_rank must be >= 1, got " +
                                  std::to_string(o.files_per_rank));
-  else if (o.io_threads < 0)
+  else if (local.ok() && o.io_threads < 0)
     local = InvalidArgumentError("SaveOptions.io_threads must be >= 0, got " +
                                  std::to_string(o.io_threads));
-  else if (o.lock_timeout_ms < 0)
+  else if (local.ok() && o.lock_timeout_ms < 0)
     local = InvalidArgumentError("SaveOptions.lock_timeout_ms must be >= 0, got " +
                                  std::to_string(o.lock_timeout_ms));
   if (local.ok() && !o.transforms.empty()) {
@@ -461,9 +461,10 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
 namespace engine {
 
 Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
-                      const BeforeCommit& before_commit) {
-  return CatchExceptions("save to " + storage.Describe(""),
-                         [&] { return SaveImpl(state_dict, storage, o, before_commit); });
+                      const BeforeCommit& before_commit, const Status& local_failure) {
+  return CatchExceptions("save to " + storage.Describe(""), [&] {
+    return SaveImpl(state_dict, storage, o, before_commit, local_failure);
+  });
 }
 
 }  // namespace engine
