@@ -53,6 +53,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "save",
+    "async_save",
+    "AsyncCheckpointer",
     "load",
     "read_metadata",
     "verify",
@@ -165,11 +167,43 @@ def save(
     Returns the checkpoint's :class:`Metadata`. On failure nothing that looks
     like a checkpoint is left behind and an existing checkpoint is intact.
     """
-    if isinstance(transforms, str):
-        raise TypeError("transforms must be a sequence of descriptors, e.g. ['stream.zstd/1']")
     return _dcpp.save(
         state_dict,
         _path(path),
+        **_save_keywords(
+            thread_count=thread_count,
+            io_threads=io_threads,
+            single_file_per_rank=single_file_per_rank,
+            sync_files=sync_files,
+            overwrite=overwrite,
+            checksums=checksums,
+            transforms=transforms,
+            compression_level=compression_level,
+            dedup_to_lowest_rank=dedup_to_lowest_rank,
+            progress=progress,
+            lock_timeout=lock_timeout,
+        ),
+    )
+
+
+def _save_keywords(
+    *,
+    thread_count: int = 1,
+    io_threads: int = 0,
+    single_file_per_rank: bool = True,
+    sync_files: bool = True,
+    overwrite: bool = True,
+    checksums: bool = True,
+    transforms: Sequence[str] = (),
+    compression_level: int = 1,
+    dedup_to_lowest_rank: bool = False,
+    progress: ProgressCallback | None = None,
+    lock_timeout: float = 0,
+) -> dict:
+    """save()'s keyword options, validated, as _dcpp's save functions take them."""
+    if isinstance(transforms, str):
+        raise TypeError("transforms must be a sequence of descriptors, e.g. ['stream.zstd/1']")
+    return dict(
         thread_count=_int("thread_count", thread_count, 1),
         io_threads=_int("io_threads", io_threads, 0),
         single_file_per_rank=bool(single_file_per_rank),
@@ -348,3 +382,6 @@ def verify(
 def known_transforms() -> list[str]:
     """The stream transform descriptors this build reads and writes."""
     return list(_dcpp._known_transforms())
+
+
+from ._async import AsyncCheckpointer, async_save  # noqa: E402  (uses save's helpers above)

@@ -24,7 +24,9 @@
 #include "dcpp/storage/storage.h"
 #include "dcpp/tools/verify.h"
 #include "errors.h"
+#include "async_bindings.h"
 #include "metadata_bindings.h"
+#include "options.h"
 #include "storage_bindings.h"
 
 namespace nb = nanobind;
@@ -32,35 +34,6 @@ using namespace nb::literals;
 
 namespace dcpp::python {
 namespace {
-
-// A Python progress callable that dcpp may call from its I/O threads. The
-// callable is shared so copies of the std::function never touch Python
-// reference counts without the GIL.
-struct PyCallback {
-  nb::object fn;
-  ~PyCallback() {
-    nb::gil_scoped_acquire gil;
-    fn.reset();
-  }
-};
-
-ProgressCallback WrapProgress(nb::object fn) {
-  if (fn.is_none()) return nullptr;
-  if (!PyCallable_Check(fn.ptr())) throw nb::type_error("progress must be callable or None");
-  auto cb = std::make_shared<PyCallback>();
-  cb->fn = std::move(fn);
-  return [cb](const Progress& p) {
-    nb::gil_scoped_acquire gil;
-    try {
-      cb->fn(nb::str(p.phase.data(), p.phase.size()), p.bytes_done, p.bytes_total, p.items_done,
-             p.items_total);
-    } catch (nb::python_error& e) {
-      // dcpp cannot stop on a callback's exception; report it like Python
-      // reports errors in __del__.
-      e.discard_as_unraisable("dcpp progress callback");
-    }
-  };
-}
 
 std::string KindName(EntryMeta::Kind k) {
   return k == EntryMeta::Kind::kTensor ? "tensor" : "bytes";
@@ -188,18 +161,10 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
   Value sd = conv.ConvertStateDict(state_dict);
-  SaveOptions o;
-  o.files_per_rank = thread_count;  // torch's FileSystemWriter name in Python
-  o.io_threads = io_threads;
-  o.single_file_per_rank = single_file_per_rank;
-  o.sync_files = sync_files;
-  o.overwrite = overwrite;
-  o.checksums = checksums;
-  o.transforms = std::move(transforms);
-  o.compression_level = compression_level;
-  o.dedup_to_lowest_rank = dedup_to_lowest_rank;
-  o.lock_timeout_ms = lock_timeout_ms;
-  o.progress = WrapProgress(std::move(progress));
+  SaveOptions o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files,
+                                   overwrite, checksums, std::move(transforms), compression_level,
+                                   dedup_to_lowest_rank, lock_timeout_ms},
+                                  std::move(progress));
   Result<Metadata> md = [&] {
     nb::gil_scoped_release release;
     return Save(sd, path, o);
@@ -331,5 +296,6 @@ NB_MODULE(_dcpp, m) {
         "sync"_a = true);
   m.def("read_metadata", &ReadMetadataImpl, "path"_a);
   BindStorage(m);
+  BindAsync(m);
   BindTorchMetadata(m);
 }

@@ -1,0 +1,127 @@
+"""Asynchronous saves: dcpp.async_save and dcpp.AsyncCheckpointer.
+
+    ckpt = dcpp.AsyncCheckpointer()
+    for step in range(steps):
+        train_step()                                  # changes the tensors
+        if step % 100 == 0:
+            fut = ckpt.save(model.state_dict(), f"/ckpt/step_{step}")
+            # training goes on at once; the checkpoint holds this step's values
+    fut.result()                                      # Metadata, or raises
+    ckpt.close()                                      # waits for the save in flight
+
+``save`` copies every array and tensor into the checkpointer's staging pool
+(memory it keeps and reuses from save to save, on C++ threads, without the
+GIL) and returns a :class:`concurrent.futures.Future`; the files are then
+written in the background exactly as :func:`dcpp.save` writes them. The
+future's result is the checkpoint's :class:`dcpp.Metadata`; a failure
+raises the same error :func:`dcpp.save` would, and leaves no ``.metadata``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from . import _dcpp
+
+
+class AsyncCheckpointer:
+    """Saves in the background from a staging pool reused across saves.
+
+    * ``max_staging_bytes``: most bytes the pool may hold; a larger state
+      fails that save with :class:`dcpp.ResourceExhaustedError` (0: no cap).
+    * ``lock_memory``: ``mlock`` the pool (needs a large enough
+      ``ulimit -l``).
+    * ``staging_threads``: threads copying into the pool; 0: min(8, CPUs).
+
+    One save is in flight at a time: :meth:`save` first waits for the
+    previous one, whose bytes are still being written from the pool. Use it
+    as a context manager, or call :meth:`close`, to wait for the last save.
+    Non-CPU torch tensors are copied to the CPU (through torch) before
+    staging.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_staging_bytes: int = 0,
+        lock_memory: bool = False,
+        staging_threads: int = 0,
+    ) -> None:
+        from . import _int
+
+        self._impl = _dcpp._AsyncCheckpointer(
+            max_staging_bytes=_int("max_staging_bytes", max_staging_bytes, 0),
+            lock_memory=bool(lock_memory),
+            staging_threads=_int("staging_threads", staging_threads, 0),
+        )
+        # Resolves the futures: waits on the C++ handle without the GIL.
+        self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcpp-async-save")
+        self._lock = threading.Lock()
+        self._last: Future | None = None
+
+    def save(self, state_dict: dict, path: str | os.PathLike, **options: Any) -> Future:
+        """Stages ``state_dict`` and writes it to ``path`` in the background.
+
+        ``options`` are :func:`dcpp.save`'s keywords (``thread_count``,
+        ``transforms``, ``overwrite``, ``progress``, ...). Returns once the
+        arrays may change; the future's result is the :class:`dcpp.Metadata`.
+        The future also has ``stats()``: ``staged_bytes``, ``stage_seconds``
+        (the stall), ``write_seconds`` (once done) and ``pool_grew``.
+        """
+        from . import _path, _save_keywords
+
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, not {type(state_dict).__name__}")
+        keywords = _save_keywords(**options)
+        with self._lock:
+            if self._impl is None:
+                raise ValueError("this AsyncCheckpointer is closed")
+            handle = self._impl.save(state_dict, _path(path), **keywords)
+            future = self._waiter.submit(handle.wait)
+            future.stats = handle.stats  # type: ignore[attr-defined]
+            self._last = future
+        return future
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes the staging pool holds (0 before the first save)."""
+        return 0 if self._impl is None else self._impl.pool_bytes
+
+    def close(self) -> None:
+        """Waits for the save in flight and frees the pool. Idempotent."""
+        with self._lock:
+            impl, self._impl = self._impl, None
+        if impl is not None:
+            impl.close()
+            self._waiter.shutdown(wait=True)
+
+    def __enter__(self) -> "AsyncCheckpointer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+_default: AsyncCheckpointer | None = None
+_default_lock = threading.Lock()
+
+
+def async_save(state_dict: dict, path: str | os.PathLike, **options: Any) -> Future:
+    """:func:`dcpp.save`, in the background: returns a
+    :class:`concurrent.futures.Future` of the :class:`dcpp.Metadata` once
+    ``state_dict`` has been copied into a staging pool (the arrays may then
+    change). Takes :func:`dcpp.save`'s keyword options. Uses one
+    process-wide :class:`AsyncCheckpointer` (so a call waits for the
+    previous call's save to finish); saves in flight are waited for at exit.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = AsyncCheckpointer()
+            atexit.register(_default.close)
+        checkpointer = _default
+    return checkpointer.save(state_dict, path, **options)

@@ -1,0 +1,115 @@
+#include "async_bindings.h"
+
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "convert.h"
+#include "dcpp/async_checkpointer.h"
+#include "errors.h"
+#include "options.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace dcpp::python {
+namespace {
+
+// Owns the C++ checkpointer; close() (or garbage collection) waits for the
+// save in flight without holding the GIL.
+struct PyAsyncCheckpointer {
+  std::unique_ptr<AsyncCheckpointer> impl;
+
+  ~PyAsyncCheckpointer() { Close(); }
+
+  void Close() {
+    if (!impl) return;
+    std::unique_ptr<AsyncCheckpointer> closing = std::move(impl);
+    if (PyGILState_Check()) {
+      nb::gil_scoped_release release;
+      closing.reset();
+    } else {
+      closing.reset();
+    }
+  }
+
+  AsyncCheckpointer& Get() {
+    if (!impl) throw nb::value_error("this AsyncCheckpointer is closed");
+    return *impl;
+  }
+};
+
+// Staging happens here, with the GIL released once the state dict is
+// converted (tensors borrowed); the returned handle resolves when the
+// background save ends.
+AsyncSaveHandle SaveImpl(PyAsyncCheckpointer& self, nb::handle state_dict, const std::string& path,
+                         int thread_count, int io_threads, bool single_file_per_rank,
+                         bool sync_files, bool overwrite, bool checksums,
+                         std::vector<std::string> transforms, int compression_level,
+                         bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms) {
+  AsyncCheckpointer& c = self.Get();
+  PyHelpers helpers = PyHelpers::Get();
+  ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
+  Value sd = conv.ConvertStateDict(state_dict);
+  SaveOptions o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files,
+                                   overwrite, checksums, std::move(transforms), compression_level,
+                                   dedup_to_lowest_rank, lock_timeout_ms},
+                                  std::move(progress));
+  nb::gil_scoped_release release;
+  return c.Save(sd, path, std::move(o));
+}
+
+nb::dict Stats(const AsyncSaveHandle& h) {
+  AsyncSaveStats s = h.stats();
+  nb::dict d;
+  d["staged_bytes"] = s.staged_bytes;
+  d["stage_seconds"] = s.stage_seconds;
+  d["write_seconds"] = s.write_seconds;
+  d["pool_grew"] = s.pool_grew;
+  return d;
+}
+
+}  // namespace
+
+void BindAsync(nb::module_& m) {
+  nb::class_<AsyncSaveHandle>(m, "_AsyncSaveHandle")
+      .def(
+          "wait",
+          [](const AsyncSaveHandle& h) {
+            Result<Metadata> r = [&] {
+              nb::gil_scoped_release release;
+              return h.Wait();
+            }();
+            return ValueOrThrow(std::move(r));
+          },
+          "Blocks (without the GIL) until the save ends; its Metadata, or raises its error.")
+      .def("done", &AsyncSaveHandle::Done)
+      .def("stats", &Stats);
+
+  nb::class_<PyAsyncCheckpointer>(m, "_AsyncCheckpointer")
+      .def(
+          "__init__",
+          [](PyAsyncCheckpointer* self, uint64_t max_staging_bytes, bool lock_memory,
+             int staging_threads) {
+            AsyncCheckpointerOptions o;
+            o.max_staging_bytes = max_staging_bytes;
+            o.lock_memory = lock_memory;
+            o.staging_threads = staging_threads;
+            Result<std::unique_ptr<AsyncCheckpointer>> c = AsyncCheckpointer::Create(o);
+            new (self) PyAsyncCheckpointer{ValueOrThrow(std::move(c))};
+          },
+          "max_staging_bytes"_a = 0, "lock_memory"_a = false, "staging_threads"_a = 0)
+      .def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
+           "single_file_per_rank"_a, "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a,
+           "compression_level"_a, "dedup_to_lowest_rank"_a, "progress"_a.none(),
+           "lock_timeout_ms"_a = 0)
+      .def("close", &PyAsyncCheckpointer::Close)
+      .def_prop_ro("pool_bytes", [](PyAsyncCheckpointer& self) {
+        return self.impl ? self.impl->pool_bytes() : 0;
+      });
+}
+
+}  // namespace dcpp::python

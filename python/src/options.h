@@ -1,0 +1,38 @@
+// Options shared by the bindings: dcpp::SaveOptions from the keyword
+// arguments of dcpp.save / dcpp.async_save, and Python progress callables.
+#ifndef DCPP_PYTHON_OPTIONS_H_
+#define DCPP_PYTHON_OPTIONS_H_
+
+#include <nanobind/nanobind.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dcpp/checkpoint.h"
+
+namespace dcpp::python {
+
+// A ProgressCallback calling `fn` (None = none) with the GIL held, from
+// whatever thread dcpp reports on; an exception it raises is reported as
+// unraisable. TypeError if `fn` is not callable.
+ProgressCallback WrapProgress(nanobind::object fn);
+
+// What dcpp.save's keywords mean (python/dcpp/__init__.py validates them).
+struct SaveKeywords {
+  int thread_count = 1;  // SaveOptions::files_per_rank, torch's name
+  int io_threads = 0;
+  bool single_file_per_rank = true;
+  bool sync_files = true;
+  bool overwrite = true;
+  bool checksums = true;
+  std::vector<std::string> transforms;
+  int compression_level = 1;
+  bool dedup_to_lowest_rank = false;
+  int64_t lock_timeout_ms = 0;
+};
+SaveOptions MakeSaveOptions(SaveKeywords k, nanobind::object progress);
+
+}  // namespace dcpp::python
+
+#endif  // DCPP_PYTHON_OPTIONS_H_
