@@ -10,7 +10,8 @@ in parallel, without the GIL::
 
     dcp.save(state_dict, storage_writer=dcpp.torch.FileSystemWriter(path, thread_count=4))
     dcp.load(state_dict, storage_reader=dcpp.torch.FileSystemReader(path))
-    dcp.async_save(state_dict, storage_writer=dcpp.torch.FileSystemWriter(path))
+    dcp.async_save(state_dict, storage_writer=dcpp.torch.FileSystemWriter(path),
+                   async_stager=dcpp.torch.Stager())  # short stall: dcpp's staging pool
 
 The checkpoints are torch's format (the same ``.metadata``, the same data
 files, named ``__{rank}_{n}.{tag}.distcp`` with a tag unique to each save so
@@ -27,6 +28,7 @@ dcpp's ``dcpp.byteshuffle/1`` transform.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import fcntl
@@ -71,7 +73,7 @@ from torch.futures import Future
 from . import _dcpp, _torch_metadata
 from ._dcpp import AbortedError, AlreadyExistsError, CorruptCheckpointError
 
-__all__ = ["FileSystemWriter", "FileSystemReader", "ByteShuffle", "extension_registry"]
+__all__ = ["FileSystemWriter", "FileSystemReader", "Stager", "ByteShuffle", "extension_registry"]
 
 _METADATA = ".metadata"
 _SUFFIX = ".distcp"
@@ -920,3 +922,112 @@ def extension_registry() -> ExtensionRegistry:
     registry = ExtensionRegistry()
     registry.register(ByteShuffle)
     return registry
+
+
+class Stager:
+    """torch's ``AsyncStager`` for ``dcp.async_save``, staging into dcpp's pool::
+
+        stager = dcpp.torch.Stager()
+        fut = dcp.async_save(sd, storage_writer=dcpp.torch.FileSystemWriter(path),
+                             async_stager=stager)
+        ...
+        stager.close()  # after the last save
+
+    ``stage`` copies every tensor of the state dict into host memory that
+    dcpp keeps and reuses across saves (on C++ threads, without the GIL, big
+    tensors split across threads) and returns the same structure holding the
+    copies; DTensor leaves keep their mesh and placements around a staged
+    local tensor; other values are deep-copied. Memory still referenced by a
+    save in flight is never reused: the pool then maps more (at most
+    ``max_staging_bytes`` in all, 0 = no cap). Tensors on other devices are
+    copied to the CPU through torch first.
+    """
+
+    # stage() is synchronous: nothing for torch to wait on afterwards.
+    _synchronize_after_execute = False
+
+    def __init__(self, *, max_staging_bytes: int = 0, lock_memory: bool = False,
+                 staging_threads: int = 0) -> None:
+        from . import _int
+
+        self._pool = _dcpp._StagingPool(
+            max_bytes=_int("max_staging_bytes", max_staging_bytes, 0), lock_memory=bool(lock_memory)
+        )
+        self._threads = _int("staging_threads", staging_threads, 0)
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return False
+
+    def stage(self, state_dict: dict) -> dict:
+        if self._pool is None:
+            raise ValueError("this Stager is closed")
+        tensors: list = []
+        skeleton = _collect(state_dict, tensors)
+        staged = self._pool.stage([t[0] for t in tensors], self._threads) if tensors else []
+        return _rebuild(skeleton, staged, tensors)
+
+    def synchronize_staging(self) -> None:
+        """Nothing to wait for: :meth:`stage` returns staged."""
+
+    def close(self) -> None:
+        """Drops the pool (memory still referenced by staged tensors stays
+        valid until they are gone)."""
+        self._pool = None
+
+    @property
+    def pool_bytes(self) -> int:
+        return 0 if self._pool is None else self._pool.total_bytes
+
+
+class _Slot:
+    """Where a staged tensor goes back in the rebuilt tree."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _collect(obj: Any, tensors: list) -> Any:
+    """The tree with each tensor replaced by a _Slot, appending (tensor, wrap)
+    to ``tensors``; ``wrap`` rebuilds a DTensor around its staged local."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(obj, DTensor):
+        mesh, placements, shape, stride = obj.device_mesh, obj.placements, obj.shape, obj.stride()
+
+        def wrap(local: torch.Tensor) -> DTensor:
+            return DTensor.from_local(local, mesh, placements, run_check=False, shape=shape,
+                                      stride=stride)
+
+        tensors.append((obj.to_local().detach(), wrap, False))
+        return _Slot(len(tensors) - 1)
+    if type(obj) is torch.Tensor or type(obj) is torch.nn.Parameter:
+        # requires_grad is kept: DCP records it in the metadata.
+        tensors.append((obj.detach(), None, obj.requires_grad))
+        return _Slot(len(tensors) - 1)
+    if isinstance(obj, dict):
+        out = type(obj)() if type(obj) is not dict else {}
+        for k, v in obj.items():
+            out[k] = _collect(v, tensors)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_collect(v, tensors) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _rebuild(skeleton: Any, staged: list, tensors: list) -> Any:
+    if isinstance(skeleton, _Slot):
+        t = staged[skeleton.index]
+        _, wrap, requires_grad = tensors[skeleton.index]
+        if requires_grad:
+            t.requires_grad_(True)
+        return wrap(t) if wrap is not None else t
+    if isinstance(skeleton, dict):
+        for k, v in skeleton.items():
+            skeleton[k] = _rebuild(v, staged, tensors)
+        return skeleton
+    if type(skeleton) in (list, tuple):
+        return type(skeleton)(_rebuild(v, staged, tensors) for v in skeleton)
+    return skeleton

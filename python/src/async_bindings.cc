@@ -9,6 +9,8 @@
 
 #include "convert.h"
 #include "dcpp/async_checkpointer.h"
+#include "dcpp/base/thread_pool.h"
+#include "dcpp/engine/staging.h"
 #include "errors.h"
 #include "options.h"
 
@@ -72,9 +74,46 @@ nb::dict Stats(const AsyncSaveHandle& h) {
   return d;
 }
 
+// dcpp.torch.Stager's copies: `tensors` (torch tensors or arrays) staged
+// into `pool`, returned as tensors (torch for torch inputs) that own their
+// share of the pool, so the mapping stays in use until they are gone.
+nb::list StageTensors(engine::StagingPool& pool, nb::list tensors, int threads) {
+  PyHelpers helpers = PyHelpers::Get();
+  ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
+  std::vector<Value> items;
+  std::vector<bool> is_torch;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    nb::handle t = tensors[i];
+    is_torch.push_back(helpers.IsTorchTensor(t));
+    items.emplace_back(conv.ConvertTensor(t, "tensors[" + std::to_string(i) + "]"));
+  }
+  Value list = Value::List(std::move(items));
+  Result<engine::StageResult> staged = [&] {
+    nb::gil_scoped_release release;
+    return engine::Stage(list, pool, threads > 0 ? threads : DefaultThreadCount());
+  }();
+  engine::StageResult r = ValueOrThrow(std::move(staged));
+  nb::list out;
+  const std::vector<Value>& got = r.staged.items();
+  for (size_t i = 0; i < got.size(); ++i)
+    out.append(TensorToPython(got[i].tensor(), helpers, is_torch[i],
+                              "tensors[" + std::to_string(i) + "]"));
+  return out;
+}
+
 }  // namespace
 
 void BindAsync(nb::module_& m) {
+  nb::class_<engine::StagingPool>(m, "_StagingPool")
+      .def(
+          "__init__",
+          [](engine::StagingPool* self, uint64_t max_bytes, bool lock_memory) {
+            new (self) engine::StagingPool({.max_bytes = max_bytes, .lock_memory = lock_memory});
+          },
+          "max_bytes"_a = 0, "lock_memory"_a = false)
+      .def("stage", &StageTensors, "tensors"_a, "threads"_a = 0)
+      .def_prop_ro("total_bytes", &engine::StagingPool::total_bytes);
+
   nb::class_<AsyncSaveHandle>(m, "_AsyncSaveHandle")
       .def(
           "wait",

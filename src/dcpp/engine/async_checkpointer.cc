@@ -201,7 +201,7 @@ AsyncSaveHandle AsyncCheckpointer::Save(const Value& state_dict, std::string che
       job.staged = std::move(staged->staged);
       handle->stats.staged_bytes = staged->bytes;
       handle->stats.pool_grew = staged->pool_grew;
-      m.pool_bytes = m.pool.capacity();
+      m.pool_bytes = m.pool.total_bytes();
     } else {
       job.local_failure = staged.status().WithContext("async save to " + job.path);
     }

@@ -63,20 +63,39 @@ StagingPool::Region::~Region() {
   munmap(base, size);
 }
 
+uint64_t StagingPool::total_bytes() const {
+  uint64_t total = 0;
+  for (const auto& r : regions_) total += r->size;
+  return total;
+}
+
 Status StagingPool::Reserve(uint64_t bytes, bool* grew) {
   *grew = false;
-  if (options_.max_bytes != 0 && bytes > options_.max_bytes) {
-    return ResourceExhaustedError("staging the state needs " + std::to_string(bytes) +
-                                  " bytes (" + MiB(bytes) + "), more than the pool's cap of " +
-                                  std::to_string(options_.max_bytes) +
-                                  " bytes (AsyncCheckpointerOptions.max_staging_bytes)");
+  current_.reset();
+  // A mapping only the pool references is free (its snapshot is gone).
+  auto is_free = [](const std::shared_ptr<Region>& r) { return r.use_count() == 1; };
+  for (const auto& r : regions_) {
+    if (is_free(r) && r->size >= bytes) {
+      current_ = r;
+      return Status();
+    }
   }
-  if (bytes <= capacity()) return Status();
+  // None fits: the free ones are too small and go first, so growing does
+  // not need old and new at once.
+  std::erase_if(regions_, is_free);
   uint64_t size = RoundUp(std::max<uint64_t>(bytes, 1), kGranule);
-  if (options_.max_bytes != 0) size = std::min(size, std::max(bytes, options_.max_bytes));
-  // The old mapping goes first (unless a staged snapshot still holds it), so
-  // growing does not need both at once.
-  region_.reset();
+  const uint64_t in_use = total_bytes();
+  if (options_.max_bytes != 0) {
+    if (in_use + bytes > options_.max_bytes) {
+      return ResourceExhaustedError(
+          "staging the state needs " + std::to_string(bytes) + " bytes (" + MiB(bytes) + ")" +
+          (in_use ? " besides " + std::to_string(in_use) + " bytes still in use by earlier saves"
+                  : std::string()) +
+          ", more than the pool's cap of " + std::to_string(options_.max_bytes) +
+          " bytes (AsyncCheckpointerOptions.max_staging_bytes)");
+    }
+    size = std::min(size, options_.max_bytes - in_use);
+  }
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     return ResourceExhaustedError("could not map a staging pool of " + MiB(size) + ": " +
@@ -97,7 +116,8 @@ Status StagingPool::Reserve(uint64_t bytes, bool* grew) {
     }
     region->locked = true;
   }
-  region_ = std::move(region);
+  regions_.push_back(region);
+  current_ = std::move(region);
   *grew = true;
   return Status();
 }

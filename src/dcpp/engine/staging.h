@@ -6,16 +6,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "dcpp/status.h"
 #include "dcpp/value.h"
 
 namespace dcpp::engine {
 
-// One anonymous mapping, reused from save to save. Reserve() reallocates it
-// only when asked for more than it holds. Tensors staged into it hold a
-// reference to the mapping, so a reallocation never frees memory a save in
-// flight still writes from. Not thread-safe: one staging at a time.
+// Anonymous mappings reused from save to save. Tensors staged into a
+// mapping hold a reference to it (their owner), which is what marks it in
+// use: Reserve() picks a mapping nobody else references that is big enough
+// (so a snapshot still being written is never overwritten, and with one
+// save in flight at a time the same mapping serves every save), and maps a
+// new one only when none is free and large enough, unmapping the free ones
+// that were too small. Not thread-safe: one staging at a time (snapshots
+// may be released on any thread).
 class StagingPool {
  public:
   struct Options {
@@ -24,15 +29,18 @@ class StagingPool {
   };
   explicit StagingPool(Options options) : options_(options) {}
 
-  // Makes at least `bytes` available; ResourceExhausted past the cap, when
-  // the mapping fails, or when mlock fails. *grew tells whether it had to
-  // reallocate.
+  // Makes a free mapping of at least `bytes` current; ResourceExhausted
+  // when the pool's mappings would pass the cap, or mapping or mlock fails.
+  // *grew tells whether it had to map memory.
   Status Reserve(uint64_t bytes, bool* grew);
 
-  uint64_t capacity() const { return region_ ? region_->size : 0; }
-  uint8_t* data() const { return region_ ? region_->base : nullptr; }
-  // Keeps the current mapping alive (the owner of staged tensors).
-  std::shared_ptr<void> keepalive() const { return region_; }
+  // The current mapping (after Reserve).
+  uint64_t capacity() const { return current_ ? current_->size : 0; }
+  uint8_t* data() const { return current_ ? current_->base : nullptr; }
+  // Keeps the current mapping alive and in use (the owner of staged tensors).
+  std::shared_ptr<void> keepalive() const { return current_; }
+  // Bytes of all mappings, in use or not.
+  uint64_t total_bytes() const;
 
  private:
   struct Region {
@@ -42,7 +50,8 @@ class StagingPool {
     ~Region();
   };
   Options options_;
-  std::shared_ptr<Region> region_;
+  std::vector<std::shared_ptr<Region>> regions_;
+  std::shared_ptr<Region> current_;
 };
 
 struct StageResult {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <memory>
 
 namespace dcpp::engine {
 namespace {
@@ -51,6 +52,21 @@ TEST(StagingTest, ReserveGrowsOnlyWhenNeededAndHonoursTheCap) {
   EXPECT_TRUE(grew);
   Status over = pool.Reserve((8 << 20) + 1, &grew);
   EXPECT_EQ(over.code(), StatusCode::kResourceExhausted);
+}
+
+TEST(StagingTest, AMappingInUseIsNeverReused) {
+  StagingPool pool({});
+  bool grew = false;
+  ASSERT_TRUE(pool.Reserve(1000, &grew).ok());
+  std::shared_ptr<void> snapshot = pool.keepalive();  // a save still writing
+  const uint8_t* first = pool.data();
+  ASSERT_TRUE(pool.Reserve(1000, &grew).ok());
+  EXPECT_TRUE(grew);
+  EXPECT_NE(pool.data(), first);
+  EXPECT_EQ(pool.total_bytes(), 2 * pool.capacity());
+  snapshot.reset();  // the save ended
+  ASSERT_TRUE(pool.Reserve(1000, &grew).ok());
+  EXPECT_FALSE(grew);
 }
 
 }  // namespace
