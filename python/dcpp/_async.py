@@ -20,7 +20,9 @@ raises the same error :func:`dcpp.save` would, and leaves no ``.metadata``.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import os
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -40,8 +42,9 @@ class AsyncCheckpointer:
     One save is in flight at a time: :meth:`save` first waits for the
     previous one, whose bytes are still being written from the pool. Use it
     as a context manager, or call :meth:`close`, to wait for the last save.
-    Non-CPU torch tensors are copied to the CPU (through torch) before
-    staging.
+    CUDA tensors are first copied (``non_blocking``, one synchronize) into
+    page-locked host buffers the checkpointer keeps and reuses; dcpp stages
+    those.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class AsyncCheckpointer:
         self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcpp-async-save")
         self._lock = threading.Lock()
         self._last: Future | None = None
+        self._pinned = _PinnedCopies()
 
     def save(self, state_dict: dict, path: str | os.PathLike, **options: Any) -> Future:
         """Stages ``state_dict`` and writes it to ``path`` in the background.
@@ -80,6 +84,11 @@ class AsyncCheckpointer:
         with self._lock:
             if self._impl is None:
                 raise ValueError("this AsyncCheckpointer is closed")
+            if self._last is not None:
+                # The pinned buffers below may still be read by the save in
+                # flight (the C++ side would wait for it anyway).
+                concurrent.futures.wait([self._last])
+            state_dict = self._pinned.copy_device_tensors(state_dict)
             handle = self._impl.save(state_dict, _path(path), **keywords)
             future = self._waiter.submit(handle.wait)
             future.stats = handle.stats  # type: ignore[attr-defined]
@@ -98,12 +107,60 @@ class AsyncCheckpointer:
         if impl is not None:
             impl.close()
             self._waiter.shutdown(wait=True)
+            self._pinned = _PinnedCopies()
 
     def __enter__(self) -> "AsyncCheckpointer":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _PinnedCopies:
+    """Host copies of device (CUDA) tensors, in page-locked memory reused
+    from save to save: each device tensor is copied with non_blocking=True
+    into its buffer, then one synchronize, and the host copy is what dcpp
+    stages. Buffers are matched by the tensor's position in the state dict
+    and its dtype and shape. CPU tensors and arrays pass through untouched."""
+
+    def __init__(self) -> None:
+        self._buffers: dict = {}
+
+    def copy_device_tensors(self, state_dict: dict) -> dict:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return state_dict
+        copied: list = []
+        out = self._walk(state_dict, (), copied, torch)
+        if not copied:
+            return state_dict
+        for device in {t.device for t in copied}:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return out
+
+    def _walk(self, obj: Any, where: tuple, copied: list, torch: Any) -> Any:
+        if isinstance(obj, torch.Tensor) and type(obj) in (torch.Tensor, torch.nn.Parameter):
+            if obj.device.type == "cpu":
+                return obj
+            key = (where, obj.dtype, tuple(obj.shape))
+            buf = self._buffers.get(key)
+            if buf is None:
+                pin = obj.device.type == "cuda"
+                buf = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=pin)
+                self._buffers[key] = buf
+            buf.copy_(obj.detach(), non_blocking=True)
+            copied.append(obj)
+            return buf
+        if isinstance(obj, dict):
+            new = {k: self._walk(v, where + (k,), copied, torch) for k, v in obj.items()}
+            changed = any(new[k] is not v for k, v in obj.items())
+            return new if changed else obj
+        if type(obj) in (list, tuple):
+            new = [self._walk(v, where + (i,), copied, torch) for i, v in enumerate(obj)]
+            changed = any(a is not b for a, b in zip(new, obj))
+            return type(obj)(new) if changed else obj
+        return obj
 
 
 _default: AsyncCheckpointer | None = None
