@@ -115,7 +115,9 @@ class AsyncCheckpointer {
   // background; returns when the state may change. `options` as for
   // dcpp::Save, except that options.process_group must be null or the group
   // given to Create (the duplicate is used either way); options.progress is
-  // called from background threads. Waits first for the previous save of
+  // called from background threads. Without options.plan_cache the
+  // checkpointer's own SavePlanCache is used: repeated saves of the same
+  // structure skip planning. Waits first for the previous save of
   // this checkpointer to finish. With a process group every rank calls Save
   // at the same point, like dcpp::Save. Errors found while staging (a
   // Stateful's StateDict failing, the pool cap, memory) do not return here:

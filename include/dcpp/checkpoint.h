@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +41,32 @@ struct Progress {
   size_t items_total = 0;
 };
 using ProgressCallback = std::function<void(const Progress&)>;
+
+// Remembers a save's plan so that the next save of the same structure
+// skips sending and validating the plans (DCP's enable_plan_caching):
+// each rank then sends a 16-byte fingerprint of its local plan instead of
+// the plan, and the coordinator reuses its global plan when every rank's
+// fingerprint matches the last successful save's. Any change (a tensor
+// added, a shape, dtype or sharding changed, another group) falls back to
+// full planning in the same save, at the cost of one extra gather. One
+// cache per rank, used by one save at a time; AsyncCheckpointer keeps one.
+class SavePlanCache {
+ public:
+  SavePlanCache();
+  ~SavePlanCache();
+  SavePlanCache(const SavePlanCache&) = delete;
+  SavePlanCache& operator=(const SavePlanCache&) = delete;
+
+  // Saves through this cache that reused the plan, and that planned afresh.
+  uint64_t hits() const;
+  uint64_t misses() const;
+
+  struct State;  // the engine's (src/dcpp/engine/plan_cache.h)
+  State& state() { return *state_; }
+
+ private:
+  std::unique_ptr<State> state_;
+};
 
 struct SaveOptions {
   // The ranks saving together (borrowed; null = this process alone). Every
@@ -91,6 +118,9 @@ struct SaveOptions {
   // zstd level for "stream.zstd/1": 1 (fast, the default) to 19; negative
   // levels trade ratio for more speed.
   int compression_level = 1;
+  // This rank's plan cache (borrowed; null = plan every save). Every rank
+  // of a save passes one or none.
+  SavePlanCache* plan_cache = nullptr;
   ProgressCallback progress;
 };
 

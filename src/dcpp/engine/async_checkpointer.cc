@@ -86,6 +86,7 @@ struct AsyncCheckpointer::Impl {
   std::unique_ptr<ProcessGroup> group;   // the duplicate; null = this process alone
   storage::Storage* fixed_storage = nullptr;  // CreateAsyncCheckpointerOver
   engine::StagingPool pool;              // used by Save's caller only
+  SavePlanCache plan_cache;              // used by the worker only
   std::atomic<uint64_t> pool_bytes{0};   // its capacity, for pool_bytes()
 
   std::mutex mu;
@@ -121,6 +122,7 @@ struct AsyncCheckpointer::Impl {
 
   Result<Metadata> Write(Job& job) {
     job.options.process_group = group.get();
+    if (job.options.plan_cache == nullptr) job.options.plan_cache = &plan_cache;
     if (fixed_storage != nullptr)
       return engine::Save(job.staged, *fixed_storage, job.options, nullptr, job.local_failure);
     // A rank whose storage cannot be opened still takes part in the save's

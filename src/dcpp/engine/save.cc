@@ -18,6 +18,7 @@
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/items.h"
+#include "dcpp/engine/plan_cache.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/checksums.h"
 #include "dcpp/format/metadata_codec.h"
@@ -332,34 +333,93 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
     if (planned.ok()) items = std::move(*planned);
     local = planned.status();
   }
+  std::string local_plan = engine::EncodeLocalPlan(local, ToLocalPlan(items));
+  SavePlanCache::State* cache = o.plan_cache ? &o.plan_cache->state() : nullptr;
+  const engine::PlanFingerprint fingerprint =
+      cache ? engine::FingerprintPlan(local_plan) : engine::PlanFingerprint{};
+  const bool offer_fingerprint = cache && local.ok() && cache->valid &&
+                                 cache->group_size == pg.size() &&
+                                 cache->fingerprint == fingerprint;
   DCPP_ASSIGN_OR_RETURN(
       std::vector<std::string> plans,
-      pg.Gather(engine::EncodeLocalPlan(local, ToLocalPlan(items)), kCoordinator));
+      pg.Gather(offer_fingerprint ? engine::EncodeFingerprintOffer(fingerprint.a, fingerprint.b)
+                                  : engine::EncodePlanOffer(local_plan),
+                kCoordinator));
 
-  // 2. Global plan on the coordinator: dedup, validate, prepare the directory.
+  // 2. Global plan on the coordinator: dedup, validate, prepare the directory
+  //    (or, with a plan cache and nothing changed, the cached plan).
   plan::GlobalPlan gp;
   std::unique_ptr<storage::StorageLock> lock;  // coordinator: held until the end
-  std::vector<std::string> parts;
-  if (rank == kCoordinator) {
-    std::vector<Status> statuses;
-    std::vector<plan::LocalPlan> local_plans = engine::DecodeLocalPlans(plans, &statuses);
+  std::vector<engine::PlanFingerprint> fingerprints;  // coordinator, with a cache
+  const std::string tag = rank == kCoordinator ? RandomHex(8) : std::string();
+  auto coordinate = [&](std::vector<std::string>& messages) {
     engine::Assignment a;
-    a.status = engine::CombineRankFailures("save planning", statuses);
-    if (a.status.ok()) {
-      auto g = plan::CreateGlobalSavePlan(local_plans, {.to_lowest_rank = o.dedup_to_lowest_rank});
-      if (g.ok()) gp = std::move(*g);
-      a.status = g.status().WithContext("save planning");
+    a.tag = tag;
+    std::vector<Status> statuses(messages.size());
+    size_t offered = 0;
+    fingerprints.assign(messages.size(), {});
+    for (size_t r = 0; r < messages.size(); ++r) {
+      auto is_fingerprint = engine::DecodeOffer(&messages[r], &fingerprints[r].a, &fingerprints[r].b);
+      if (!is_fingerprint.ok()) statuses[r] = is_fingerprint.status();
+      else if (*is_fingerprint) ++offered;
+      else if (cache) fingerprints[r] = engine::FingerprintPlan(messages[r]);
     }
-    a.tag = RandomHex(8);
+    if (offered > 0) {
+      const bool reusable = offered == messages.size() && cache->has_global &&
+                            cache->dedup_to_lowest_rank == o.dedup_to_lowest_rank &&
+                            cache->fingerprints == fingerprints;
+      if (!reusable) {
+        a.plan = engine::Assignment::Plan::kResend;
+        return a;
+      }
+      gp = std::move(cache->global);
+      cache->has_global = false;
+      a.plan = engine::Assignment::Plan::kReused;
+    } else {
+      std::vector<Status> decode_statuses;
+      std::vector<plan::LocalPlan> local_plans =
+          engine::DecodeLocalPlans(messages, &decode_statuses);
+      for (size_t r = 0; r < statuses.size(); ++r)
+        if (statuses[r].ok()) statuses[r] = decode_statuses[r];
+      a.status = engine::CombineRankFailures("save planning", statuses);
+      if (a.status.ok()) {
+        auto g =
+            plan::CreateGlobalSavePlan(local_plans, {.to_lowest_rank = o.dedup_to_lowest_rank});
+        if (g.ok()) gp = std::move(*g);
+        a.status = g.status().WithContext("save planning");
+      }
+    }
     if (a.status.ok()) a.status = PrepareDirectory(storage, o, a.tag, &lock);
-    for (size_t r = 0; r < plans.size(); ++r) {
-      a.keep = a.status.ok() ? gp.keep[r] : std::vector<size_t>{};
-      parts.push_back(engine::EncodeAssignment(a));
+    return a;
+  };
+  auto scatter = [&](const engine::Assignment* a) -> Result<engine::Assignment> {
+    std::vector<std::string> parts;
+    if (a != nullptr) {
+      engine::Assignment each = *a;
+      for (size_t r = 0; r < plans.size(); ++r) {
+        each.keep = each.status.ok() && each.plan != engine::Assignment::Plan::kResend
+                        ? gp.keep[r]
+                        : std::vector<size_t>{};
+        parts.push_back(engine::EncodeAssignment(each));
+      }
     }
+    DCPP_ASSIGN_OR_RETURN(std::string mine, pg.Scatter(std::move(parts), kCoordinator));
+    engine::Assignment decoded;
+    DCPP_RETURN_IF_ERROR(engine::DecodeAssignment(mine, &decoded));
+    return decoded;
+  };
+  engine::Assignment coordinated;
+  if (rank == kCoordinator) coordinated = coordinate(plans);
+  DCPP_ASSIGN_OR_RETURN(engine::Assignment assignment,
+                        scatter(rank == kCoordinator ? &coordinated : nullptr));
+  if (assignment.plan == engine::Assignment::Plan::kResend) {
+    // Some rank's plan changed (or the coordinator has none cached): every
+    // rank sends its whole plan after all.
+    DCPP_ASSIGN_OR_RETURN(plans, pg.Gather(engine::EncodePlanOffer(std::move(local_plan)), kCoordinator));
+    if (rank == kCoordinator) coordinated = coordinate(plans);
+    DCPP_ASSIGN_OR_RETURN(assignment, scatter(rank == kCoordinator ? &coordinated : nullptr));
   }
-  DCPP_ASSIGN_OR_RETURN(std::string mine, pg.Scatter(std::move(parts), kCoordinator));
-  engine::Assignment assignment;
-  DCPP_RETURN_IF_ERROR(engine::DecodeAssignment(mine, &assignment));
+  if (cache) ++(assignment.plan == engine::Assignment::Plan::kReused ? cache->hits : cache->misses);
   if (!assignment.status.ok()) return assignment.status.WithContext("save to " + dir);
 
   // 3. Every rank writes what it was assigned.
@@ -448,9 +508,20 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
     return status.WithContext("save to " + dir + " failed (nothing was committed)");
   }
   if (!status.ok()) return status.WithContext("save to " + dir);
+  if (cache) {
+    cache->valid = true;
+    cache->fingerprint = fingerprint;
+    cache->group_size = pg.size();
+  }
   if (rank == kCoordinator) {
     lock.reset();
-    return std::move(gp.metadata);
+    if (!cache) return std::move(gp.metadata);
+    Metadata md = gp.metadata;  // the cache keeps the plan
+    cache->global = std::move(gp);
+    cache->has_global = true;
+    cache->dedup_to_lowest_rank = o.dedup_to_lowest_rank;
+    cache->fingerprints = std::move(fingerprints);
+    return md;
   }
   return format::DecodeMetadata(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size()));

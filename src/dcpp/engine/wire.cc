@@ -1,5 +1,7 @@
 #include "dcpp/engine/wire.h"
 
+#include <cstring>
+
 #include <algorithm>
 #include <iterator>
 
@@ -170,10 +172,36 @@ std::vector<plan::LocalPlan> DecodeLocalPlans(std::span<const std::string> messa
   return plans;
 }
 
+std::string EncodePlanOffer(std::string local_plan) {
+  local_plan.push_back('\0');
+  return local_plan;
+}
+
+std::string EncodeFingerprintOffer(uint64_t a, uint64_t b) {
+  std::string out(17, '\1');
+  std::memcpy(out.data(), &a, 8);
+  std::memcpy(out.data() + 8, &b, 8);
+  return out;
+}
+
+Result<bool> DecodeOffer(std::string* message, uint64_t* a, uint64_t* b) {
+  if (message->empty()) return DataLossError("empty plan message");
+  const char kind = message->back();
+  message->pop_back();
+  if (kind == '\0') return false;
+  if (kind != '\1' || message->size() != 16)
+    return DataLossError("plan message of unknown kind " + std::to_string(kind));
+  std::memcpy(a, message->data(), 8);
+  std::memcpy(b, message->data() + 8, 8);
+  message->clear();
+  return true;
+}
+
 std::string EncodeAssignment(const Assignment& a) {
   WireWriter w;
   w.Status(a.status);
   w.Str(a.tag);
+  w.U64(static_cast<uint64_t>(a.plan));
   w.U64(a.keep.size());
   for (size_t k : a.keep) w.U64(k);
   return w.Take();
@@ -183,6 +211,9 @@ dcpp::Status DecodeAssignment(std::string_view data, Assignment* a) {
   WireReader r(data);
   DCPP_RETURN_IF_ERROR(r.ReadStatus(&a->status));
   DCPP_ASSIGN_OR_RETURN(a->tag, r.Str());
+  DCPP_ASSIGN_OR_RETURN(uint64_t plan, r.U64());
+  if (plan > 2) return DataLossError("assignment with unknown plan kind " + std::to_string(plan));
+  a->plan = static_cast<Assignment::Plan>(plan);
   DCPP_ASSIGN_OR_RETURN(uint64_t n, r.U64());
   for (uint64_t i = 0; i < n; ++i) {
     DCPP_ASSIGN_OR_RETURN(uint64_t k, r.U64());

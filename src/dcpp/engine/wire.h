@@ -82,10 +82,27 @@ Result<plan::LocalPlan> DecodeLocalPlan(std::string_view data, dcpp::Status* ran
 std::vector<plan::LocalPlan> DecodeLocalPlans(std::span<const std::string> messages,
                                               std::vector<dcpp::Status>* statuses, int threads = 0);
 
+// Save, step 1 with a plan cache: what a rank offers the coordinator,
+// either its whole encoded local plan or only the 16-byte fingerprint of a
+// plan the coordinator has cached. The kind is the message's last byte, so
+// the coordinator strips it without copying the plan.
+std::string EncodePlanOffer(std::string local_plan);
+std::string EncodeFingerprintOffer(uint64_t a, uint64_t b);
+// Strips the kind byte off `*message`. Returns true for a fingerprint
+// (stored in *a, *b; the message is left empty), false for a full plan
+// (*message is then the encoded local plan). DataLoss when neither.
+Result<bool> DecodeOffer(std::string* message, uint64_t* a, uint64_t* b);
+
 // Save, step 2: what the coordinator tells each rank after global planning.
 struct Assignment {
+  enum class Plan : uint8_t {
+    kPlanned = 0,  // planned from the plans just gathered
+    kReused = 1,   // the cached global plan was reused
+    kResend = 2,   // a fingerprint did not match: send the full plans again
+  };
   dcpp::Status status;       // the planning outcome; not OK: write nothing
   std::string tag;           // this save's data file name tag
+  Plan plan = Plan::kPlanned;
   std::vector<size_t> keep;  // indices of this rank's items to write
 };
 std::string EncodeAssignment(const Assignment& a);

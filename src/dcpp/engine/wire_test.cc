@@ -170,17 +170,37 @@ void ExpectPrefixesAreDataLoss(const std::string& msg, Decode decode) {
 }
 
 TEST(WireTest, AssignmentRoundTrip) {
-  const Assignment a{NotFoundError("gone"), "1a2b3c4d", {0, 3, 300, uint64_t{1} << 40}};
+  const Assignment a{NotFoundError("gone"), "1a2b3c4d", Assignment::Plan::kReused,
+                     {0, 3, 300, uint64_t{1} << 40}};
   const std::string msg = EncodeAssignment(a);
   Assignment b;
   ASSERT_TRUE(DecodeAssignment(msg, &b).ok());
   EXPECT_EQ(b.status, a.status);
   EXPECT_EQ(b.tag, a.tag);
+  EXPECT_EQ(b.plan, a.plan);
   EXPECT_EQ(b.keep, a.keep);
   ExpectPrefixesAreDataLoss(msg, [](std::string_view m) {
     Assignment x;
     return DecodeAssignment(m, &x);
   });
+}
+
+TEST(WireTest, PlanOffers) {
+  std::string full = EncodePlanOffer("plan bytes");
+  uint64_t a = 0, b = 0;
+  auto kind = DecodeOffer(&full, &a, &b);
+  ASSERT_TRUE(kind.ok());
+  EXPECT_FALSE(*kind);
+  EXPECT_EQ(full, "plan bytes");
+  std::string fp = EncodeFingerprintOffer(0x0123456789abcdefULL, 42);
+  kind = DecodeOffer(&fp, &a, &b);
+  ASSERT_TRUE(kind.ok());
+  EXPECT_TRUE(*kind);
+  EXPECT_EQ(a, 0x0123456789abcdefULL);
+  EXPECT_EQ(b, 42u);
+  for (std::string bad : {std::string(), std::string("xyz\7"), std::string(10, '\1')}) {
+    EXPECT_EQ(DecodeOffer(&bad, &a, &b).status().code(), StatusCode::kDataLoss);
+  }
 }
 
 TEST(WireTest, WriteResultsRoundTrip) {
