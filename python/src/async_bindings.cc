@@ -9,7 +9,6 @@
 
 #include "convert.h"
 #include "dcpp/async_checkpointer.h"
-#include "dcpp/base/thread_pool.h"
 #include "dcpp/engine/staging.h"
 #include "errors.h"
 #include "options.h"
@@ -90,7 +89,7 @@ nb::list StageTensors(engine::StagingPool& pool, nb::list tensors, int threads) 
   Value list = Value::List(std::move(items));
   Result<engine::StageResult> staged = [&] {
     nb::gil_scoped_release release;
-    return engine::Stage(list, pool, threads > 0 ? threads : DefaultThreadCount());
+    return engine::Stage(list, pool, threads);
   }();
   engine::StageResult r = ValueOrThrow(std::move(staged));
   nb::list out;

@@ -195,10 +195,8 @@ AsyncSaveHandle AsyncCheckpointer::Save(const Value& state_dict, std::string che
         "checkpointer was created with");
   }
   if (job.local_failure.ok()) {
-    const int threads =
-        m.options.staging_threads > 0 ? m.options.staging_threads : DefaultThreadCount();
     Result<engine::StageResult> staged = CatchExceptions(
-        "staging", [&] { return engine::Stage(state_dict, m.pool, threads); });
+        "staging", [&] { return engine::Stage(state_dict, m.pool, m.options.staging_threads); });
     if (staged.ok()) {
       job.staged = std::move(staged->staged);
       handle->stats.staged_bytes = staged->bytes;

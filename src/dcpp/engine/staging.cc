@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -20,8 +21,12 @@ constexpr size_t kPiece = size_t{4} << 20;        // copy tasks of at most this 
 
 uint64_t RoundUp(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
 
+constexpr uint64_t kBytesPerThread = uint64_t{16} << 20;  // below this, fewer threads
+
 std::string MiB(uint64_t bytes) {
-  return std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
 }
 
 // Every tensor of the (copied) tree, in a stable order.
@@ -186,6 +191,8 @@ Result<StageResult> Stage(const Value& state_dict, StagingPool& pool, int thread
   std::stable_sort(tasks.begin(), tasks.end(), [](const CopyTask& a, const CopyTask& b) {
     return a.bytes > b.bytes;
   });
+  if (threads <= 0) threads = DefaultThreadCount();
+  threads = static_cast<int>(std::clamp<uint64_t>(total / kBytesPerThread, 1, threads));
   DCPP_RETURN_IF_ERROR(ParallelFor(tasks.size(), threads, [&](size_t k) -> Status {
     const CopyTask& t = tasks[k];
     if (t.strided_src != nullptr) return CopyTensor(*t.strided_src, t.contiguous_dst);

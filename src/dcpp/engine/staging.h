@@ -63,7 +63,8 @@ struct StageResult {
 // Copies `state_dict` into `pool`: top-level Stateful objects are replaced
 // by their StateDict() (called here, on the caller's thread), every tensor
 // and ShardedTensor shard is copied into the pool on up to `threads`
-// threads (dense tensors, transposed ones included, keep their layout and
+// threads (0: min(8, hardware threads); fewer for small states, where
+// starting threads costs more than it saves) (dense tensors, transposed ones included, keep their layout and
 // are copied in pieces of a few MiB; others become contiguous), and every
 // other value is copied. After it returns the caller may change the
 // original freely. The staged tensors reference pool memory: do not stage
