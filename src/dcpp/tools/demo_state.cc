@@ -167,7 +167,7 @@ Status LoadAndVerify(ProcessGroup& pg, const std::vector<Spec>& specs, const std
     if (!equal)
       return DataLossError("demo: rank " + std::to_string(pg.rank()) + " loaded '" +
                            specs[i].fqn + "' piece at " + ShapeToString(boxes[i].offsets) +
-                           " with bytes that differ from what was saved at step " +
+                           " with bytes that differ from the state at step " +
                            std::to_string(step));
     *verified_bytes += piece.nbytes();
     ++*verified_pieces;
