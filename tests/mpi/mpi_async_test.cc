@@ -56,7 +56,7 @@ float ValueAt(int id, int64_t index, int version) {
 
 // The global tensors: a matrix row-sharded on save and column-sharded on
 // load, and a vector split in rank order on save and in reverse on load.
-// Big enough (8 MiB per rank) that the background save takes a while.
+// Big enough (8 MiB in all) that the background save takes a while.
 const Shape kMatrix{2048, 1024};
 const int64_t kVectorLength = 1 << 16;
 

@@ -383,7 +383,9 @@ int AsyncDemo(Args& args) {
   }
   const bool root = !mpi || mpi->rank() == 0;
   if (root && !args.flags.count("--quiet"))
-    o.note = [](const std::string& line) { std::fprintf(stderr, "dcpp demo --async: %s\n", line.c_str()); };
+    o.note = [](const std::string& line) {
+      std::fprintf(stderr, "dcpp demo --async: %s\n", line.c_str());
+    };
   auto report = dcpp::tools::RunAsyncDemo(o);
   if (!report.ok()) return Fail(report.status());
   if (root) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "dcpp/async_checkpointer.h"
 #include "dcpp/base/exception_barrier.h"
@@ -145,7 +146,8 @@ class Unpacker {
     l.in_flight = GetVector();
     l.checkpoints.resize(static_cast<size_t>(Get()));
     for (auto& c : l.checkpoints)
-      for (double* d : {&c.step, &c.blocked, &c.stage, &c.write, &c.staged, &c.grew, &c.waited}) *d = Get();
+      for (double* d : {&c.step, &c.blocked, &c.stage, &c.write, &c.staged, &c.grew, &c.waited})
+        *d = Get();
     l.wall = Get();
     l.drain = Get();
     return l;
@@ -164,13 +166,27 @@ struct Calibration {
   double memcpy_seconds = 0;  // this rank's
 };
 
-Result<double> MaxOverRanks(ProcessGroup& pg, double mine, bool want_min = false) {
-  DCPP_ASSIGN_OR_RETURN(auto all, pg.AllGather(std::to_string(mine)));
+double Mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double d : v) s += d;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Every rank's `mine`, reduced with `pick` (std::max or std::min).
+Result<double> ReduceOverRanks(ProcessGroup& pg, double mine,
+                               const double& (*pick)(const double&, const double&)) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", mine);
+  DCPP_ASSIGN_OR_RETURN(auto all, pg.AllGather(text));
   double r = mine;
-  for (const auto& s : all) {
-    const double v = std::strtod(s.c_str(), nullptr);
-    r = want_min ? std::min(r, v) : std::max(r, v);
-  }
+  for (const auto& s : all) r = pick(r, std::strtod(s.c_str(), nullptr));
   return r;
 }
 
@@ -187,7 +203,7 @@ Result<Calibration> Calibrate(ProcessGroup& pg, const AsyncDemoOptions& o, Train
     ts.MoveTo(ts.step);  // a full pass that leaves the values as they are
     update = std::min(update, Seconds(t0));
   }
-  DCPP_ASSIGN_OR_RETURN(c.update_seconds, MaxOverRanks(pg, update));
+  DCPP_ASSIGN_OR_RETURN(c.update_seconds, ReduceOverRanks(pg, update, std::max<double>));
 
   compute.Run(4);  // warm up
   DCPP_RETURN_IF_ERROR(pg.Barrier());
@@ -197,15 +213,17 @@ Result<Calibration> Calibrate(ProcessGroup& pg, const AsyncDemoOptions& o, Train
     compute.Run(8);
     done += 8;
   }
-  DCPP_ASSIGN_OR_RETURN(double rate, MaxOverRanks(pg, done / Seconds(t0), /*want_min=*/true));
+  DCPP_ASSIGN_OR_RETURN(double rate, ReduceOverRanks(pg, done / Seconds(t0), std::min<double>));
   c.compute_seconds = std::max(0.0, o.step_ms / 1000.0 - c.update_seconds);
   c.iterations = static_cast<int64_t>(std::llround(c.compute_seconds * rate));
 
   const uint64_t bytes = ts.bytes();
   std::unique_ptr<uint8_t[]> dst(new uint8_t[std::max<uint64_t>(bytes, 1)]);
   std::memset(dst.get(), 1, bytes);  // faults every page in
-  c.memcpy_seconds = 1e9;
-  for (int rep = 0; rep < 3; ++rep) {
+  // The median of a few copies, as the stall it is compared with is the
+  // median of a few saves.
+  std::vector<double> copies;
+  for (int rep = 0; rep < 5; ++rep) {
     DCPP_RETURN_IF_ERROR(pg.Barrier());
     const auto t = Clock::now();
     uint64_t at = 0;
@@ -213,11 +231,12 @@ Result<Calibration> Calibrate(ProcessGroup& pg, const AsyncDemoOptions& o, Train
       std::memcpy(dst.get() + at, s.data(), s.nbytes());
       at += s.nbytes();
     }
-    c.memcpy_seconds = std::min(c.memcpy_seconds, Seconds(t));
+    copies.push_back(Seconds(t));
     if (bytes > 0 && dst[bytes - 1] != static_cast<const uint8_t*>(ts.shards.back().data())[
                                             ts.shards.back().nbytes() - 1])
       return InternalError("demo: memcpy produced different bytes");
   }
+  c.memcpy_seconds = Median(copies);
   return c;
 }
 
@@ -285,19 +304,6 @@ Status TrainLoop(ProcessGroup& pg, const AsyncDemoOptions& o, const Calibration&
   }
   out->drain = Seconds(t2);
   return Status();
-}
-
-double Mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double d : v) s += d;
-  return v.empty() ? 0 : s / static_cast<double>(v.size());
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 // Rank 0's view of a loop: its step times, every rank's worst checkpoint.
@@ -585,37 +591,55 @@ std::string FormatAsyncDemoReport(const AsyncDemoOptions& o, const AsyncDemoRepo
               : "the longest staging: no save reused the pool without waiting",
        r.memcpy_seconds > 0 ? stall / r.memcpy_seconds : 0.0);
 
-  const double compute_only = o.steps * base;
+  // What checkpointing cost the training, measured directly: the time Save
+  // blocked it, plus (async) the extra length of the steps that ran during
+  // a background write. (The loops' wall times differ by about the same,
+  // plus the noise of every other step.)
   const auto& s = r.sync_loop;
   const auto& a = r.async_loop;
-  const double sync_over = s.wall_seconds - compute_only;
-  const double async_over = a.wall_seconds - compute_only;
-  double stalls = 0, slower = 0;
+  double blocked = 0, stalls = 0, slower = 0;
+  for (const auto& c : s.checkpoints) blocked += c.blocked_seconds;
   for (const auto& c : a.checkpoints) {
     stalls += c.blocked_seconds;
     if (c.overlapped_steps > 0) slower += c.overlapped_steps * (c.overlapped_step_seconds - base);
   }
-  line("\n  summary    %-8s %10s  %20s  %s\n", "loop", "wall", "steps alone", "checkpoint overhead");
-  std::snprintf(buf, sizeof buf, "%d x %s", o.steps, Ms(base).c_str());
-  const std::string steps_alone = buf;
-  line("             %-8s %8.2f s  %20s  %6.2f s = %s per checkpoint\n", "sync", s.wall_seconds,
-       steps_alone.c_str(), sync_over, Ms(sync_over / std::max(1, n_ckpt)).c_str());
-  line("             %-8s %8.2f s  %20s  %6.2f s = %s per checkpoint (stalls %s, slower steps "
-       "%s)\n",
-       "async", a.wall_seconds, steps_alone.c_str(), async_over,
-       Ms(async_over / std::max(1, n_ckpt)).c_str(), Ms(stalls).c_str(), Ms(slower).c_str());
-  line("             after the last step the async loop waited %s for its last write (a real run "
-       "would train on)\n",
-       Ms(a.drain_seconds).c_str());
-  if (a.overlapped_steps > 0)
+  const double async_cost = stalls + std::max(0.0, slower);
+  const int per = std::max(1, n_ckpt);
+  line("\n  summary    what the %d checkpoints cost the training (a step alone: %s)\n", n_ckpt,
+       Ms(base).c_str());
+  std::snprintf(buf, sizeof buf, "blocked %s", Ms(blocked).c_str());
+  std::string sync_parts = buf;
+  line("             sync   wall %6.2f s   %-40s = %s, %s per checkpoint\n", s.wall_seconds,
+       sync_parts.c_str(), Ms(blocked).c_str(), Ms(blocked / per).c_str());
+  if (slower >= 0)
+    std::snprintf(buf, sizeof buf, "stalls %s + slower steps %s", Ms(stalls).c_str(),
+                  Ms(slower).c_str());
+  else
+    std::snprintf(buf, sizeof buf, "stalls %s (steps no slower)", Ms(stalls).c_str());
+  std::string async_parts = buf;
+  line("             async  wall %6.2f s   %-40s = %s, %s per checkpoint\n", a.wall_seconds,
+       async_parts.c_str(), Ms(async_cost).c_str(), Ms(async_cost / per).c_str());
+  if (blocked > 0 && async_cost > 0) {
+    const bool cheaper = async_cost <= blocked;
+    line("             async checkpoints cost the training %.1fx %s than sync ones (wall: %.2f s "
+         "%s)\n",
+         cheaper ? blocked / async_cost : async_cost / blocked, cheaper ? "less" : "more",
+         std::fabs(s.wall_seconds - a.wall_seconds),
+         a.wall_seconds <= s.wall_seconds ? "less" : "more");
+  }
+  if (a.overlapped_steps > 0) {
     line("             steps during a background write: %s on average, %s vs steps without\n",
          Ms(a.overlapped_step_seconds).c_str(), Percent(a.overlapped_step_seconds, base).c_str());
-  if (sync_over > 0 && async_over > 0)
-    line("             async checkpoints cost the training %.1fx less than sync ones\n",
-         sync_over / async_over);
-  else if (sync_over > 0)
-    line("             async checkpoints cost the training nothing measurable; sync ones %s each\n",
-         Ms(sync_over / std::max(1, n_ckpt)).c_str());
+    // The write's threads and the training threads share the cores; GPU
+    // training leaves the CPU mostly idle, this loop's compute does not.
+    if (a.overlapped_step_seconds > 1.2 * base)
+      line("             (the write's threads share this machine's %u cores with the %s "
+           "compute)\n",
+           std::thread::hardware_concurrency(), "ranks' CPU-bound");
+  }
+  line("             after its last step the async loop waited %s for the last write (a real run "
+       "trains on)\n",
+       Ms(a.drain_seconds).c_str());
 
   line("\n  verify     the async checkpoint of step %d, loaded by %d ranks asking for column "
        "shards (%.3f s):\n",

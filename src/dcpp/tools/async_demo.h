@@ -86,7 +86,7 @@ struct AsyncDemoReport {
   size_t tensors = 0;
   double update_seconds = 0;   // one pass updating every tensor (max rank)
   double compute_seconds = 0;  // the calibrated compute per step
-  double memcpy_seconds = 0;   // single-threaded memcpy of a rank's state (max rank)
+  double memcpy_seconds = 0;   // single-threaded memcpy of a rank's state: median of 5, max rank
   double baseline_step_seconds = 0;  // median step with nothing in flight, both loops
   AsyncDemoLoop sync_loop, async_loop;
   int verified_step = 0;

@@ -57,7 +57,8 @@ TEST_F(AsyncDemoTest, LoadAndVerifyTellsStepsApart) {
         EXPECT_TRUE(s.ok()) << s.ToString();
       } else {
         EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
-        EXPECT_NE(s.message().find("differ from the state at step 4"), std::string::npos) << s.ToString();
+        EXPECT_NE(s.message().find("differ from the state at step 4"), std::string::npos)
+            << s.ToString();
       }
     }
   }

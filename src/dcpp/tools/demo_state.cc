@@ -119,9 +119,10 @@ Result<Value> MakeRowShardState(const std::vector<Spec>& specs, int ranks, int r
     const plan::Box box = PieceBox(s.shape, 0, ranks, rank);
     DCPP_ASSIGN_OR_RETURN(Tensor piece, Tensor::Zeros(s.dtype, box.sizes));
     auto* p = static_cast<uint8_t*>(piece.data());
-    ForEachRow(s.shape, box, ElementSize(s.dtype), [&](uint64_t global, uint64_t local, uint64_t n) {
-      Generate(i, global, p + local, n, step);
-    });
+    ForEachRow(s.shape, box, ElementSize(s.dtype),
+               [&](uint64_t global, uint64_t local, uint64_t n) {
+                 Generate(i, global, p + local, n, step);
+               });
     if (shards) shards->push_back(piece);
     ShardedTensor st;
     st.global_shape = s.shape;
