@@ -622,11 +622,15 @@ std::string FormatAsyncDemoReport(const AsyncDemoOptions& o, const AsyncDemoRepo
   line("             async  wall %6.2f s   %-40s = %s, %s per checkpoint\n", a.wall_seconds,
        async_parts.c_str(), Ms(async_cost).c_str(), Ms(async_cost / per).c_str());
   if (blocked > 0 && async_cost > 0) {
-    const bool cheaper = async_cost <= blocked;
-    line("             async checkpoints cost the training %.1fx %s than sync ones (wall: %.2f s "
-         "%s)\n",
-         cheaper ? blocked / async_cost : async_cost / blocked, cheaper ? "less" : "more",
-         std::fabs(s.wall_seconds - a.wall_seconds),
+    const double ratio = blocked / async_cost;
+    if (ratio >= 1.1 || ratio <= 1 / 1.1)
+      std::snprintf(buf, sizeof buf, "%.1fx %s than", ratio >= 1 ? ratio : 1 / ratio,
+                    ratio >= 1 ? "less" : "more");
+    else
+      std::snprintf(buf, sizeof buf, "about as much as");
+    const std::string compared = buf;
+    line("             async checkpoints cost the training %s sync ones (wall: %.2f s %s)\n",
+         compared.c_str(), std::fabs(s.wall_seconds - a.wall_seconds),
          a.wall_seconds <= s.wall_seconds ? "less" : "more");
   }
   if (a.overlapped_steps > 0) {
