@@ -10,6 +10,7 @@
 #include "dcpp/base/exception_barrier.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/process_group.h"
+#include "dcpp/tools/async_demo.h"
 #include "dcpp/tools/bench.h"
 #include "dcpp/tools/convert.h"
 #include "dcpp/tools/demo.h"
@@ -37,7 +38,8 @@ commands:
   inspect CKPT       list what a checkpoint holds (reads only .metadata)
   convert SRC DST    rewrite a checkpoint with dcpp's writer and options
   verify CKPT        read every byte of a checkpoint and check it (exit 1 if damaged)
-  demo               save a synthetic training state, load it resharded, verify
+  demo               save a synthetic training state, load it resharded, verify;
+                     --async: a training loop with sync vs async checkpoints
   bench              time one save, load, compression or memcpy (bench/run_benchmarks.py)
 
 Run `dcpp <command> --help` for a command's options.
@@ -115,6 +117,7 @@ example:
 )";
 
 constexpr const char* kDemoHelp = R"(usage: dcpp demo [options]
+       dcpp demo --async [options]
 
 dcpp's main job, end to end: N ranks save a transformer-like training state
 (bf16 weights, fp32 Adam moments, step and hyper-parameters), each holding a
@@ -122,18 +125,46 @@ row shard of every tensor, as DCP does for DTensors; then M ranks load it,
 each asking for a column shard, so every loaded piece overlaps several saved
 ones. Every byte is checked; sizes, times and throughput are printed.
 
+With --async: what a checkpoint costs a training loop. The ranks run a
+simulated training loop: every step updates every tensor, computes for a
+fixed time and meets the other ranks in a collective; every K steps the
+state is saved. The loop runs twice: with dcpp::Save (training waits until
+the checkpoint is committed) and with AsyncCheckpointer::Save (it returns once
+the state is copied into a reused staging pool; the files are written in
+the background while training goes on). Printed per checkpoint: the stall,
+the background write time and how much slower the steps that ran during it
+were; then both loops' wall times, the cost per checkpoint, and the stall
+next to a plain memcpy of the same bytes. Last, the final async checkpoint
+is loaded with column shards and every byte must hold the values of the
+step it was taken at, although the loop changed them right after Save.
+
 Ranks are threads of this process. Under mpirun (e.g. `mpirun -np 4 dcpp
-demo`) the MPI ranks save and then load with the other sharding.
+demo`, or `mpirun -np 2 dcpp demo --async`) the MPI ranks save and then load
+with the other sharding; with --async each rank has its own
+AsyncCheckpointer over the MPI group.
 
 options:
-  --size-mib N       approximate state size (default 256)
-  --save-ranks N     ranks that save (default 4)
+  --size-mib N       approximate state size, all ranks together
+                     (default 256; with --async 64)
+  --save-ranks N     ranks that save (default 4; with --async 2)
   --load-ranks M     ranks that load (default 3)
   --threads N        I/O threads and data files per rank (default 2)
   --dir PATH         where to write (default: a new directory under $TMPDIR)
-  --keep             keep the checkpoint (then try: dcpp inspect PATH)
+  --keep             keep the checkpoint(s) (then try: dcpp inspect PATH)
   --no-sync          skip fsync
   --quiet            no progress on stderr
+
+options with --async:
+  --ranks N          training ranks (the same as --save-ranks)
+  --steps N          training steps per loop (default 40)
+  --every K          a checkpoint after every K-th step (default 10)
+  --step-ms T        compute + update per step, in milliseconds (default 50)
+  --staging-threads N  threads copying into the staging pool (default:
+                     min(8, cores))
+
+examples:
+  dcpp demo --size-mib 1024 --keep
+  dcpp demo --async --size-mib 512 --steps 60 --every 20 --step-ms 200
 )";
 
 constexpr const char* kBenchHelp =
@@ -306,6 +337,64 @@ int Convert(int argc, char** argv) {
   return kExitOk;
 }
 
+int AsyncDemo(Args& args) {
+  dcpp::tools::AsyncDemoOptions o;
+  struct IntFlag {
+    const char* name;
+    long lo, hi;
+    long value;
+  } flags[] = {{"--size-mib", 1, 1 << 20, static_cast<long>(o.size_mib)},
+               {"--save-ranks", 1, 256, o.ranks},
+               {"--ranks", 1, 256, o.ranks},
+               {"--load-ranks", 1, 256, o.load_ranks},
+               {"--threads", 1, 1024, o.thread_count},
+               {"--steps", 1, 1000000, o.steps},
+               {"--every", 1, 1000000, o.every},
+               {"--step-ms", 0, 3600000, o.step_ms},
+               {"--staging-threads", 1, 1024, 0}};
+  for (auto& f : flags) {
+    if (!args.flags.count(f.name)) continue;
+    if (!ParseInt(args.flags[f.name], f.lo, f.hi, f.value))
+      return Usage(kDemoHelp, std::string(f.name) + " must be an integer in [" +
+                                  std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]");
+  }
+  if (args.flags.count("--ranks") && args.flags.count("--save-ranks"))
+    return Usage(kDemoHelp, "--ranks and --save-ranks are the same option: give one");
+  o.size_mib = static_cast<uint64_t>(flags[0].value);
+  o.ranks = static_cast<int>(args.flags.count("--ranks") ? flags[2].value : flags[1].value);
+  o.load_ranks = static_cast<int>(flags[3].value);
+  o.thread_count = static_cast<int>(flags[4].value);
+  o.steps = static_cast<int>(flags[5].value);
+  o.every = static_cast<int>(flags[6].value);
+  o.step_ms = static_cast<int>(flags[7].value);
+  o.staging_threads = static_cast<int>(flags[8].value);
+  if (o.every > o.steps)
+    return Usage(kDemoHelp, "--every " + std::to_string(o.every) + " needs --steps >= " +
+                                std::to_string(o.every) + " (at least one checkpoint)");
+  if (args.flags.count("--dir")) o.dir = args.flags["--dir"];
+  o.keep = args.flags.count("--keep") > 0;
+  o.sync_files = !args.flags.count("--no-sync");
+  std::unique_ptr<dcpp::ProcessGroup> mpi;
+  if (dcpp::LaunchedByMpi()) {
+    auto group = dcpp::MakeMpiProcessGroup();
+    if (!group.ok()) return Fail(group.status());
+    mpi = std::move(*group);
+    o.group = mpi.get();
+  }
+  const bool root = !mpi || mpi->rank() == 0;
+  if (root && !args.flags.count("--quiet"))
+    o.note = [](const std::string& line) {
+      std::fprintf(stderr, "dcpp demo --async: %s\n", line.c_str());
+    };
+  auto report = dcpp::tools::RunAsyncDemo(o);
+  if (!report.ok()) return Fail(report.status());
+  if (root) {
+    const std::string text = dcpp::tools::FormatAsyncDemoReport(o, *report);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+  }
+  return kExitOk;
+}
+
 int Demo(int argc, char** argv) {
   Args args;
   std::string error;
@@ -317,10 +406,20 @@ int Demo(int argc, char** argv) {
               {"--dir", true},
               {"--keep", false},
               {"--no-sync", false},
-              {"--quiet", false}},
+              {"--quiet", false},
+              {"--async", false},
+              {"--ranks", true},
+              {"--steps", true},
+              {"--every", true},
+              {"--step-ms", true},
+              {"--staging-threads", true}},
              args, error))
     return Usage(kDemoHelp, error);
   if (!args.positional.empty()) return Usage(kDemoHelp, "demo takes no positional arguments");
+  if (args.flags.count("--async")) return AsyncDemo(args);
+  for (const char* async_only : {"--ranks", "--steps", "--every", "--step-ms", "--staging-threads"})
+    if (args.flags.count(async_only))
+      return Usage(kDemoHelp, std::string(async_only) + " is an option of demo --async");
   dcpp::tools::DemoOptions o;
   struct IntFlag {
     const char* name;

@@ -10,132 +10,22 @@
 #include <mutex>
 
 #include "dcpp/base/exception_barrier.h"
-#include "dcpp/plan/reshard.h"
+#include "dcpp/tools/demo_state.h"
 
 namespace dcpp::tools {
 namespace {
 
-struct Spec {
-  std::string fqn;
-  DType dtype;
-  Shape shape;
-};
+using namespace demo;  // the shared synthetic state (demo_state.h)
 
-// The tensors of a small decoder-only transformer plus Adam moments.
-std::vector<Spec> TransformerSpecs(uint64_t size_mib) {
-  // 12 h^2 parameters per layer, 10 bytes each (bf16 weight + 2 fp32
-  // moments); embedding and head 2 * vocab * h. The widest model whose
-  // embeddings and one layer fit the target is used.
-  const uint64_t target = size_mib << 20;
-  int64_t h = 1024;
-  while (h > 128 && static_cast<uint64_t>(12 * h * h * 10 + 2 * 8 * h * h * 10) > target) h /= 2;
-  const int64_t vocab = 8 * h;
-  const uint64_t per_layer = 12 * h * h * 10, embed = 2 * vocab * h * 10;
-  const int64_t layers =
-      std::max<int64_t>(1, static_cast<int64_t>((target > embed ? target - embed : 0) / per_layer));
-  std::vector<Spec> params = {{"embed.weight", DType::kBFloat16, {vocab, h}}};
-  for (int64_t l = 0; l < layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    params.push_back({p + "attn_norm.weight", DType::kBFloat16, {h}});
-    params.push_back({p + "attn.qkv.weight", DType::kBFloat16, {3 * h, h}});
-    params.push_back({p + "attn.out.weight", DType::kBFloat16, {h, h}});
-    params.push_back({p + "mlp_norm.weight", DType::kBFloat16, {h}});
-    params.push_back({p + "mlp.up.weight", DType::kBFloat16, {4 * h, h}});
-    params.push_back({p + "mlp.down.weight", DType::kBFloat16, {h, 4 * h}});
-  }
-  params.push_back({"final_norm.weight", DType::kBFloat16, {h}});
-  params.push_back({"lm_head.weight", DType::kBFloat16, {vocab, h}});
-  std::vector<Spec> all;
-  for (const auto& p : params) all.push_back({"model." + p.fqn, p.dtype, p.shape});
-  for (const auto& p : params) {
-    all.push_back({"optim.state." + p.fqn + ".exp_avg", DType::kFloat32, p.shape});
-    all.push_back({"optim.state." + p.fqn + ".exp_avg_sq", DType::kFloat32, p.shape});
-  }
-  return all;
-}
-
-uint64_t Mix(uint64_t x) {  // splitmix64
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// The bytes [offset, offset + n) of tensor `seed`'s row-major contents: a
-// pure function of the position, so any rank can produce or check any piece.
-void Generate(uint64_t seed, uint64_t offset, uint8_t* out, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    const uint64_t pos = offset + i;
-    const uint64_t word = Mix(seed * 0x100000001B3ull ^ (pos / 8));
-    const size_t in_word = pos % 8, take = std::min<size_t>(8 - in_word, n - i);
-    std::memcpy(out + i, reinterpret_cast<const uint8_t*>(&word) + in_word, take);
-    i += take;
-  }
-}
-
-// [start, len) of part k of n of `total`, the first total % n parts longer.
-std::pair<int64_t, int64_t> Part(int64_t total, int n, int k) {
-  int64_t start = 0;
-  for (int i = 0; i < k; ++i) start += total / n + (i < total % n);
-  return {start, total / n + (k < total % n)};
-}
-
-plan::Box PieceBox(const Shape& shape, size_t dim, int n, int k) {
-  plan::Box b{Shape(shape.size(), 0), shape};
-  auto [start, len] = Part(shape[dim], n, k);
-  b.offsets[dim] = start;
-  b.sizes[dim] = len;
-  return b;
-}
-
-// Calls fn(global_byte_offset, piece_byte_offset, bytes) for each row run of
-// `box` (a 1-D or 2-D box of a row-major tensor).
-template <typename Fn>
-void ForEachRow(const Shape& shape, const plan::Box& box, size_t elem, Fn&& fn) {
-  if (shape.size() == 1) {
-    fn(box.offsets[0] * elem, 0, box.sizes[0] * elem);
-    return;
-  }
-  for (int64_t r = 0; r < box.sizes[0]; ++r)
-    fn(((box.offsets[0] + r) * shape[1] + box.offsets[1]) * elem, r * box.sizes[1] * elem,
-       box.sizes[1] * elem);
-}
-
-Value& At(Value& root, const std::string& fqn) {
-  Value* slot = &root;
-  size_t start = 0;
-  for (size_t dot; (dot = fqn.find('.', start)) != std::string::npos; start = dot + 1)
-    slot = &(*slot)[fqn.substr(start, dot - start)];
-  return (*slot)[fqn.substr(start)];
-}
-
-void AddPlainValues(Value& state) {
-  state["optim"]["param_groups"] = Value::List({Value()});
-  Value& group = state["optim"]["param_groups"].items()[0];
-  group["lr"] = 3e-4;
-  group["betas"] = Value::Tuple({0.9, 0.95});
-  group["weight_decay"] = 0.1;
-  state["step"] = 1000;
-}
+// The step the demo's state is at: what "step" holds, and what the tensor
+// contents are generated for.
+constexpr int64_t kDemoStep = 1000;
 
 // One rank's save: row shards of every tensor, generated in place.
 Status SaveRank(ProcessGroup& pg, const DemoOptions& o, const std::vector<Spec>& specs,
                 const std::string& dir, Metadata* md_out) {
-  Value state;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const Spec& s = specs[i];
-    const plan::Box box = PieceBox(s.shape, 0, pg.size(), pg.rank());
-    DCPP_ASSIGN_OR_RETURN(Tensor piece, Tensor::Zeros(s.dtype, box.sizes));
-    auto* p = static_cast<uint8_t*>(piece.data());
-    ForEachRow(s.shape, box, ElementSize(s.dtype),
-               [&](uint64_t global, uint64_t local, uint64_t n) { Generate(i, global, p + local, n); });
-    ShardedTensor st;
-    st.global_shape = s.shape;
-    st.shards.push_back({box.offsets, std::move(piece)});
-    At(state, s.fqn) = std::move(st);
-  }
-  AddPlainValues(state);
+  DCPP_ASSIGN_OR_RETURN(Value state,
+                        MakeRowShardState(specs, pg.size(), pg.rank(), kDemoStep, nullptr));
   SaveOptions so;
   so.process_group = &pg;
   so.files_per_rank = o.thread_count;
@@ -150,63 +40,8 @@ Status SaveRank(ProcessGroup& pg, const DemoOptions& o, const std::vector<Spec>&
 Status LoadRank(ProcessGroup& pg, const DemoOptions& o, const std::vector<Spec>& specs,
                 const std::string& dir, std::atomic<uint64_t>* verified_bytes,
                 std::atomic<size_t>* verified_pieces) {
-  Value state;
-  std::vector<plan::Box> boxes;
-  for (const Spec& s : specs) {
-    const size_t dim = s.shape.size() > 1 ? 1 : 0;
-    boxes.push_back(PieceBox(s.shape, dim, pg.size(), pg.rank()));
-    DCPP_ASSIGN_OR_RETURN(Tensor piece, Tensor::Zeros(s.dtype, boxes.back().sizes));
-    ShardedTensor st;
-    st.global_shape = s.shape;
-    st.shards.push_back({boxes.back().offsets, std::move(piece)});
-    At(state, s.fqn) = std::move(st);
-  }
-  AddPlainValues(state);  // placeholders: loading replaces them
-  state["step"] = Value();
-  LoadOptions lo;
-  lo.process_group = &pg;
-  lo.io_threads = o.thread_count;
-  if (pg.rank() == 0) lo.progress = o.progress;
-  DCPP_RETURN_IF_ERROR(Load(state, dir, lo));
-  std::vector<uint8_t> expected;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const Tensor& piece = At(state, specs[i].fqn).sharded().shards[0].local;
-    const auto* got = static_cast<const uint8_t*>(piece.data());
-    bool equal = true;
-    ForEachRow(specs[i].shape, boxes[i], ElementSize(specs[i].dtype),
-               [&](uint64_t global, uint64_t local, uint64_t n) {
-                 expected.resize(n);
-                 Generate(i, global, expected.data(), n);
-                 if (std::memcmp(expected.data(), got + local, n) != 0) equal = false;
-               });
-    if (!equal)
-      return DataLossError("demo: rank " + std::to_string(pg.rank()) + " loaded '" +
-                           specs[i].fqn + "' piece at " + ShapeToString(boxes[i].offsets) +
-                           " with bytes that differ from what was saved");
-    *verified_bytes += piece.nbytes();
-    ++*verified_pieces;
-  }
-  const Value* step = state.Find("step");
-  if (!step || step->kind() != Value::Kind::kInt || step->as_int() != 1000)
-    return DataLossError("demo: 'step' did not load back as 1000");
-  return Status();
-}
-
-double Seconds(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
-}
-
-Status FirstError(const std::vector<Status>& statuses) {
-  for (const auto& s : statuses)
-    if (!s.ok()) return s;
-  return Status();
-}
-
-std::string Human(double bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, bytes >= (1 << 30) ? "%.2f GiB" : "%.1f MiB",
-                bytes >= (1 << 30) ? bytes / (1 << 30) : bytes / (1 << 20));
-  return buf;
+  return LoadAndVerify(pg, specs, dir, o.thread_count, o.progress, kDemoStep, verified_bytes,
+                       verified_pieces);
 }
 
 }  // namespace
@@ -218,10 +53,7 @@ static Result<DemoReport> RunDemoImpl(const DemoOptions& o) {
   const bool is_root = !o.group || o.group->rank() == 0;
   r.dir = o.dir;
   if (r.dir.empty() && is_root) {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/dcpp-demo-XXXXXX";
-    if (!mkdtemp(tmpl.data())) return InternalError("demo: cannot create a directory under " + tmpl);
-    r.dir = tmpl;
+    DCPP_ASSIGN_OR_RETURN(r.dir, MakeDemoDir());
   }
   if (o.group) {
     DCPP_ASSIGN_OR_RETURN(r.dir, o.group->Broadcast(r.dir, 0));
