@@ -12,7 +12,6 @@
 #include <utility>
 
 #include "dcpp/base/exception_barrier.h"
-#include "dcpp/base/thread_pool.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/staging.h"
 #include "dcpp/storage/storage.h"
