@@ -164,6 +164,8 @@ class PyProcessGroup final : public ProcessGroup {
         if (PyObject_IsTrue(exc.attr("broken").ptr()) == 1) return Break(s);
         return s;
       }
+      if (!IsInstance(exc, PyExc_Exception))  // KeyboardInterrupt, SystemExit
+        return Break(AbortedError(where + " interrupted: " + text));
       if (IsInstance(exc, PyExc_TimeoutError) || SaysTimedOut(text))
         return Break(DeadlineExceededError(where + " failed: " + text));
       if (IsInstance(exc, PyExc_RuntimeError) || IsInstance(exc, PyExc_OSError))

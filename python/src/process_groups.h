@@ -34,8 +34,9 @@ namespace dcpp::python {
 //    e.g. a collective mismatch, and the group stays usable unless its
 //    `broken` is set); TimeoutError, or a message saying "timed out", is
 //    DeadlineExceeded; RuntimeError and OSError (torch's and gloo's
-//    transport errors, mpi4py's MPI.Exception) are Aborted; anything else
-//    is Internal. Apart from the GroupErrors that leave it usable, every
+//    transport errors, mpi4py's MPI.Exception) and exceptions that are not
+//    Exceptions (KeyboardInterrupt) are Aborted; anything else is
+//    Internal. Apart from the GroupErrors that leave it usable, every
 //    such failure breaks the group: later collectives fail at once with
 //    Aborted repeating the first error. Nothing is thrown across dcpp.
 //  * Duplicate() calls adapter.duplicate() (collective) and wraps the
