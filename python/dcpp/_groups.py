@@ -286,9 +286,10 @@ class MpiGroup(_Adapter):
     give up after MPI_TIMEOUT_S (the pending request cannot be cancelled:
     the communicator is then unusable, and the process should exit)."""
 
-    def __init__(self, comm: Any, timeout: float | None = None):
+    def __init__(self, comm: Any, timeout: float | None = None, owned: bool = False):
         super().__init__()
         self._comm = comm
+        self._owned = owned  # a duplicate: freed with the adapter
         self._rank = comm.Get_rank()
         self._size = comm.Get_size()
         self._timeout = MPI_TIMEOUT_S if timeout is None else timeout
@@ -333,7 +334,18 @@ class MpiGroup(_Adapter):
         return self._comm.scatter(parts, root=root)
 
     def duplicate(self) -> "MpiGroup":
-        return MpiGroup(self._comm.Dup(), self._timeout)
+        return MpiGroup(self._comm.Dup(), self._timeout, owned=True)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_owned", False):
+            return
+        try:
+            from mpi4py import MPI
+
+            if not MPI.Is_finalized():
+                self._comm.Free()
+        except Exception:  # at interpreter exit: nothing left to free
+            pass
 
 
 # -- what dcpp.save / dcpp.load accept ----------------------------------------
