@@ -9,6 +9,7 @@ Duplicate from two threads at once) and a failure on one rank. Prints
 "RESULT {json}" lines; exits non-zero on any difference.
 """
 import json
+import os
 import sys
 import threading
 
@@ -44,7 +45,10 @@ def sharded(full, dim, rank, world, zero=False):
 
 
 def result(**fields):
-    print("RESULT " + json.dumps(fields), flush=True)
+    # One write per line: the ranks share the pipe, and a write of less than
+    # PIPE_BUF bytes is never interleaved with another.
+    sys.stdout.flush()
+    os.write(1, ("RESULT " + json.dumps(fields) + "\n").encode())
 
 
 def main(ckpt):

@@ -159,7 +159,10 @@ def compare(sd, rank, world, st_as):
 
 
 def result(**fields):
-    print("RESULT " + json.dumps(fields), flush=True)
+    # One write per line: the ranks share the pipe, and a write of less than
+    # PIPE_BUF bytes is never interleaved with another.
+    sys.stdout.flush()
+    os.write(1, ("RESULT " + json.dumps(fields) + "\n").encode())
 
 
 def outcome(fn):
