@@ -12,6 +12,9 @@ dcpp.save wrote) and DIR/torch (what dcp.save wrote). Steps:
                           then load(path), or dcp.load); every piece is
                           compared bit for bit with global_state(), and a
                           difference prints "MISMATCH <step> rank R: ...".
+  async                   dcpp.AsyncCheckpointer / dcpp.async_save with the
+                          group: overwritten right after save returns, loaded
+                          back resharded, and a failure on one rank.
   failures                one rank fails in turn (an unpicklable object, a
                           bad argument, a bad state dict, a missing
                           checkpoint, a Partial DTensor).
@@ -224,6 +227,46 @@ def step_load(impl, rank, world, ckpt, mesh):
     return bad
 
 
+def step_async(rank, world, root, mesh):
+    """dcpp.AsyncCheckpointer / dcpp.async_save with the group: the pieces
+    are overwritten as soon as save returns, and what loads back (resharded)
+    is what they held at the call."""
+    import torch.distributed as dist
+
+    import dcpp
+
+    group = dist.group.WORLD
+    bad = []
+    with dcpp.AsyncCheckpointer(process_group=group) as ckpt:
+        for attempt in range(2):  # the second save reuses the pool and the duplicate
+            sd = state("save", mesh, rank, world)
+            path = os.path.join(root, f"async-{attempt}")
+            future = ckpt.save(sd, path)
+            for value in sd["model"].values():
+                local = value.to_local() if hasattr(value, "to_local") else value
+                if hasattr(value, "local_shards"):
+                    local = value.local_shards()[0].tensor
+                with torch.no_grad():
+                    local.fill_(7)
+            md = future.result(timeout=60)
+            target = state("load", mesh, rank, world, zero=True)
+            dcpp.load(target, path, process_group=group)
+            bad += [f"async {attempt} {b}" for b in compare(target, rank, world, "sharded")]
+        result(case="async", rank=rank, entries=len(md.entries))
+        # A bad state dict on one rank: save itself raises, on every rank.
+        sd = {"w": torch.ones(2), "hook": (lambda: 0)} if rank == 2 else {"w": torch.ones(2)}
+        result(case="async-failure", rank=rank,
+               **outcome(lambda: ckpt.save(sd, os.path.join(root, "async-bad"))))
+    # dcpp.async_save keeps a checkpointer per group.
+    sd = state("save", mesh, rank, world)
+    md = dcpp.async_save(sd, os.path.join(root, "async-default"), process_group=group).result(60)
+    target = state("load", mesh, rank, world, zero=True)
+    dcpp.load(target, os.path.join(root, "async-default"), process_group=group)
+    bad += [f"async_save {b}" for b in compare(target, rank, world, "sharded")]
+    dist.barrier()
+    return bad
+
+
 def step_failures(rank, world, ckpt, mesh):
     import torch.distributed as dist
 
@@ -355,6 +398,8 @@ def run_rank(rank, world, init_file, root, steps):
         elif step.startswith("load-"):
             impl, _, source = step[len("load-"):].split("-")
             bad = step_load(impl, rank, world, os.path.join(root, source), mesh)
+        elif step == "async":
+            bad = step_async(rank, world, root, mesh)
         elif step == "failures":
             bad = step_failures(rank, world, os.path.join(root, "failures"), mesh)
         elif step == "groups":

@@ -62,7 +62,7 @@ def launch(root, world, steps):
     return Run(p)
 
 
-SAVE_STEPS = ["save-dcpp", "save-torch", "failures", "groups"]
+SAVE_STEPS = ["save-dcpp", "save-torch", "failures", "groups", "async"]
 LOAD_STEPS = ["load-dcpp-from-dcpp", "load-torch-from-dcpp", "load-dcpp-from-torch"]
 
 
@@ -142,6 +142,20 @@ def test_a_failed_save_commits_nothing(runs):
     root, saved, _ = runs
     assert [r["value"] for r in saved.case("object-committed").values()] == [False] * 3
     assert not (root / "failures-partial" / ".metadata").exists()
+
+
+@needs_gloo
+def test_async_save_with_a_group(runs):
+    # pg_workers checks that what loads back is what the pieces held when
+    # save returned (they are overwritten right after); a rank's bad state
+    # dict makes save raise on every rank.
+    _, saved, _ = runs
+    assert [r["entries"] for r in saved.case("async").values()] == [9] * 3, saved
+    by_rank = saved.case("async-failure")
+    assert len({r["message"] for r in by_rank.values()}) == 1, by_rank
+    for r in by_rank.values():
+        assert r["type"] == "InvalidArgumentError" and "failed on rank 2 (" in r["message"], r
+    assert not (runs[0] / "async-bad" / ".metadata").exists()
 
 
 @needs_gloo
