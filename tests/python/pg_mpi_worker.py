@@ -4,7 +4,8 @@ process_group=MPI.COMM_WORLD (mpi4py initializes MPI; dcpp does not).
     mpirun -np N python3 pg_mpi_worker.py CKPT
 
 Saves global_arrays() sharded by rows, loads it back sharded by columns
-and whole, exercises dcpp's C++ group over the communicator (collectives,
+and whole, saves asynchronously (dcpp.AsyncCheckpointer over the
+communicator's duplicate), exercises dcpp's C++ group over the communicator (collectives,
 Duplicate from two threads at once) and a failure on one rank. Prints
 "RESULT {json}" lines; exits non-zero on any difference.
 """
@@ -36,7 +37,7 @@ def sharded(full, dim, rank, world, zero=False):
     start, stop = cut(full.shape[dim], world, rank)
     index = [slice(None)] * full.ndim
     index[dim] = slice(start, stop)
-    local = np.ascontiguousarray(full[tuple(index)])
+    local = np.array(full[tuple(index)], copy=True)  # never a view of `full`
     if zero:
         local = np.zeros_like(local)
     offsets = [0] * full.ndim
@@ -117,6 +118,21 @@ def main(ckpt):
         want = [[b"%s %d %d" % (name.encode(), r, i) for r in range(world)] for i in range(3)]
         if out.get(name) != want:
             bad.append(f"duplicate {name}: {out.get(name)}")
+
+    # An async save over the communicator's duplicate; the pieces change
+    # as soon as save returns.
+    ckpt_async = ckpt + "-async"
+    with dcpp.AsyncCheckpointer(process_group=comm) as checkpointer:
+        pieces = {"rows": sharded(full["rows"], 0, rank, world),
+                  "ids": sharded(full["ids"], 1, rank, world)}
+        future = checkpointer.save({"model": pieces}, ckpt_async)
+        for st in pieces.values():
+            st.shards[0].tensor[...] = 0
+        future.result(timeout=60)
+    back = dcpp.load(ckpt_async, process_group=comm)
+    for name in ("rows", "ids"):
+        if not np.array_equal(back["model"][name], full[name]):
+            bad.append(f"async {name}")
 
     # A bad argument on the last rank: every rank raises the same error.
     try:
