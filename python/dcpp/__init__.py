@@ -28,7 +28,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterable, Literal, Sequence
 
-from . import _dcpp
+from . import _dcpp, _groups
 from ._dcpp import (
     AbortedError,
     AlreadyExistsError,
@@ -127,6 +127,7 @@ def save(
     dedup_to_lowest_rank: bool = False,
     progress: ProgressCallback | None = None,
     lock_timeout: float = 0,
+    process_group: Any = None,
 ) -> Metadata:
     """Saves ``state_dict`` as a DCP checkpoint in the directory ``path``.
 
@@ -163,14 +164,37 @@ def save(
     * ``lock_timeout``: seconds to wait when another save holds the
       directory's lock (``.dcpp.lock``); 0 (default) raises
       :class:`AbortedError` at once, naming the holder.
+    * ``process_group``: the processes saving together (see "Process
+      groups" below); None (default): this process alone.
+
+    **Process groups.** With ``process_group``, every process of the group
+    calls ``save`` with the same ``path`` and its own part of the state,
+    and dcpp plans, writes and commits one checkpoint, as ``dcp.save``
+    does: each process writes its own data files, rank 0 writes
+    ``.metadata``. The group is a ``torch.distributed`` ProcessGroup with a
+    CPU (gloo) backend, e.g. ``torch.distributed.group.WORLD`` after
+    ``init_process_group("gloo")`` or ``("cpu:gloo,cuda:nccl")``, or a
+    ``dist.new_group(backend="gloo")``; or an mpi4py communicator such as
+    ``MPI.COMM_WORLD``. dcpp's messages travel through it as bytes.
+    ``torch.distributed.tensor.DTensor`` and torch's ``ShardedTensor`` leaves
+    are saved as sharded tensors: their global shape, and this process's
+    local shard at its global offsets (replicated placements are written
+    once; Partial placements are refused). Plain tensors and values are
+    taken as replicated: one copy is written. If any process fails, every
+    process raises the same error naming the failed ranks (including errors
+    in its arguments or state dict found before the save starts), and no
+    ``.metadata`` is written. Collectives give up after the group's
+    timeout (torch's ``init_process_group(timeout=...)``; 10 minutes for
+    mpi4py). Every process must pass a group: one that passes None (or an
+    invalid group) does not take part, and the others wait for it until
+    the timeout.
 
     Returns the checkpoint's :class:`Metadata`. On failure nothing that looks
     like a checkpoint is left behind and an existing checkpoint is intact.
     """
-    return _dcpp.save(
-        state_dict,
-        _path(path),
-        **_save_keywords(
+    group = _groups.adapt(process_group)
+    try:
+        keywords = _save_keywords(
             thread_count=thread_count,
             io_threads=io_threads,
             single_file_per_rank=single_file_per_rank,
@@ -182,8 +206,20 @@ def save(
             dedup_to_lowest_rank=dedup_to_lowest_rank,
             progress=progress,
             lock_timeout=lock_timeout,
-        ),
-    )
+        )
+        checkpoint = _path(path)
+    except (TypeError, ValueError) as e:
+        _fail_together("save", group, e)
+    return _dcpp.save(state_dict, checkpoint, process_group=group, **keywords)
+
+
+def _fail_together(what: str, group: Any, error: Exception) -> None:
+    """Raises ``error``; with a group of several processes, first takes part
+    in the call's first collective carrying it, so that every process raises
+    the same error instead of the others waiting for this one."""
+    if group is None or group.size() == 1:
+        raise error
+    _dcpp._fail_together(what, group, error)
 
 
 def _save_keywords(
@@ -235,6 +271,7 @@ def load(
     weights_only: bool = True,
     progress: ProgressCallback | None = None,
     verify_checksums: bool = True,
+    process_group: Any = None,
 ) -> Any:
     """Loads a DCP checkpoint.
 
@@ -268,38 +305,55 @@ def load(
     A tensor read only in part (resharding) cannot be checked. False skips
     the checks (about one CRC pass over the bytes read).
 
+    ``process_group``: the processes loading together, as for
+    :func:`save`; None (default): this process alone. In place, each
+    process asks for its own pieces: DTensor and torch ``ShardedTensor``
+    leaves are filled in place, their local shards receiving their parts
+    of the saved tensor, whatever the saved sharding and number of
+    processes; rank 0 reads ``.metadata`` and shares it. ``load(path)``
+    returns the whole checkpoint on every process. Either way, if any
+    process fails, every process raises the same error naming the failed
+    ranks.
+
     Raises :class:`NotFoundError` for a missing checkpoint and
     :class:`CorruptCheckpointError` for damaged files.
     """
+    group = _groups.adapt(process_group)
+    what = "load"
+    try:
+        if path is None:
+            if isinstance(state_dict_or_path, dict):
+                raise TypeError("load(state_dict) needs a path: load(state_dict, path)")
+            args = dict(
+                path=_path(state_dict_or_path),
+                thread_count=_int("thread_count", thread_count, 0),
+                keys=[] if keys is None else [str(k) for k in keys],
+                torch_tensors=_tensors(tensors),
+                weights_only=bool(weights_only),
+                verify_checksums=bool(verify_checksums),
+            )
+        else:
+            if keys is not None:
+                raise TypeError(
+                    "keys applies to load(path) only; load(state_dict, path) loads its keys")
+            if not isinstance(state_dict_or_path, dict):
+                raise TypeError(
+                    f"load(state_dict, path): state_dict must be a dict, not "
+                    f"{type(state_dict_or_path).__name__}"
+                )
+            args = dict(
+                path=_path(path),
+                thread_count=_int("thread_count", thread_count, 0),
+                allow_partial_load=bool(allow_partial_load),
+                torch_tensors=_tensors(tensors),
+                weights_only=bool(weights_only),
+                verify_checksums=bool(verify_checksums),
+            )
+    except (TypeError, ValueError, ImportError) as e:
+        _fail_together(what, group, e)
     if path is None:
-        if isinstance(state_dict_or_path, dict):
-            raise TypeError("load(state_dict) needs a path: load(state_dict, path)")
-        return _dcpp.load_all(
-            _path(state_dict_or_path),
-            thread_count=_int("thread_count", thread_count, 0),
-            keys=[] if keys is None else [str(k) for k in keys],
-            progress=progress,
-            torch_tensors=_tensors(tensors),
-            weights_only=bool(weights_only),
-            verify_checksums=bool(verify_checksums),
-        )
-    if keys is not None:
-        raise TypeError("keys applies to load(path) only; load(state_dict, path) loads its keys")
-    if not isinstance(state_dict_or_path, dict):
-        raise TypeError(
-            f"load(state_dict, path): state_dict must be a dict, not "
-            f"{type(state_dict_or_path).__name__}"
-        )
-    _dcpp.load_into(
-        state_dict_or_path,
-        _path(path),
-        thread_count=_int("thread_count", thread_count, 0),
-        allow_partial_load=bool(allow_partial_load),
-        progress=progress,
-        torch_tensors=_tensors(tensors),
-        weights_only=bool(weights_only),
-        verify_checksums=bool(verify_checksums),
-    )
+        return _dcpp.load_all(progress=progress, process_group=group, **args)
+    _dcpp.load_into(state_dict_or_path, progress=progress, process_group=group, **args)
     return None
 
 

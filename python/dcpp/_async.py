@@ -27,7 +27,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from . import _dcpp
+from . import _dcpp, _groups
 
 
 class AsyncCheckpointer:
@@ -38,6 +38,16 @@ class AsyncCheckpointer:
     * ``lock_memory``: ``mlock`` the pool (needs a large enough
       ``ulimit -l``).
     * ``staging_threads``: threads copying into the pool; 0: min(8, CPUs).
+    * ``process_group``: the processes saving together, as for
+      :func:`dcpp.save` (a torch.distributed group or an mpi4py
+      communicator; None: this process alone). Creating the checkpointer
+      is then collective: it duplicates the group (torch: a gloo group over
+      the same ranks; mpi4py: ``Dup()``), and background saves talk only
+      through the duplicate, never interleaving with the program's own use
+      of the group. Every process calls :meth:`save` at the same point; an
+      error in one process's arguments or state dict is raised by
+      :meth:`save` itself on every process, naming the rank; errors while
+      writing resolve every process's future to the same error.
 
     One save is in flight at a time: :meth:`save` first waits for the
     previous one, whose bytes are still being written from the pool. Use it
@@ -53,13 +63,16 @@ class AsyncCheckpointer:
         max_staging_bytes: int = 0,
         lock_memory: bool = False,
         staging_threads: int = 0,
+        process_group: Any = None,
     ) -> None:
         from . import _int
 
+        self._group = _groups.adapt(process_group)
         self._impl = _dcpp._AsyncCheckpointer(
             max_staging_bytes=_int("max_staging_bytes", max_staging_bytes, 0),
             lock_memory=bool(lock_memory),
             staging_threads=_int("staging_threads", staging_threads, 0),
+            process_group=self._group,
         )
         # Resolves the futures: waits on the C++ handle without the GIL.
         self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dcpp-async-save")
@@ -76,11 +89,18 @@ class AsyncCheckpointer:
         The future also has ``stats()``: ``staged_bytes``, ``stage_seconds``
         (the stall), ``write_seconds`` (once done) and ``pool_grew``.
         """
-        from . import _path, _save_keywords
+        from . import _fail_together, _path, _save_keywords
 
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict, not {type(state_dict).__name__}")
-        keywords = _save_keywords(**options)
+        try:
+            if not isinstance(state_dict, dict):
+                raise TypeError(f"state_dict must be a dict, not {type(state_dict).__name__}")
+            if "process_group" in options:
+                raise TypeError("AsyncCheckpointer.save takes no process_group: the "
+                                "checkpointer's own (AsyncCheckpointer(process_group=...)) is used")
+            keywords = _save_keywords(**options)
+            checkpoint = _path(path)
+        except (TypeError, ValueError) as e:
+            _fail_together("save", self._group, e)
         with self._lock:
             if self._impl is None:
                 raise ValueError("this AsyncCheckpointer is closed")
@@ -89,7 +109,8 @@ class AsyncCheckpointer:
                 # flight (the C++ side would wait for it anyway).
                 concurrent.futures.wait([self._last])
             state_dict = self._pinned.copy_device_tensors(state_dict)
-            handle = self._impl.save(state_dict, _path(path), **keywords)
+            handle = self._impl.save(state_dict, checkpoint, process_group=self._group,
+                                     **keywords)
             future = self._waiter.submit(handle.wait)
             future.stats = handle.stats  # type: ignore[attr-defined]
             self._last = future
@@ -167,18 +188,35 @@ _default: AsyncCheckpointer | None = None
 _default_lock = threading.Lock()
 
 
-def async_save(state_dict: dict, path: str | os.PathLike, **options: Any) -> Future:
+def async_save(state_dict: dict, path: str | os.PathLike, *, process_group: Any = None,
+               **options: Any) -> Future:
     """:func:`dcpp.save`, in the background: returns a
     :class:`concurrent.futures.Future` of the :class:`dcpp.Metadata` once
     ``state_dict`` has been copied into a staging pool (the arrays may then
     change). Takes :func:`dcpp.save`'s keyword options. Uses one
     process-wide :class:`AsyncCheckpointer` (so a call waits for the
     previous call's save to finish); saves in flight are waited for at exit.
+    With ``process_group``, one checkpointer per group object, created
+    (collectively, see :class:`AsyncCheckpointer`) by the first call that
+    passes it.
     """
     global _default
     with _default_lock:
-        if _default is None:
-            _default = AsyncCheckpointer()
-            atexit.register(_default.close)
-        checkpointer = _default
+        if process_group is None:
+            if _default is None:
+                _default = AsyncCheckpointer()
+                atexit.register(_default.close)
+            checkpointer = _default
+        else:
+            # Keyed by identity; the entry keeps the group alive, so the id
+            # is never reused while it is here.
+            entry = _per_group.get(id(process_group))
+            if entry is None:
+                entry = (process_group, AsyncCheckpointer(process_group=process_group))
+                _per_group[id(process_group)] = entry
+                atexit.register(entry[1].close)
+            checkpointer = entry[1]
     return checkpointer.save(state_dict, path, **options)
+
+
+_per_group: dict[int, tuple[Any, AsyncCheckpointer]] = {}

@@ -148,3 +148,51 @@ def _copy_into(dst: Any, src: Any) -> None:
         import numpy as np
 
         np.copyto(dst, src)
+
+
+def _distributed_to_sharded(obj: Any, where: str) -> ShardedTensor:
+    """The dcpp ShardedTensor for a torch DTensor or torch ShardedTensor:
+    its global shape and this process's local shards at their global
+    offsets, as DCP's planner sees them. The shard tensors are the object's
+    own local tensors (no copies), so loading fills them in place.
+
+    A DTensor's chunk comes from ``__create_chunk_list__`` (DCP's own rule,
+    ``compute_local_shape_and_global_offset``): a replicated placement gives
+    the full tensor on every rank (dcpp writes one copy), and a Partial
+    placement is refused, as DCP refuses it.
+    """
+    import torch
+
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is not None and isinstance(obj, dtensor.DTensor):
+        try:
+            chunks = obj.__create_chunk_list__()
+        except Exception as e:
+            raise ValueError(f"{where}: cannot checkpoint this DTensor "
+                             f"(placements {obj.placements}): {e}") from e
+        if len(chunks) != 1:
+            raise NotImplementedError(
+                f"{where}: a DTensor whose local tensor has {len(chunks)} chunks "
+                f"({type(obj._local_tensor).__qualname__}) is not supported")
+        with torch.no_grad():
+            local = obj.to_local()
+        chunk = chunks[0]
+        if tuple(local.shape) != tuple(chunk.sizes):
+            raise ValueError(f"{where}: the DTensor's local tensor has shape {tuple(local.shape)}, "
+                             f"its placements say {tuple(chunk.sizes)}")
+        return ShardedTensor(tuple(obj.shape), [Shard(local, tuple(chunk.offsets))])
+    import warnings
+
+    shards = []
+    with warnings.catch_warnings():
+        # torch's ShardedTensor warns that it is deprecated on every use; the
+        # user chose it, and dcpp supports it as DCP does.
+        warnings.simplefilter("ignore", FutureWarning)
+        global_shape = tuple(obj.size())
+        for i, s in enumerate(obj.local_shards()):
+            md = s.metadata
+            if tuple(s.tensor.shape) != tuple(md.shard_sizes):
+                raise ValueError(f"{where}: local shard {i} has shape {tuple(s.tensor.shape)}, "
+                                 f"its metadata says {tuple(md.shard_sizes)}")
+            shards.append(Shard(s.tensor.detach(), tuple(md.shard_offsets)))
+    return ShardedTensor(global_shape, shards)

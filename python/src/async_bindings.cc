@@ -12,6 +12,7 @@
 #include "dcpp/engine/staging.h"
 #include "errors.h"
 #include "options.h"
+#include "process_groups.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -50,15 +51,27 @@ AsyncSaveHandle SaveImpl(PyAsyncCheckpointer& self, nb::handle state_dict, const
                          int thread_count, int io_threads, bool single_file_per_rank,
                          bool sync_files, bool overwrite, bool checksums,
                          std::vector<std::string> transforms, int compression_level,
-                         bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms) {
+                         bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms,
+                         nb::object process_group) {
   AsyncCheckpointer& c = self.Get();
+  // The group given to the checkpointer (its adapter, or None): a rank
+  // whose state dict does not convert tells the others over it, on this
+  // thread, before anything is staged (the background saves use the
+  // checkpointer's duplicate).
+  std::unique_ptr<ProcessGroup> group = MakePyProcessGroup(process_group);
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
-  Value sd = conv.ConvertStateDict(state_dict);
-  SaveOptions o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files,
-                                   overwrite, checksums, std::move(transforms), compression_level,
-                                   dedup_to_lowest_rank, lock_timeout_ms},
-                                  std::move(progress));
+  Value sd;
+  SaveOptions o;
+  LocalStep step(group.get());
+  step.Run([&] {
+    sd = conv.ConvertStateDict(state_dict);
+    o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files, overwrite,
+                         checksums, std::move(transforms), compression_level,
+                         dedup_to_lowest_rank, lock_timeout_ms},
+                        std::move(progress));
+  });
+  step.Agree("save");
   nb::gil_scoped_release release;
   return c.Save(sd, path, std::move(o));
 }
@@ -131,19 +144,26 @@ void BindAsync(nb::module_& m) {
       .def(
           "__init__",
           [](PyAsyncCheckpointer* self, uint64_t max_staging_bytes, bool lock_memory,
-             int staging_threads) {
+             int staging_threads, nb::object process_group) {
+            // Create duplicates the group (collective), calling the adapter.
+            std::unique_ptr<ProcessGroup> group = MakePyProcessGroup(process_group);
             AsyncCheckpointerOptions o;
+            o.process_group = group.get();
             o.max_staging_bytes = max_staging_bytes;
             o.lock_memory = lock_memory;
             o.staging_threads = staging_threads;
-            Result<std::unique_ptr<AsyncCheckpointer>> c = AsyncCheckpointer::Create(o);
+            Result<std::unique_ptr<AsyncCheckpointer>> c = [&] {
+              nb::gil_scoped_release release;
+              return AsyncCheckpointer::Create(o);
+            }();
             new (self) PyAsyncCheckpointer{ValueOrThrow(std::move(c))};
           },
-          "max_staging_bytes"_a = 0, "lock_memory"_a = false, "staging_threads"_a = 0)
+          "max_staging_bytes"_a = 0, "lock_memory"_a = false, "staging_threads"_a = 0,
+          "process_group"_a.none() = nb::none())
       .def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
            "single_file_per_rank"_a, "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a,
            "compression_level"_a, "dedup_to_lowest_rank"_a, "progress"_a.none(),
-           "lock_timeout_ms"_a = 0)
+           "lock_timeout_ms"_a = 0, "process_group"_a.none() = nb::none())
       .def("close", &PyAsyncCheckpointer::Close)
       .def_prop_ro("pool_bytes", [](PyAsyncCheckpointer& self) {
         return self.impl ? self.impl->pool_bytes() : 0;

@@ -191,6 +191,7 @@ PyHelpers PyHelpers::Get() {
   h.torch_from_bytes = types.attr("_torch_from_bytes");
   h.normalize_array = types.attr("_normalize_array");
   h.copy_into = types.attr("_copy_into");
+  h.distributed_to_sharded = types.attr("_distributed_to_sharded");
   // Only modules already imported matter: an object cannot be a torch
   // tensor unless torch is loaded, and dcpp never imports torch for numpy users.
   nb::dict modules = nb::borrow<nb::dict>(nb::module_::import_("sys").attr("modules"));
@@ -208,6 +209,17 @@ PyHelpers PyHelpers::Get() {
     nb::handle numpy = modules["numpy"];
     if (nb::hasattr(numpy, "ndarray")) h.numpy_ndarray_type = numpy.attr("ndarray");
   }
+  nb::list distributed;
+  const std::pair<const char*, const char*> classes[] = {
+      {"torch.distributed.tensor", "DTensor"},
+      {"torch.distributed._shard.sharded_tensor", "ShardedTensor"},
+  };
+  for (const auto& [module, cls] : classes) {
+    if (!modules.contains(module)) continue;
+    nb::handle m = modules[module];
+    if (nb::hasattr(m, cls)) distributed.append(m.attr(cls));
+  }
+  h.distributed_types = nb::tuple(distributed);
   return h;
 }
 
@@ -221,6 +233,11 @@ bool PyHelpers::IsArray(nb::handle obj) const {
       PyObject_IsInstance(obj.ptr(), numpy_ndarray_type.ptr()) == 1)
     return true;
   return nb::hasattr(obj, "__dlpack__");
+}
+
+bool PyHelpers::IsDistributed(nb::handle obj) const {
+  return PyTuple_GET_SIZE(distributed_types.ptr()) > 0 &&
+         PyObject_IsInstance(obj.ptr(), distributed_types.ptr()) == 1;
 }
 
 DType DTypeFromName(const std::string& name, const std::string& where) {
@@ -334,6 +351,11 @@ Value ToValueConverter::Convert(nb::handle obj, int depth) {
       path_.pop_back();
     }
     return PyList_CheckExact(p) ? Value::List(std::move(items)) : Value::Tuple(std::move(items));
+  }
+  if (helpers_.IsTorchTensor(obj) && helpers_.IsDistributed(obj)) {
+    nb::object sharded = helpers_.distributed_to_sharded(obj, Where());
+    keep_.push_back(sharded);
+    return ConvertSharded(sharded);
   }
   if (helpers_.IsTorchTensor(obj) || helpers_.IsArray(obj))
     return Value(ConvertTensor(obj, Where()));
@@ -503,7 +525,8 @@ void ToValueConverter::FinishLoad(nb::handle state_dict, const Value& loaded, bo
                        const std::string& where) -> std::optional<nb::object> {
     PyObject* p = py.ptr();
     if (v.is_tensor() && (helpers_.IsTorchTensor(py) || helpers_.IsArray(py))) return std::nullopt;
-    if (v.is_sharded() && PyObject_IsInstance(p, helpers_.sharded_type.ptr()) == 1)
+    if (v.is_sharded() && (PyObject_IsInstance(p, helpers_.sharded_type.ptr()) == 1 ||
+                           helpers_.IsDistributed(py)))
       return std::nullopt;
     if (v.is_dict() && PyDict_Check(p) && static_cast<size_t>(PyDict_Size(p)) == v.dict().size()) {
       nb::list items = nb::borrow<nb::dict>(py).items();

@@ -7,6 +7,11 @@
 //     through a CPU copy) read through its data_ptr/shape/stride, and numpy
 //     arrays or any CPU array exporting DLPack or the buffer protocol;
 //   * dcpp.ShardedTensor (global shape + dcpp.Shard pieces at offsets);
+//   * torch's DTensor and ShardedTensor (torch.distributed._shard), as the
+//     dcpp.ShardedTensor of their local shards at their global offsets
+//     (dcpp._types._distributed_to_sharded): saving writes the local
+//     shards (replicas of a replicated placement are written once), loading
+//     fills them in place, whatever the saved sharding;
 //   * dcpp.Opaque (bytes of a pickled object, written back verbatim);
 //   * anything else: pickled with torch.save as DCP does (needs torch), and
 //     loaded back as the same object or, when it cannot be unpickled safely,
@@ -45,12 +50,18 @@ struct PyHelpers {
   nanobind::object torch_tensor_type;   // torch.Tensor, or None when torch is not imported
   nanobind::object torch_strided;       // torch.strided, or None
   nanobind::object numpy_ndarray_type;  // numpy.ndarray, or None when numpy is not imported
+  // torch's DTensor and ShardedTensor classes among those already imported
+  // (an empty tuple without torch.distributed).
+  nanobind::object distributed_types;
+  nanobind::object distributed_to_sharded;  // (obj, where) -> dcpp.ShardedTensor
 
   static PyHelpers Get();
 
   bool IsTorchTensor(nanobind::handle obj) const;
   // A numpy array, or any object exporting DLPack.
   bool IsArray(nanobind::handle obj) const;
+  // A DTensor or a torch ShardedTensor.
+  bool IsDistributed(nanobind::handle obj) const;
 };
 
 // The dtype named by torch (without "torch."); raises ValueError naming

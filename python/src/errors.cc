@@ -99,6 +99,14 @@ void ThrowStatus(const Status& status) {
   throw nb::python_error();
 }
 
+void ThrowStatusWithCause(const Status& status, nb::handle cause) {
+  SetStatusError(status);
+  nb::python_error raised;  // takes the error just set
+  PyException_SetCause(raised.value().ptr(), cause.inc_ref().ptr());
+  raised.restore();
+  throw nb::python_error();
+}
+
 void RegisterExceptionTranslator() {
   // Out of memory anywhere in a binding (converting a state dict, building
   // results) raises dcpp.ResourceExhaustedError like the library's own

@@ -42,6 +42,11 @@ void RegisterExceptionTranslator();
 // hands back to Python. Needs the GIL.
 [[noreturn]] void ThrowStatus(const Status& status);
 
+// As ThrowStatus, with `cause` (an exception object) as the raised
+// exception's __cause__: the error one rank hit, inside the error every rank
+// raises for it.
+[[noreturn]] void ThrowStatusWithCause(const Status& status, nanobind::handle cause);
+
 // Returns the value of `result`, or raises as ThrowStatus does.
 template <typename T>
 T ValueOrThrow(Result<T> result) {

@@ -27,6 +27,7 @@
 #include "async_bindings.h"
 #include "metadata_bindings.h"
 #include "options.h"
+#include "process_groups.h"
 #include "storage_bindings.h"
 
 namespace nb = nanobind;
@@ -157,14 +158,23 @@ void BindMetadata(nb::module_& m) {
 Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count,
                   int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite,
                   bool checksums, std::vector<std::string> transforms, int compression_level,
-                  bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms) {
+                  bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms,
+                  nb::object process_group) {
+  std::unique_ptr<ProcessGroup> group = MakePyProcessGroup(process_group);
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
-  Value sd = conv.ConvertStateDict(state_dict);
-  SaveOptions o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files,
-                                   overwrite, checksums, std::move(transforms), compression_level,
-                                   dedup_to_lowest_rank, lock_timeout_ms},
-                                  std::move(progress));
+  Value sd;
+  SaveOptions o;
+  LocalStep step(group.get());
+  step.Run([&] {
+    sd = conv.ConvertStateDict(state_dict);
+    o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files, overwrite,
+                         checksums, std::move(transforms), compression_level,
+                         dedup_to_lowest_rank, lock_timeout_ms},
+                        std::move(progress));
+  });
+  step.Agree("save");
+  o.process_group = group.get();
   Result<Metadata> md = [&] {
     nb::gil_scoped_release release;
     return Save(sd, path, o);
@@ -174,15 +184,22 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
 
 void LoadIntoImpl(nb::handle state_dict, const std::string& path, int thread_count,
                   bool allow_partial_load, nb::object progress, bool torch_tensors,
-                  bool weights_only, bool verify_checksums) {
+                  bool weights_only, bool verify_checksums, nb::object process_group) {
+  std::unique_ptr<ProcessGroup> group = MakePyProcessGroup(process_group);
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kLoadInto);
-  Value sd = conv.ConvertStateDict(state_dict);
+  Value sd;
   LoadOptions o;
+  LocalStep step(group.get());
+  step.Run([&] {
+    sd = conv.ConvertStateDict(state_dict);
+    o.progress = WrapProgress(std::move(progress));
+  });
+  step.Agree("load");
+  o.process_group = group.get();
   o.io_threads = thread_count;
   o.allow_partial_load = allow_partial_load;
   o.verify_checksums = verify_checksums;
-  o.progress = WrapProgress(std::move(progress));
   Status s = [&] {
     nb::gil_scoped_release release;
     return Load(sd, path, o);
@@ -193,19 +210,37 @@ void LoadIntoImpl(nb::handle state_dict, const std::string& path, int thread_cou
 
 nb::object LoadAllImpl(const std::string& path, int thread_count, std::vector<std::string> keys,
                        nb::object progress, bool torch_tensors, bool weights_only,
-                       bool verify_checksums) {
+                       bool verify_checksums, nb::object process_group) {
+  std::unique_ptr<ProcessGroup> group = MakePyProcessGroup(process_group);
   PyHelpers helpers = PyHelpers::Get();
   LoadAllOptions o;
   o.io_threads = thread_count;
   o.keys = std::move(keys);
   o.verify_checksums = verify_checksums;
   o.progress = WrapProgress(std::move(progress));
-  Result<Value> v = [&] {
+  // Every rank reads the whole selection; with a group the ranks then agree
+  // on the outcome, so all of them return or all raise the same error.
+  Result<Value> v = [&]() -> Result<Value> {
     nb::gil_scoped_release release;
-    return LoadAll(path, o);
+    Result<Value> r = LoadAll(path, o);
+    Status all = AgreeOnStatus(group.get(), "load", r.status());
+    if (!all.ok()) return all;
+    return r;
   }();
   Value value = ValueOrThrow(std::move(v));
   return FromValue(value, helpers, FromValueOptions{torch_tensors, weights_only}, "state_dict");
+}
+
+// For the package's own argument checks with a process group: this rank
+// raised `exception` before reaching dcpp, and takes part in the first
+// collective of the call anyway, so that every rank raises the same error
+// (see LocalStep).
+void FailTogetherImpl(const std::string& what, nb::object process_group, nb::handle exception) {
+  std::unique_ptr<ProcessGroup> group = MakePyProcessGroup(process_group);
+  LocalStep step(group.get());
+  step.Fail(exception);
+  step.Agree(what);
+  throw nb::type_error("dcpp: _fail_together did not raise");  // unreachable with a group
 }
 
 Metadata ReadMetadataImpl(const std::string& path) {
@@ -285,17 +320,21 @@ NB_MODULE(_dcpp, m) {
   m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
         "single_file_per_rank"_a,
         "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
-        "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0);
+        "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0,
+        "process_group"_a.none() = nb::none());
   m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,
         "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a,
-        "verify_checksums"_a = true);
+        "verify_checksums"_a = true, "process_group"_a.none() = nb::none());
   m.def("load_all", &LoadAllImpl, "path"_a, "thread_count"_a, "keys"_a, "progress"_a.none(),
-        "torch_tensors"_a, "weights_only"_a, "verify_checksums"_a = true);
+        "torch_tensors"_a, "weights_only"_a, "verify_checksums"_a = true,
+        "process_group"_a.none() = nb::none());
+  m.def("_fail_together", &FailTogetherImpl, "what"_a, "process_group"_a, "exception"_a);
   m.def("verify", &VerifyImpl, "path"_a, "thread_count"_a = 0, "progress"_a.none() = nb::none());
   m.def("_write_checksum_file", &WriteChecksumFileImpl, "dir"_a, "metadata_bytes"_a,
         "sync"_a = true);
   m.def("read_metadata", &ReadMetadataImpl, "path"_a);
   BindStorage(m);
   BindAsync(m);
+  BindProcessGroups(m);
   BindTorchMetadata(m);
 }
