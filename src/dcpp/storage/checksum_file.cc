@@ -30,16 +30,18 @@ Status WriteChecksumFile(Storage& storage, const format::ChecksumFile& file, boo
   if (name.empty())
     return InvalidArgumentError("save_id '" + file.save_id + "' cannot name a checksum file");
   const std::string text = format::EncodeChecksumFile(file);
-  const std::string tmp = name + ".tmp";
+  // Written under a temporary name and renamed, unless the storage publishes
+  // entries whole at Close() anyway (an object store, which has no rename).
+  const std::string tmp = storage.PublishesOnClose() ? name : name + ".tmp";
   Status s = [&]() -> Status {
     DCPP_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> f, storage.CreateForWrite(tmp));
     DCPP_RETURN_IF_ERROR(
         f->WriteAt(0, {reinterpret_cast<const uint8_t*>(text.data()), text.size()}));
     if (sync) DCPP_RETURN_IF_ERROR(f->Sync());
     DCPP_RETURN_IF_ERROR(f->Close());
-    return storage.Rename(tmp, name);
+    return tmp == name ? Status() : storage.Rename(tmp, name);
   }();
-  if (!s.ok()) (void)storage.Remove(tmp);
+  if (!s.ok() && tmp != name) (void)storage.Remove(tmp);
   return s;
 }
 

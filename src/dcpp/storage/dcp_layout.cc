@@ -57,6 +57,19 @@ Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::stri
 Status CommitEncodedMetadata(Storage& storage, std::string_view bytes, bool sync,
                              std::string_view tag, bool* published) {
   if (published) *published = false;
+  if (storage.PublishesOnClose()) {
+    // An object store publishes an entry whole at Close(), atomically
+    // replacing the old one, and has no rename: write .metadata itself. A
+    // failure leaves no object and the old .metadata in place.
+    DCPP_ASSIGN_OR_RETURN(auto file, storage.CreateForWrite(io::kMetadataFileName));
+    DCPP_RETURN_IF_ERROR(
+        file->WriteAt(0, {reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}));
+    if (sync) DCPP_RETURN_IF_ERROR(file->Sync());
+    DCPP_RETURN_IF_ERROR(file->Close());
+    if (published) *published = true;
+    if (sync) DCPP_RETURN_IF_ERROR(storage.SyncDirectory());
+    return Status();
+  }
   const std::string tmp = io::TempMetadataName(tag);
   bool created = false;
   Status status = [&]() -> Status {

@@ -35,7 +35,9 @@ Result<bool> HasCommittedCheckpoint(Storage& storage);
 // leaves the new .metadata published but perhaps not durable; `*published`
 // (if given) says whether the rename happened, so the caller knows whether
 // the data files are now referenced. Not safe against a concurrent commit
-// with the same tag.
+// with the same tag. On a storage that PublishesOnClose() (object stores)
+// .metadata is written directly, one PUT: the same guarantees, no
+// temporary.
 Status CommitMetadata(Storage& storage, const Metadata& md, bool sync, std::string_view tag,
                       bool* published = nullptr);
 

@@ -1,5 +1,7 @@
 #include "dcpp/storage/storage.h"
 
+#include "dcpp/storage/s3_storage.h"
+
 namespace dcpp::storage {
 
 Status CheckEntryName(std::string_view name) {
@@ -29,9 +31,10 @@ Result<std::unique_ptr<Storage>> OpenStorage(const std::string& location) {
   if (scheme != std::string::npos) {
     if (location.compare(0, scheme, "file") == 0)
       return NewPosixStorage(location.substr(scheme + 3));
+    if (location.compare(0, scheme, "s3") == 0) return OpenS3Storage(location);
     return UnimplementedError("checkpoint location " + location + ": scheme '" +
                               location.substr(0, scheme) +
-                              "' is not supported by this build (only directories)");
+                              "' is not supported (directories, file:// and s3:// are)");
   }
   return NewPosixStorage(location);
 }

@@ -48,7 +48,9 @@ class ReadableFile {
 // An entry created for writing. Bytes written become visible to readers of
 // the same Storage at once, and durable only after Sync() (and, for the
 // entry's name, after the location's SyncDirectory()). Destroying an open
-// file closes it silently; call Close() to see the error.
+// file closes it silently; call Close() to see the error. On a storage
+// whose PublishesOnClose() is true the entry instead appears only when
+// Close() succeeds, and destroying the file without Close() discards it.
 class WritableFile {
  public:
   virtual ~WritableFile() = default;
@@ -77,6 +79,13 @@ class Storage {
   // How `name` is shown in messages: for a directory, its path
   // ("/ckpt/step_10/.metadata"); Describe("") names the location itself.
   virtual std::string Describe(std::string_view name) const = 0;
+
+  // Whether entries appear only when their writer's Close() succeeds, whole,
+  // atomically replacing an entry of that name (an object store's PUT), and
+  // never before. Such a storage has no cheap atomic Rename, and needs none:
+  // a commit writes its final name directly (storage/dcp_layout.h). False
+  // for directories (rename(2) publishes there).
+  virtual bool PublishesOnClose() const { return false; }
 
   // Creates the location if it does not exist (mkdir -p for a directory).
   // OK if it exists; AlreadyExists if something else is in the way.
@@ -129,9 +138,11 @@ class Storage {
 Status CheckEntryName(std::string_view name);
 
 // The Storage for a location given as a string: a POSIX directory path
-// (absolute or relative) for now. The location need not exist yet (a save
+// (absolute or relative, or file://path), or "s3://bucket/prefix" (an S3
+// compatible object store configured from the environment as AWS's tools
+// are: storage/s3_storage.h). The location need not exist yet (a save
 // creates it; a load then fails with NotFound). A URL scheme this build does
-// not handle ("s3://...") is Unimplemented; an empty path InvalidArgument.
+// not handle is Unimplemented; an empty path InvalidArgument.
 Result<std::unique_ptr<Storage>> OpenStorage(const std::string& location);
 
 // A POSIX directory (io/file.h underneath). Refuses FIFOs, devices and
