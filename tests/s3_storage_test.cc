@@ -419,7 +419,9 @@ TEST_F(S3Test, OverwriteReplacesAndRemovesOldObjects) {
   ASSERT_FALSE(old_files.empty());
   Value b;
   b["x"] = Iota(DType::kFloat32, {1000}, 2);
-  auto refused = Save(b, Location());
+  SaveOptions keep;
+  keep.overwrite = false;
+  auto refused = Save(b, Location(), keep);
   EXPECT_EQ(refused.status().code(), StatusCode::kAlreadyExists);
   SaveOptions o;
   o.overwrite = true;
@@ -524,14 +526,15 @@ TEST_F(S3Test, ServerStoppedMidSaveThenRetry) {
   ASSERT_GT(rgw, 0);
   S3Config c = *config_;
   c.stall_timeout_ms = 1000;
+  c.connect_timeout_ms = 1000;
   c.max_attempts = 2;
   c.backoff_ms = 50;
   auto st = Open(Location(), c);
   Value sd;
-  for (int i = 0; i < 8; ++i) sd["t" + std::to_string(i)] = Iota(DType::kFloat32, {2 << 20}, i);
+  for (int i = 0; i < 3; ++i) sd["t" + std::to_string(i)] = Iota(DType::kFloat32, {2 << 20}, i);
   std::atomic<bool> stopped{false};
   SaveOptions o;
-  o.files_per_rank = 2;
+  o.files_per_rank = 1;
   o.progress = [&](const Progress& p) {
     if (p.phase == "write" && p.items_done >= 1 && !stopped.exchange(true)) ::kill(rgw, SIGSTOP);
   };
@@ -595,8 +598,8 @@ TEST_F(S3Test, TruncatedObjectIsDataLossNamingTheKey) {
   ASSERT_TRUE(Put(*st, files[0], bytes->substr(0, bytes->size() / 2)).ok());
   auto all = LoadAll(Location());
   EXPECT_EQ(all.status().code(), StatusCode::kDataLoss) << all.status().ToString();
-  EXPECT_NE(all.status().message().find(Location() + "/" + files[0]), std::string::npos)
-      << all.status().ToString();
+  EXPECT_NE(all.status().message().find(Location()), std::string::npos) << all.status().ToString();
+  EXPECT_NE(all.status().message().find(files[0]), std::string::npos) << all.status().ToString();
 }
 
 TEST_F(S3Test, ConfigFromEnvironmentAndProfiles) {

@@ -86,7 +86,31 @@ struct Transfer {
   HttpResponse* response = nullptr;
   size_t body_pos = 0;   // upload position
   bool overflow = false;  // the body did not fit the sink
+  // Stall detection: when a byte last moved either way.
+  std::chrono::steady_clock::time_point last_move = std::chrono::steady_clock::now();
+  curl_off_t last_up = 0, last_down = 0;
+  std::chrono::milliseconds stall_limit{30000};
+  bool stalled = false;
 };
+
+// Ends a transfer that moved no byte for the stall limit. (curl's own
+// low-speed limit averages over seconds, so a burst into the socket buffers
+// hides a server that stopped answering.)
+int OnProgress(void* user, curl_off_t, curl_off_t down, curl_off_t, curl_off_t up) {
+  auto* t = static_cast<Transfer*>(user);
+  const auto now = std::chrono::steady_clock::now();
+  if (up != t->last_up || down != t->last_down) {
+    t->last_up = up;
+    t->last_down = down;
+    t->last_move = now;
+    return 0;
+  }
+  if (now - t->last_move > t->stall_limit) {
+    t->stalled = true;
+    return 1;  // aborts the transfer
+  }
+  return 0;
+}
 
 size_t OnRead(char* buffer, size_t size, size_t nitems, void* user) {
   auto* t = static_cast<Transfer*>(user);
@@ -275,9 +299,10 @@ Result<HttpResponse> Client::Send(const HttpRequest& req, std::string_view op,
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(config_.connect_timeout_ms));
     // A stall (no byte for the timeout) ends the request; a slow but moving
     // transfer of a large part does not.
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
-                     std::max<long>(1, (config_.stall_timeout_ms + 999) / 1000));
+    t.stall_limit = std::chrono::milliseconds(config_.stall_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, OnProgress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &t);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, OnWrite);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, OnHeader);
@@ -314,9 +339,9 @@ Result<HttpResponse> Client::Send(const HttpRequest& req, std::string_view op,
                            std::to_string(req.sink.size()) + " bytes asked for");
     }
     if (rc != CURLE_OK) {
-      last_failure = curl_easy_strerror(rc);
-      timed_out = rc == CURLE_OPERATION_TIMEDOUT;
-      retry = RetryableCurl(rc);
+      last_failure = t.stalled ? "no byte moved" : curl_easy_strerror(rc);
+      timed_out = rc == CURLE_OPERATION_TIMEDOUT || t.stalled;
+      retry = RetryableCurl(rc) || t.stalled;
       if (!retry)
         return InternalError(std::string(op) + " " + std::string(what) + " at " +
                              config_.endpoint + ": " + last_failure);
