@@ -9,11 +9,14 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get install -y -q --no-install-recommends \
     g++ make ninja-build pkg-config zlib1g-dev libzstd-dev libgtest-dev libgmock-dev \
     libopenmpi-dev openmpi-bin \
-    clang libclang-rt-14-dev llvm time
+    clang libclang-rt-14-dev llvm time \
+    libcurl4-openssl-dev libssl-dev curl radosgw ceph-mon ceph-osd ceph-common
   # clang + libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for the
   # fuzz targets (scripts/fuzz.sh); llvm: llvm-symbolizer, so sanitizer
   # reports name source lines; time: /usr/bin/time measures peak memory in
-  # the hostile-input tests.
+  # the hostile-input tests. libcurl + OpenSSL: the S3 back end; curl and
+  # the Ceph packages: the throw-away S3 server the S3 tests run against
+  # (tests/s3/run_s3_tests.sh).
 fi
 command -v cmake >/dev/null || python3 -m pip install -q cmake
 command -v ninja >/dev/null || python3 -m pip install -q ninja

@@ -19,6 +19,11 @@ cmake --build build
 # The Python package as installed by setup.sh (pip install .).
 python3 -m pytest -q tests/python
 
+# The S3 back end against a real S3 server: the script starts a local Ceph
+# RADOS Gateway, runs the S3 tests (C++ and Python) and stops it on exit.
+stage "S3 tests against a local Ceph RADOS Gateway"
+bash tests/s3/run_s3_tests.sh
+
 # The installed package used by a project that enables only C++, exactly as
 # README.md says (find_package(dcpp), target dcpp::dcpp); main.cc is the
 # README's C++ quick start.
