@@ -49,7 +49,7 @@ def s3_env(monkeypatch):
 
 
 def keys(bucket, prefix):
-    xml = curl("GET", f"{bucket}?list-type=2&prefix={prefix}/").decode()
+    xml = curl("GET", f"{bucket}?list-type=2&prefix={prefix}%2F").decode()
     return re.findall(r"<Key>([^<]*)</Key>", xml)
 
 
@@ -120,7 +120,7 @@ def test_torch_checkpoint_uploaded_loads_from_s3_and_back(bucket, tmp_path):
     down.mkdir()
     for k in keys(bucket, "to_torch"):
         name = k.rsplit("/", 1)[1]
-        (down / name).write_bytes(curl("GET", k))
+        (down / name).write_bytes(curl("GET", f"{bucket}/{k}"))
     target = {"w": torch.zeros(4, 5), "step": 0, "h": torch.zeros(7, dtype=torch.float16)}
     dcp.load(target, storage_reader=dcp.FileSystemReader(str(down)))
     assert torch.equal(target["w"], sd["w"]) and torch.equal(target["h"], sd["h"])
