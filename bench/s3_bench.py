@@ -91,7 +91,7 @@ def main():
         import s3fs  # noqa: F401
         import torch
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FsspecReader, FsspecWriter
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 
         tsd = {k: torch.from_numpy(v) for k, v in sd.items()}
         url = f"s3://{bucket}/torch"
