@@ -177,8 +177,43 @@ class S3Readable final : public ReadableFile {
                            std::to_string(out.size()) + " bytes at offset " +
                            std::to_string(offset) + " of an object of " + std::to_string(size_) +
                            " bytes");
+    const uint64_t block = shared_->client.config().read_part_size;
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool sequential = offset == last_end_;
+    last_end_ = offset + out.size();
+    if (offset >= cache_offset_ && offset + out.size() <= cache_offset_ + cache_.size()) {
+      std::memcpy(out.data(), cache_.data() + (offset - cache_offset_), out.size());
+      return Status();
+    }
+    if (sequential && out.size() < block) {
+      // Small reads continuing one another (a checksummed pass over a record
+      // in cache-sized pieces, a stream decoder's blocks): one request per
+      // piece would make each a round trip, so fetch a block ahead. Reads
+      // that jump (a resharded load's boxes) fetch just what they ask for.
+      const uint64_t n = std::min<uint64_t>(block, size_ - offset);
+      cache_.resize(n);
+      cache_offset_ = offset;
+      Status s = Fetch(offset, {cache_.data(), cache_.size()});
+      if (!s.ok()) {
+        cache_.clear();
+        return s;
+      }
+      std::memcpy(out.data(), cache_.data(), out.size());
+      return Status();
+    }
+    lock.unlock();
+    return Fetch(offset, out);
+  }
+
+ private:
+  // Ranged GETs for `out`, in parallel pieces when it is large.
+  Status Fetch(uint64_t offset, std::span<uint8_t> out) const {
     const S3Config& c = shared_->client.config();
-    const uint64_t piece = std::max<uint64_t>(c.read_part_size, 1);
+    // A block fetched ahead goes in 4 parallel pieces; large reads in
+    // read_part_size pieces.
+    const uint64_t piece = out.size() <= c.read_part_size
+                               ? std::max<uint64_t>(c.read_part_size / 4, 1 << 20)
+                               : std::max<uint64_t>(c.read_part_size, 1);
     const size_t pieces = static_cast<size_t>((out.size() + piece - 1) / piece);
     if (pieces == 1) return GetRange(offset, out);
     return ParallelFor(pieces, std::min<int>(c.concurrency, static_cast<int>(pieces)),
@@ -189,7 +224,6 @@ class S3Readable final : public ReadableFile {
                        });
   }
 
- private:
   Status GetRange(uint64_t offset, std::span<uint8_t> out) const {
     HttpRequest req{"GET", object_.bucket, object_.key};
     req.headers = {{"Range", "bytes=" + std::to_string(offset) + "-" +
@@ -211,6 +245,12 @@ class S3Readable final : public ReadableFile {
   std::shared_ptr<Shared> shared_;
   ObjectRef object_;
   uint64_t size_;
+  // The block fetched ahead for sequential small reads, and where the last
+  // read ended. Readers of one file share them (under mu_).
+  mutable std::mutex mu_;
+  mutable uint64_t last_end_ = UINT64_MAX;
+  mutable uint64_t cache_offset_ = 0;
+  mutable std::vector<uint8_t> cache_;
 };
 
 // ---- Writing ----

@@ -24,7 +24,11 @@
 //  - Reads. OpenForRead is one HEAD (the size); ReadAt is a ranged GET,
 //    split into read_part_size pieces fetched in parallel (up to
 //    `concurrency`) when larger, each written straight into the caller's
-//    memory. Only the requested bytes are fetched.
+//    memory. Small reads that continue one another (a checksummed pass over
+//    a record in cache-sized pieces, a stream decoder's blocks) are served
+//    from a block of read_part_size bytes fetched ahead (4 parallel GETs),
+//    so they do not each cost a round trip; reads that jump, as a resharded
+//    load's boxes do, fetch only the requested bytes.
 //  - Rename is a server-side copy and a delete (not atomic as a whole: the
 //    destination appears atomically, then the source goes); the commit does
 //    not use it (dcp_layout.h writes .metadata directly on such storage).
