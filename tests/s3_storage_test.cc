@@ -401,6 +401,32 @@ TEST_F(S3Test, FourThreadRanksReshardToThree) {
     ASSERT_TRUE(s.ok()) << s.ToString();
 }
 
+TEST_F(S3Test, PartialLoadFetchesOnlyTheRangesItNeeds) {
+  Tensor w = *Tensor::Zeros(DType::kInt32, {1024, 2048});  // 8 MiB, one chunk
+  for (int64_t i = 0; i < w.numel(); ++i) static_cast<int32_t*>(w.data())[i] = static_cast<int32_t>(i);
+  Value sd;
+  sd["w"] = w;
+  sd["step"] = 1;
+  ASSERT_TRUE(Save(sd, Location()).ok());
+  for (bool whole : {false, true}) {
+    auto st = Open(Location());
+    Value target;
+    // Rows [256, 512) of 1024: 2 MiB of the 8; or everything.
+    target["w"] = whole ? Shard(w, 0, 1, 0, true) : Shard(w, 0, 4, 1, true);
+    Status s = engine::Load(target, *st, {});
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_TRUE(PiecesMatch(target.Find("w")->sharded(), w));
+    const storage::S3Traffic t = storage::S3TrafficOf(*st);
+    const uint64_t needed = whole ? w.nbytes() : w.nbytes() / 4;
+    // The needed bytes, plus .metadata, the sidecar and the archive's
+    // headers and directory (about 130 KiB: the reader fetches the zip's
+    // tail and head in 64 KiB probes).
+    EXPECT_GE(t.bytes_received, needed);
+    EXPECT_LT(t.bytes_received, needed + (256 << 10)) << "whole=" << whole;
+    EXPECT_EQ(t.bytes_sent, 0u);
+  }
+}
+
 std::vector<std::string> DataFiles(Storage& st) {
   std::vector<std::string> out;
   auto names = st.List();

@@ -17,6 +17,7 @@ Result<std::unique_ptr<Storage>> NewS3Storage(const std::string&, S3Config) { re
 Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& location) {
   return NoS3().WithContext("checkpoint location " + location);
 }
+S3Traffic S3TrafficOf(const Storage&) { return {}; }
 Status CreateS3Bucket(const S3Config&, const std::string&) { return NoS3(); }
 Result<std::vector<std::string>> ListS3MultipartUploads(const S3Config&, const std::string&) {
   return NoS3();

@@ -325,6 +325,9 @@ Result<HttpResponse> Client::Send(const HttpRequest& req, std::string_view op,
       curl_easy_setopt(h, CURLOPT_SEEKDATA, &t);
     }
     const CURLcode rc = curl_easy_perform(h);
+    ++requests_;
+    received_ += resp.sink_bytes + resp.body.size();
+    sent_ += t.body_pos;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp.status);
     curl_slist_free_all(headers);
     if (rc == CURLE_OK) {

@@ -5,6 +5,7 @@
 #ifndef DCPP_STORAGE_S3_CLIENT_H_
 #define DCPP_STORAGE_S3_CLIENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -50,6 +51,9 @@ class Client {
 
   const S3Config& config() const { return config_; }
 
+  // Requests sent (every attempt) and body bytes received and sent so far.
+  S3Traffic traffic() const { return {requests_.load(), received_.load(), sent_.load()}; }
+
   // Sends `request`, retrying what S3 says may be retried (5xx, 429,
   // RequestTimeout, a stalled or broken connection) with jittered backoff.
   // Any HTTP answer that is final comes back as a response (check its
@@ -69,6 +73,7 @@ class Client {
   std::string host_;    // host[:port] of the endpoint
   std::mutex mu_;
   std::vector<void*> idle_;
+  std::atomic<uint64_t> requests_{0}, received_{0}, sent_{0};
 };
 
 // The text of every <tag>...</tag> in `xml`, entities decoded.

@@ -33,6 +33,9 @@ constexpr uint64_t kMinPartSize = uint64_t{5} << 20;
 constexpr uint64_t kMaxPartSize = uint64_t{5} << 30;
 constexpr uint64_t kMaxParts = 10000;
 constexpr uint64_t kMaxCopySize = uint64_t{5} << 30;
+// Reads back to back beyond this many bytes are a sequential pass: fetch
+// ahead (S3Readable::ReadAt).
+constexpr uint64_t kStreakBytes = uint64_t{512} << 10;
 
 bool Ok2xx(const HttpResponse& r) { return r.status >= 200 && r.status < 300; }
 
@@ -181,15 +184,17 @@ class S3Readable final : public ReadableFile {
     std::unique_lock<std::mutex> lock(mu_);
     const bool sequential = offset == last_end_;
     last_end_ = offset + out.size();
+    streak_ = sequential ? streak_ + out.size() : out.size();
     if (offset >= cache_offset_ && offset + out.size() <= cache_offset_ + cache_.size()) {
       std::memcpy(out.data(), cache_.data() + (offset - cache_offset_), out.size());
       return Status();
     }
-    if (sequential && out.size() < block) {
+    if (sequential && streak_ > kStreakBytes && out.size() < block) {
       // Small reads continuing one another (a checksummed pass over a record
       // in cache-sized pieces, a stream decoder's blocks): one request per
       // piece would make each a round trip, so fetch a block ahead. Reads
-      // that jump (a resharded load's boxes) fetch just what they ask for.
+      // that jump (a resharded load's boxes) or only continue a few small
+      // ones (archive headers) fetch just what they ask for.
       const uint64_t n = std::min<uint64_t>(block, size_ - offset);
       cache_.resize(n);
       cache_offset_ = offset;
@@ -249,6 +254,7 @@ class S3Readable final : public ReadableFile {
   // read ended. Readers of one file share them (under mu_).
   mutable std::mutex mu_;
   mutable uint64_t last_end_ = UINT64_MAX;
+  mutable uint64_t streak_ = 0;  // bytes read back to back up to last_end_
   mutable uint64_t cache_offset_ = 0;
   mutable std::vector<uint8_t> cache_;
 };
@@ -595,6 +601,8 @@ class S3Storage final : public Storage {
   }
 
   bool PublishesOnClose() const override { return true; }
+
+  S3Traffic traffic() const { return shared_->client.traffic(); }
 
   Status CreateLocation() override {
     const std::string what = "s3://" + bucket_;
@@ -946,6 +954,11 @@ Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& location) {
   auto config = S3Config::FromEnvironment();
   if (!config.ok()) return config.status().WithContext("S3 location " + location);
   return NewS3Storage(location, std::move(*config));
+}
+
+S3Traffic S3TrafficOf(const Storage& storage) {
+  const auto* s3 = dynamic_cast<const S3Storage*>(&storage);
+  return s3 ? s3->traffic() : S3Traffic{};
 }
 
 Status CreateS3Bucket(const S3Config& config, const std::string& bucket) {

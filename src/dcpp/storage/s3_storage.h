@@ -122,6 +122,17 @@ Result<std::unique_ptr<Storage>> NewS3Storage(const std::string& location, S3Con
 // "s3://..." (in a build without S3: Unimplemented).
 Result<std::unique_ptr<Storage>> OpenS3Storage(const std::string& location);
 
+// What an S3 storage has moved so far: requests sent (retries included) and
+// HTTP body bytes received and sent. Shows that a partial or resharded load
+// fetches only the ranges it needs.
+struct S3Traffic {
+  uint64_t requests = 0;
+  uint64_t bytes_received = 0;
+  uint64_t bytes_sent = 0;
+};
+// The traffic of `storage` if it is an S3 storage, zeros otherwise.
+S3Traffic S3TrafficOf(const Storage& storage);
+
 // Creates `bucket` (for tests and benchmarks). OK if this owner already has
 // it.
 Status CreateS3Bucket(const S3Config& config, const std::string& bucket);
