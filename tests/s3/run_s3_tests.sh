@@ -10,9 +10,15 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${BUILD_DIR:-$root/build}
-server=${S3SERVER:-$root/../shared/tools/s3server.sh}
 python=${PYTHON:-python3}
-[ -x "$server" ] || { echo "run_s3_tests.sh: $server not found (set S3SERVER)" >&2; exit 1; }
+# The shared tools sit next to the checkout (or next to the folder of
+# worktrees holding it).
+server=${S3SERVER:-}
+for candidate in "$root/../shared/tools/s3server.sh" "$root/../../shared/tools/s3server.sh"; do
+  [ -n "$server" ] || { [ -x "$candidate" ] && server=$candidate; }
+done
+[ -n "$server" ] && [ -x "$server" ] || {
+  echo "run_s3_tests.sh: s3server.sh not found next to $root (set S3SERVER)" >&2; exit 1; }
 work=$(mktemp -d)
 trap '"$server" stop "$work/s3" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 out=$("$server" start "$work/s3")
