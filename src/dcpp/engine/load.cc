@@ -103,7 +103,10 @@ class ReadPlan {
     std::mutex mu;
     Progress p{"read", 0, total, 0, chunks_.size() + bytes_.size()};
     const size_t n = bytes_.size() + chunks_.size();
-    return ParallelFor(n, threads < 1 ? DefaultThreadCount() : threads, [&](size_t i) -> Status {
+    // By default one reader per core, or as many requests as the storage
+    // serves well at once (an object store's round trips overlap).
+    if (threads < 1) threads = std::max(DefaultThreadCount(), storage_.IoParallelism());
+    return ParallelFor(n, threads, [&](size_t i) -> Status {
       uint64_t len;
       if (i < bytes_.size()) {
         DCPP_RETURN_IF_ERROR(RunBytesTask(storage_, bytes_[i], checks_));

@@ -17,8 +17,10 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "dcpp/base/thread_pool.h"
+#include "dcpp/io/dcp_layout.h"
 #include "dcpp/storage/s3_client.h"
 #include "dcpp/storage/sigv4.h"
 
@@ -601,6 +603,7 @@ class S3Storage final : public Storage {
   }
 
   bool PublishesOnClose() const override { return true; }
+  int IoParallelism() const override { return shared_->client.config().concurrency; }
 
   S3Traffic traffic() const { return shared_->client.traffic(); }
 
@@ -617,18 +620,19 @@ class S3Storage final : public Storage {
 
   Result<std::unique_ptr<ReadableFile>> OpenForRead(std::string_view name) override {
     DCPP_ASSIGN_OR_RETURN(ObjectRef o, Object(name));
-    DCPP_ASSIGN_OR_RETURN(uint64_t size, HeadSize(*shared_, o));
+    DCPP_ASSIGN_OR_RETURN(uint64_t size, CachedSize(name, o));
     return std::unique_ptr<ReadableFile>(new S3Readable(shared_, std::move(o), size));
   }
 
   Result<std::unique_ptr<WritableFile>> CreateForWrite(std::string_view name) override {
     DCPP_ASSIGN_OR_RETURN(ObjectRef o, Object(name));
+    Forget(name);
     return std::unique_ptr<WritableFile>(new S3Writable(shared_, std::move(o)));
   }
 
   Result<uint64_t> Size(std::string_view name) override {
     DCPP_ASSIGN_OR_RETURN(ObjectRef o, Object(name));
-    return HeadSize(*shared_, o);
+    return CachedSize(name, o);
   }
 
   Result<std::vector<std::string>> List() override {
@@ -678,11 +682,14 @@ class S3Storage final : public Storage {
       if (Ok2xx(r)) r.status = 500;
       return shared_->client.Error(r, "copy " + a.what + " to", b.what);
     }
+    Forget(from);
+    Forget(to);
     return DeleteObject(*shared_, a);
   }
 
   Status Remove(std::string_view name) override {
     DCPP_ASSIGN_OR_RETURN(ObjectRef o, Object(name));
+    Forget(name);
     DCPP_RETURN_IF_ERROR(HeadSize(*shared_, o).status());
     return DeleteObject(*shared_, o);
   }
@@ -721,6 +728,29 @@ class S3Storage final : public Storage {
     Status s = CheckEntryName(name);
     if (!s.ok()) return s.WithContext(Describe(""));
     return ObjectRef{bucket_, Key(name), Describe(name)};
+  }
+
+  // The size of entry `name`. Data files are named uniquely by each save
+  // and never rewritten, so their sizes are kept: a load opening every
+  // item of a file pays one HEAD per file, not per item. (Should another
+  // process replace one anyway, a read past its new end is DataLoss.)
+  Result<uint64_t> CachedSize(std::string_view name, const ObjectRef& o) {
+    const bool keep = io::IsDataFileName(name);
+    if (keep) {
+      std::lock_guard<std::mutex> lock(sizes_mu_);
+      auto it = sizes_.find(std::string(name));
+      if (it != sizes_.end()) return it->second;
+    }
+    DCPP_ASSIGN_OR_RETURN(uint64_t size, HeadSize(*shared_, o));
+    if (keep) {
+      std::lock_guard<std::mutex> lock(sizes_mu_);
+      sizes_[std::string(name)] = size;
+    }
+    return size;
+  }
+  void Forget(std::string_view name) {
+    std::lock_guard<std::mutex> lock(sizes_mu_);
+    sizes_.erase(std::string(name));
   }
 
   // Creates the lock object if absent, or replaces one whose holder is gone.
@@ -766,6 +796,8 @@ class S3Storage final : public Storage {
   std::shared_ptr<Shared> shared_;
   std::string bucket_;
   std::string prefix_;  // no leading or trailing '/'; may be empty
+  std::mutex sizes_mu_;
+  std::unordered_map<std::string, uint64_t> sizes_;  // data files' sizes
 };
 
 // ---- Configuration ----

@@ -21,7 +21,8 @@
 //    reached); besides those, each file holds the parts it is still
 //    filling (about one per writing thread). Defaults: 16 MiB parts,
 //    16 requests: about 512 MiB plus the parts being filled.
-//  - Reads. OpenForRead is one HEAD (the size); ReadAt is a ranged GET,
+//  - Reads. OpenForRead is one HEAD (the size; a data file's size is kept
+//    by the Storage, since saves never rewrite one); ReadAt is a ranged GET,
 //    split into read_part_size pieces fetched in parallel (up to
 //    `concurrency`) when larger, each written straight into the caller's
 //    memory. Small reads that continue one another (a checksummed pass over

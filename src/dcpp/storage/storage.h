@@ -87,6 +87,12 @@ class Storage {
   // for directories (rename(2) publishes there).
   virtual bool PublishesOnClose() const { return false; }
 
+  // How many reads the storage serves well at once when each is a round
+  // trip (an object store: its configured request concurrency); 0 for
+  // local storage, whose readers are best one per core. A default reader
+  // count takes the larger of this and the core count.
+  virtual int IoParallelism() const { return 0; }
+
   // Creates the location if it does not exist (mkdir -p for a directory).
   // OK if it exists; AlreadyExists if something else is in the way.
   virtual Status CreateLocation() = 0;

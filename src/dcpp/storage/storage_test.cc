@@ -1,6 +1,10 @@
 #include "dcpp/storage/storage.h"
 
 #include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <map>
+#include <optional>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,9 +112,41 @@ TEST_F(PosixStorageTest, LocksOfTwoStorageObjectsExcludeEachOtherAndTheFileStays
 
 TEST(OpenStorageTest, PathsAndSchemes) {
   EXPECT_EQ(OpenStorage("").status().code(), StatusCode::kInvalidArgument);
-  auto s3 = OpenStorage("s3://bucket/ckpt");
-  EXPECT_EQ(s3.status().code(), StatusCode::kUnimplemented);
-  EXPECT_NE(s3.status().message().find("s3"), std::string::npos);
+  auto gs = OpenStorage("gs://bucket/ckpt");
+  EXPECT_EQ(gs.status().code(), StatusCode::kUnimplemented);
+  EXPECT_NE(gs.status().message().find("gs"), std::string::npos);
+  {
+    // s3:// is configured from the environment (no request is made here).
+    std::map<std::string, std::optional<std::string>> saved;
+    for (const char* name : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE",
+                             "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"}) {
+      const char* v = std::getenv(name);
+      saved[name] = v ? std::optional<std::string>(v) : std::nullopt;
+      ::unsetenv(name);
+    }
+    ::setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials", 1);
+    ::setenv("AWS_CONFIG_FILE", "/nonexistent/config", 1);
+    auto none = OpenStorage("s3://bucket/ckpt");
+    ::setenv("AWS_ACCESS_KEY_ID", "id", 1);
+    ::setenv("AWS_SECRET_ACCESS_KEY", "secret", 1);
+    auto s3 = OpenStorage("s3://bucket/ckpt/");
+    auto bad = OpenStorage("s3://Bad_Bucket!/x");
+    for (const auto& [name, value] : saved) {
+      if (value) ::setenv(name.c_str(), value->c_str(), 1);
+      else ::unsetenv(name.c_str());
+    }
+    if (s3.status().code() == StatusCode::kUnimplemented) {
+      EXPECT_NE(s3.status().message().find("without S3"), std::string::npos);  // -DDCPP_WITH_S3=OFF
+    } else {
+      EXPECT_EQ(none.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(none.status().message().find("AWS_ACCESS_KEY_ID"), std::string::npos);
+      ASSERT_TRUE(s3.ok()) << s3.status().ToString();
+      EXPECT_EQ((*s3)->Describe(".metadata"), "s3://bucket/ckpt/.metadata");
+      EXPECT_EQ((*s3)->Describe(""), "s3://bucket/ckpt");
+      EXPECT_TRUE((*s3)->PublishesOnClose());
+      EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+    }
+  }
   auto local = OpenStorage("/tmp/x");
   ASSERT_TRUE(local.ok());
   EXPECT_EQ((*local)->Describe(".metadata"), "/tmp/x/.metadata");
