@@ -212,6 +212,7 @@ Client::Client(S3Config config) : config_(std::move(config)) {
   const size_t sep = ep.find("://");
   scheme_ = std::string(ep.substr(0, sep));
   host_ = std::string(ep.substr(sep + 3));
+  reuse_ = config_.reuse_connections == 1 || (config_.reuse_connections < 0 && scheme_ == "https");
 }
 
 Client::~Client() {
@@ -296,6 +297,7 @@ Result<HttpResponse> Client::Send(const HttpRequest& req, std::string_view op,
     curl_easy_setopt(h, CURLOPT_URL, url.c_str());
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    if (!reuse_) curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(config_.connect_timeout_ms));
     // A stall (no byte for the timeout) ends the request; a slow but moving
     // transfer of a large part does not.

@@ -71,6 +71,7 @@ class Client {
   const S3Config config_;
   std::string scheme_;  // "http" or "https"
   std::string host_;    // host[:port] of the endpoint
+  bool reuse_ = true;   // keep connections (S3Config::reuse_connections)
   std::mutex mu_;
   std::vector<void*> idle_;
   std::atomic<uint64_t> requests_{0}, received_{0}, sent_{0};

@@ -951,6 +951,9 @@ Result<S3Config> S3Config::FromEnvironment() {
   if (const char* v = Env("DCPP_S3_TIMEOUT_MS")) {
     DCPP_ASSIGN_OR_RETURN(c.stall_timeout_ms, ParseInt("DCPP_S3_TIMEOUT_MS", v, 1, 3600000));
   }
+  if (const char* v = Env("DCPP_S3_REUSE_CONNECTIONS")) {
+    DCPP_ASSIGN_OR_RETURN(c.reuse_connections, ParseInt("DCPP_S3_REUSE_CONNECTIONS", v, 0, 1));
+  }
   if (const char* v = Env("AWS_MAX_ATTEMPTS")) {
     DCPP_ASSIGN_OR_RETURN(c.max_attempts, ParseInt("AWS_MAX_ATTEMPTS", v, 1, 100));
   }

@@ -98,6 +98,14 @@ struct S3Config {
   // A request that moves no byte for this long fails (and is retried).
   int stall_timeout_ms = 30000;
   int connect_timeout_ms = 10000;
+  // Keep connections for the next request: 1 yes, 0 no, -1 (default) for
+  // https endpoints only. A kept connection saves a TLS handshake; over
+  // plain http a new one costs a round trip, while a kept one can stall:
+  // Ceph's gateway writes a response's head and body separately with Nagle
+  // on, so each later response waits for the client's delayed ACK (40 ms on
+  // Linux; measured: a verify of 112 small items took 1.4 s with kept
+  // connections, 0.15 s without). DCPP_S3_REUSE_CONNECTIONS=0/1 overrides.
+  int reuse_connections = -1;
 
   // The configuration as AWS's tools take it from the environment:
   //  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, or else the
@@ -108,7 +116,8 @@ struct S3Config {
   //  endpoint_url); AWS_MAX_ATTEMPTS. dcpp's own: DCPP_S3_PART_SIZE and
   //  DCPP_S3_READ_PART_SIZE (bytes, or with a K/M/G suffix: binary units),
   //  DCPP_S3_CONCURRENCY, DCPP_S3_TIMEOUT_MS (the stall timeout),
-  //  DCPP_S3_ADDRESSING ("path" or "virtual"). InvalidArgument for a value
+  //  DCPP_S3_ADDRESSING ("path" or "virtual"), DCPP_S3_REUSE_CONNECTIONS
+//  (0 or 1). InvalidArgument for a value
   //  that does not parse or is out of range, or when no credentials are
   //  found, naming the variable or file.
   static Result<S3Config> FromEnvironment();
