@@ -150,3 +150,25 @@ def test_interop_with_torch_fsspec_s3fs(bucket, monkeypatch):
     dcp.load(target, storage_reader=FsspecReader(f"s3://{bucket}/fsspec_dcpp", **so))
     assert torch.equal(target["w"], sd["w"]) and torch.equal(target["b"], sd["b"])
     assert target["step"] == 9
+
+
+def test_dcpp_checkpoint_loads_with_s3torchconnector(bucket):
+    """AWS's s3torchconnector (1.5) DCP reader on a checkpoint dcpp saved.
+
+    (Its writer cannot write to Ceph RGW 16.2: the CRT client reports
+    'Header "ETag" not found' on close, before dcpp is involved.)
+    """
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("s3torchconnector")
+    import torch.distributed.checkpoint as dcp
+    from s3torchconnector import S3ClientConfig
+    from s3torchconnector.dcp import S3StorageReader
+
+    sd = {"w": torch.randn(64, 33), "b": torch.arange(10, dtype=torch.int16), "step": 9}
+    dcpp.save(sd, f"s3://{bucket}/s3tc")
+    target = {"w": torch.zeros(64, 33), "b": torch.zeros(10, dtype=torch.int16), "step": 0}
+    reader = S3StorageReader("us-east-1", f"s3://{bucket}/s3tc",
+                             s3client_config=S3ClientConfig(force_path_style=True))
+    dcp.load(target, storage_reader=reader)
+    assert torch.equal(target["w"], sd["w"]) and torch.equal(target["b"], sd["b"])
+    assert target["step"] == 9
