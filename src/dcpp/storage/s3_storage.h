@@ -20,7 +20,9 @@
 //    2 * concurrency per Storage (a writer blocks while the bound is
 //    reached); besides those, each file holds the parts it is still
 //    filling (about one per writing thread). Defaults: 16 MiB parts,
-//    16 requests: about 512 MiB plus the parts being filled.
+//    16 requests: about 512 MiB plus the parts being filled. Reading, an
+//    open file read sequentially in small pieces holds one read_part_size
+//    block (8 MiB by default).
 //  - Reads. OpenForRead is one HEAD (the size; a data file's size is kept
 //    by the Storage, since saves never rewrite one); ReadAt is a ranged GET,
 //    split into read_part_size pieces fetched in parallel (up to
@@ -89,7 +91,7 @@ struct S3Config {
   // a large read.
   int concurrency = 16;
   // A ReadAt above this many bytes is split into parallel ranged GETs.
-  uint64_t read_part_size = uint64_t{16} << 20;
+  uint64_t read_part_size = uint64_t{8} << 20;
   // Tries per request (the first one included) for retryable failures.
   int max_attempts = 5;
   // First backoff before a retry; doubles with each try, with full jitter,
