@@ -97,7 +97,9 @@ struct S3Config {
   // First backoff before a retry; doubles with each try, with full jitter,
   // capped at 5 s.
   int backoff_ms = 100;
-  // A request that moves no byte for this long fails (and is retried).
+  // A request that moves no byte for this long fails (and is retried);
+  // checked about once a second, so a stall is noticed within about a
+  // second of the limit.
   int stall_timeout_ms = 30000;
   int connect_timeout_ms = 10000;
   // Keep connections for the next request: 1 yes, 0 no, -1 (default) for
