@@ -216,7 +216,8 @@ Result<std::unique_ptr<storage::StorageLock>> AcquireLock(storage::Storage& stor
                           ". Another save is writing this checkpoint: wait for it to finish, "
                           "save elsewhere, or set SaveOptions.lock_timeout_ms to wait for it. "
                           "The lock is released when its holder exits, so a holder that is "
-                          "gone never blocks a save");
+                          "gone never blocks a save (on object storage, only a holder on "
+                          "this host: see the lock object named above)");
     }
     std::this_thread::sleep_for(
         std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
