@@ -25,6 +25,9 @@ python3 -m pip install -q torch==2.13.0 numpy pytest zstandard nanobind scikit-b
 # mpi4py (built against the OpenMPI installed above): the Python tests of
 # dcpp.save/load(process_group=MPI.COMM_WORLD) under mpirun.
 python3 -m pip install -q mpi4py
+# The S3 interop tests: torch's FsspecWriter/Reader over s3fs, and AWS's
+# s3torchconnector DCP reader, against the same bucket as dcpp.
+python3 -m pip install -q s3fs s3torchconnector tenacity
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build
 # The Python package (python/), built from the same tree by scikit-build-core.

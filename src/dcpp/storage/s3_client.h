@@ -21,6 +21,10 @@
 namespace dcpp::storage::s3 {
 
 struct HttpRequest {
+  HttpRequest() = default;
+  HttpRequest(std::string m, std::string b, std::string k)
+      : method(std::move(m)), bucket(std::move(b)), key(std::move(k)) {}
+
   std::string method;  // GET, PUT, POST, HEAD, DELETE
   std::string bucket;
   std::string key;     // empty: a bucket-level request
