@@ -1,0 +1,206 @@
+// Safetensors files and directories opened as checkpoints: metadata built
+// from their headers, LoadAll / Load (resharded) through the engine, and
+// damaged files.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "dcpp/checkpoint.h"
+#include "dcpp/format/safetensors.h"
+#include "temp_dir_test_base.h"
+
+namespace dcpp {
+namespace {
+
+namespace st = format::safetensors;
+
+// A float32 tensor whose element i is base + i.
+Tensor Iota(Shape shape, float base = 0) {
+  Tensor t = *Tensor::Empty(DType::kFloat32, shape);
+  auto* p = static_cast<float*>(t.data());
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = base + static_cast<float>(i);
+  return t;
+}
+
+struct FileTensor {
+  std::string name;
+  Tensor t;
+};
+
+// Writes a safetensors file the way the package lays it out.
+void WriteFile(const std::string& path, const std::vector<FileTensor>& tensors,
+               std::vector<std::pair<std::string, std::string>> metadata = {}) {
+  std::vector<st::TensorSpec> specs;
+  for (const auto& ft : tensors) specs.push_back({ft.name, ft.t.dtype(), ft.t.shape()});
+  auto enc = st::Encode(specs, metadata);
+  ASSERT_TRUE(enc.ok()) << enc.status().ToString();
+  std::string bytes = enc->prefix_and_header;
+  const size_t base = bytes.size();
+  bytes.resize(base + enc->data_size);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i].t;
+    std::memcpy(bytes.data() + base + enc->ranges[i].first, t.data(),
+                static_cast<size_t>(t.numel()) * ElementSize(t.dtype()));
+  }
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+void WriteText(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+class SafetensorsCheckpointTest : public TempDirTest {};
+
+TEST_F(SafetensorsCheckpointTest, SingleFileAndDirectoryLoadAll) {
+  const std::string dir = Dir("m");
+  std::filesystem::create_directories(dir);
+  Tensor w = Iota({3, 4}), b = Iota({4}, 100);
+  Tensor ids = *Tensor::Zeros(DType::kInt64, {2});
+  static_cast<int64_t*>(ids.data())[1] = 7;
+  WriteFile(dir + "/model.safetensors",
+            {{"layer.weight", w}, {"layer.bias", b}, {"ids", ids}, {"empty", Iota({0, 3})},
+             {"scalar", Iota({}, 5)}});
+  for (const std::string& path : {dir, dir + "/model.safetensors"}) {
+    SCOPED_TRACE(path);
+    auto md = ReadMetadata(path);
+    ASSERT_TRUE(md.ok()) << md.status().ToString();
+    ASSERT_EQ(md->entries.size(), 5u);
+    const EntryMeta* e = md->Find("layer.weight");
+    ASSERT_NE(e, nullptr);
+    EXPECT_EQ(e->size, (Shape{3, 4}));
+    ASSERT_EQ(e->chunks.size(), 1u);
+    EXPECT_EQ(e->chunks[0].storage.encoding, StorageInfo::Encoding::kRawTensor);
+    EXPECT_EQ(e->chunks[0].storage.relative_path, "model.safetensors");
+    EXPECT_EQ(e->chunks[0].storage.length, 48u);
+    auto all = LoadAll(path);
+    ASSERT_TRUE(all.ok()) << all.status().ToString();
+    EXPECT_TRUE((*all)["layer.weight"].tensor().BitwiseEquals(w));
+    EXPECT_TRUE((*all)["layer.bias"].tensor().BitwiseEquals(b));
+    EXPECT_TRUE((*all)["ids"].tensor().BitwiseEquals(ids));
+    EXPECT_EQ((*all)["empty"].tensor().shape(), (Shape{0, 3}));
+    EXPECT_EQ(static_cast<const float*>((*all)["scalar"].tensor().data())[0], 5.0f);
+  }
+  // Load in place into a nested state dict: FQNs join the keys with dots.
+  Value sd;
+  sd["layer"]["weight"] = *Tensor::Zeros(DType::kFloat32, {3, 4});
+  LoadOptions lo;
+  lo.allow_partial_load = false;
+  Value part;
+  part["layer"]["weight"] = *Tensor::Zeros(DType::kFloat32, {3, 4});
+  part["layer"]["bias"] = *Tensor::Zeros(DType::kFloat32, {4});
+  ASSERT_TRUE(Load(part, dir).ok());
+  EXPECT_TRUE(part["layer"]["weight"].tensor().BitwiseEquals(w));
+  EXPECT_TRUE(part["layer"]["bias"].tensor().BitwiseEquals(b));
+  // A DCP-only option does not matter; a dtype mismatch is still refused.
+  Value wrong;
+  wrong["layer"]["bias"] = *Tensor::Zeros(DType::kFloat64, {4});
+  EXPECT_EQ(Load(wrong, dir).code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(SafetensorsCheckpointTest, IndexedMultiFileModel) {
+  const std::string dir = Dir("m");
+  std::filesystem::create_directories(dir);
+  Tensor a = Iota({8, 2}), b = Iota({5}, 50);
+  WriteFile(dir + "/model-00001-of-00002.safetensors", {{"a", a}});
+  WriteFile(dir + "/model-00002-of-00002.safetensors", {{"b", b}});
+  WriteFile(dir + "/stray.safetensors", {{"c", Iota({1})}});  // not in the index: not read
+  WriteText(dir + "/model.safetensors.index.json",
+            R"({"metadata": {"total_size": 84}, "weight_map": {)"
+            R"("a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
+  auto all = LoadAll(dir);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(all->dict().size(), 2u);
+  EXPECT_TRUE((*all)["a"].tensor().BitwiseEquals(a));
+  EXPECT_TRUE((*all)["b"].tensor().BitwiseEquals(b));
+  // An index that names the wrong file is refused, naming the tensor.
+  WriteText(dir + "/model.safetensors.index.json",
+            R"({"weight_map": {"a": "model-00002-of-00002.safetensors"}})");
+  auto bad = ReadMetadata(dir);
+  EXPECT_EQ(bad.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("'a'"), std::string::npos) << bad.status().ToString();
+  WriteText(dir + "/model.safetensors.index.json", R"({"weight_map": {"a": "gone.safetensors"}})");
+  EXPECT_EQ(ReadMetadata(dir).status().code(), StatusCode::kNotFound);
+}
+
+// torch's save_distributed layout: pieces of one tensor in several files,
+// placed by DCP_SHARDING_INFO.
+TEST_F(SafetensorsCheckpointTest, ShardedPiecesReshardOnLoad) {
+  const std::string dir = Dir("sharded");
+  std::filesystem::create_directories(dir);
+  Tensor full = Iota({6, 4});
+  auto rows = [&](int64_t r0, int64_t n) {
+    Tensor t = *Tensor::Empty(DType::kFloat32, {n, 4});
+    std::memcpy(t.data(), static_cast<float*>(full.data()) + r0 * 4, n * 4 * sizeof(float));
+    return t;
+  };
+  Tensor v = Iota({3}, 9);
+  WriteFile(dir + "/shard-00001-model-00001-of-00001.safetensors", {{"w", rows(0, 4)}, {"v", v}},
+            {{"DCP_SHARDING_INFO",
+              R"({"w": {"saved_offsets": [0, 0]}, "v": {"saved_offsets": [0]}})"}});
+  WriteFile(dir + "/shard-00002-model-00001-of-00001.safetensors", {{"w", rows(4, 2)}},
+            {{"DCP_SHARDING_INFO", R"({"w": {"saved_offsets": [4, 0]}})"}});
+  auto md = ReadMetadata(dir);
+  ASSERT_TRUE(md.ok()) << md.status().ToString();
+  const EntryMeta* w = md->Find("w");
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->size, (Shape{6, 4}));
+  EXPECT_EQ(w->chunks.size(), 2u);
+  auto all = LoadAll(dir);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_TRUE((*all)["w"].tensor().BitwiseEquals(full));
+  EXPECT_TRUE((*all)["v"].tensor().BitwiseEquals(v));
+  // A column band crossing both pieces: read row by row from each.
+  ShardedTensor cols;
+  cols.global_shape = {6, 4};
+  cols.shards.push_back({{0, 1}, *Tensor::Zeros(DType::kFloat32, {6, 2})});
+  Value sd;
+  sd["w"] = std::move(cols);
+  ASSERT_TRUE(Load(sd, dir).ok());
+  const auto* got = static_cast<const float*>(sd["w"].sharded().shards[0].local.data());
+  for (int r = 0; r < 6; ++r)
+    for (int c = 0; c < 2; ++c) EXPECT_EQ(got[r * 2 + c], static_cast<float>(r * 4 + c + 1));
+  // Without an index the pieces present define the tensor (as torch's
+  // reader has it): a missing last piece leaves a smaller tensor.
+  std::filesystem::remove(dir + "/shard-00002-model-00001-of-00001.safetensors");
+  auto partial = LoadAll(dir);
+  ASSERT_TRUE(partial.ok());
+  EXPECT_EQ((*partial)["w"].tensor().shape(), (Shape{4, 4}));
+  // A piece that leaves a hole is not covered, and the load says so.
+  WriteFile(dir + "/shard-00002-model-00001-of-00001.safetensors", {{"w", rows(4, 2)}},
+            {{"DCP_SHARDING_INFO", R"({"w": {"saved_offsets": [5, 0]}})"}});
+  auto holed = LoadAll(dir);
+  EXPECT_FALSE(holed.ok());
+  // Sharding info lacking a tensor is refused, naming it and the file.
+  WriteFile(dir + "/shard-00003-model-00001-of-00001.safetensors", {{"x", v}},
+            {{"DCP_SHARDING_INFO", R"({"y": {"saved_offsets": [0]}})"}});
+  auto lacking = ReadMetadata(dir);
+  EXPECT_EQ(lacking.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(lacking.status().message().find("'x'"), std::string::npos);
+}
+
+TEST_F(SafetensorsCheckpointTest, DamagedFilesGiveClearErrors) {
+  const std::string dir = Dir("m");
+  std::filesystem::create_directories(dir);
+  WriteFile(dir + "/model.safetensors", {{"w", Iota({16})}});
+  const std::string path = dir + "/model.safetensors";
+  const auto size = std::filesystem::file_size(path);
+  std::filesystem::resize_file(path, size - 4);
+  auto md = ReadMetadata(dir);
+  EXPECT_EQ(md.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(md.status().message().find("model.safetensors"), std::string::npos)
+      << md.status().ToString();
+  const std::string header = "{\"w\": 1}        ";  // 16 bytes
+  WriteText(path, std::string("\x10\0\0\0\0\0\0\0", 8) + header);
+  md = ReadMetadata(dir);
+  EXPECT_EQ(md.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(md.status().message().find("'w'"), std::string::npos) << md.status().ToString();
+  // A directory with neither .metadata nor .safetensors files: DCP's NotFound.
+  std::filesystem::remove(path);
+  EXPECT_EQ(ReadMetadata(dir).status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace dcpp
