@@ -202,5 +202,68 @@ TEST_F(SafetensorsCheckpointTest, DamagedFilesGiveClearErrors) {
   EXPECT_EQ(ReadMetadata(dir).status().code(), StatusCode::kNotFound);
 }
 
+TEST_F(SafetensorsCheckpointTest, SaveWritesAModelDirectory) {
+  const std::string dir = Dir("out");
+  Value sd;
+  Tensor w = Iota({64, 8}), b = Iota({8}, 3);
+  sd["model"]["w"] = w;
+  sd["model"]["b"] = b;
+  sd["model"]["e"] = Iota({0});
+  // Column shards of one tensor, consolidated in place.
+  Tensor full = Iota({5, 6}, 1000);
+  ShardedTensor cols;
+  cols.global_shape = {5, 6};
+  for (int64_t c0 : {0, 4}) {
+    const int64_t n = c0 == 0 ? 4 : 2;
+    Tensor piece = *Tensor::Empty(DType::kFloat32, {5, n});
+    for (int64_t r = 0; r < 5; ++r)
+      for (int64_t c = 0; c < n; ++c)
+        static_cast<float*>(piece.data())[r * n + c] =
+            static_cast<const float*>(full.data())[r * 6 + c0 + c];
+    cols.shards.push_back({{0, c0}, piece});
+  }
+  sd["model"]["cols"] = cols;
+  SaveOptions o;
+  o.format = SaveFormat::kSafetensors;
+  o.max_shard_size = 64 * 8 * 4;  // w fills the first file
+  auto md = Save(sd, dir, o);
+  ASSERT_TRUE(md.ok()) << md.status().ToString();
+  EXPECT_TRUE(std::filesystem::exists(dir + "/model-00001-of-00002.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/model-00002-of-00002.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/model.safetensors.index.json"));
+  EXPECT_EQ(md->Find("model.w")->chunks[0].storage.relative_path,
+            "model-00001-of-00002.safetensors");
+  EXPECT_EQ(md->Find("model.b")->chunks[0].storage.relative_path,
+            "model-00002-of-00002.safetensors");
+  auto all = LoadAll(dir);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_TRUE((*all)["model.w"].tensor().BitwiseEquals(w));
+  EXPECT_TRUE((*all)["model.b"].tensor().BitwiseEquals(b));
+  EXPECT_TRUE((*all)["model.cols"].tensor().BitwiseEquals(full));
+  EXPECT_EQ((*all)["model.e"].tensor().shape(), Shape{0});
+  // Saving again with one file replaces the two.
+  o.max_shard_size = 0;
+  ASSERT_TRUE(Save(sd, dir, o).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir + "/model-00002-of-00002.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/model-00001-of-00001.safetensors"));
+  ASSERT_TRUE(LoadAll(dir).ok());
+  o.overwrite = false;
+  EXPECT_EQ(Save(sd, dir, o).status().code(), StatusCode::kAlreadyExists);
+}
+
+TEST_F(SafetensorsCheckpointTest, SaveRefusesNonTensorsByName) {
+  Value sd;
+  sd["w"] = Iota({2});
+  sd["step"] = 10;
+  sd["opt"]["lr"] = 0.5;
+  SaveOptions o;
+  o.format = SaveFormat::kSafetensors;
+  auto md = Save(sd, Dir("out"), o);
+  EXPECT_EQ(md.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(md.status().message().find("step"), std::string::npos) << md.status().ToString();
+  EXPECT_NE(md.status().message().find("opt.lr"), std::string::npos) << md.status().ToString();
+  EXPECT_FALSE(std::filesystem::exists(Dir("out") + "/model.safetensors.index.json"));
+}
+
 }  // namespace
 }  // namespace dcpp

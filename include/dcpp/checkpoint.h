@@ -41,7 +41,31 @@ struct Progress {
 };
 using ProgressCallback = std::function<void(const Progress&)>;
 
+// What Save writes.
+enum class SaveFormat {
+  // A DCP checkpoint (torch.distributed.checkpoint's FileSystemWriter).
+  kDcp,
+  // A Hugging Face model directory, as torch's HuggingFaceStorageWriter
+  // writes it for a rank-0 save: model-0000i-of-0000N.safetensors files
+  // (safetensors __metadata__ {"format": "pt"}) and
+  // model.safetensors.index.json ({"metadata": {"total_size"},
+  // "weight_map"}). Every leaf must be a tensor (InvalidArgument lists the
+  // others); keys are the FQNs. Tensors are written straight from their
+  // memory, several files at once. Only SaveOptions' io_threads,
+  // sync_files, overwrite, max_shard_size, process_group (one rank for
+  // now: Unimplemented otherwise) and progress apply.
+  kSafetensors,
+};
+
 struct SaveOptions {
+  // DCP (default) or a safetensors model directory (see SaveFormat).
+  SaveFormat format = SaveFormat::kDcp;
+  // kSafetensors: start a new file before a tensor that would take the
+  // current one past this many bytes of tensor data (transformers'
+  // max_shard_size; a tensor larger than the cap gets a file of its own).
+  // 0: one file.
+  uint64_t max_shard_size = 0;
+
   // The ranks saving together (borrowed; null = this process alone). Every
   // rank calls Save with its own part of the state: ShardedTensor leaves for
   // the pieces it holds, plain tensors and values for replicated state (one

@@ -17,6 +17,7 @@
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/engine.h"
+#include "dcpp/engine/safetensors_save.h"
 #include "dcpp/engine/items.h"
 #include "dcpp/engine/wire.h"
 #include "dcpp/format/checksums.h"
@@ -462,6 +463,7 @@ namespace engine {
 
 Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
                       const BeforeCommit& before_commit) {
+  if (o.format == SaveFormat::kSafetensors) return SaveSafetensors(state_dict, storage, o);
   return CatchExceptions("save to " + storage.Describe(""),
                          [&] { return SaveImpl(state_dict, storage, o, before_commit); });
 }

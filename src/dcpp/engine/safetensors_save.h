@@ -1,0 +1,29 @@
+// Save in SaveFormat::kSafetensors (see include/dcpp/checkpoint.h): a
+// Hugging Face model directory. engine::Save calls it for that format.
+#ifndef DCPP_ENGINE_SAFETENSORS_SAVE_H_
+#define DCPP_ENGINE_SAFETENSORS_SAVE_H_
+
+#include "dcpp/checkpoint.h"
+#include "dcpp/storage/storage.h"
+
+namespace dcpp::engine {
+
+// Writes every tensor of `state_dict` (flattened to FQNs; ShardedTensor
+// shards, which must tile the tensor, go to their places) into
+// model-0000i-of-0000N.safetensors files, split by options.max_shard_size,
+// and model.safetensors.index.json, and returns the metadata read back from
+// the written headers. Files are written under temporary names and renamed
+// when all are complete; on failure those are removed and an existing
+// model in the directory is untouched. With overwrite, model-*-of-*
+// .safetensors files of an earlier save that this one does not reuse are
+// removed. Errors: InvalidArgument listing non-tensor leaves (first ten) or
+// for shards that do not tile their tensor; Unimplemented for a process
+// group of more than one rank; AlreadyExists without overwrite when the
+// directory holds a checkpoint. Memory: only non-contiguous tensors are
+// copied; nothing else is staged.
+Result<Metadata> SaveSafetensors(const Value& state_dict, storage::Storage& storage,
+                                 const SaveOptions& options);
+
+}  // namespace dcpp::engine
+
+#endif  // DCPP_ENGINE_SAFETENSORS_SAVE_H_
