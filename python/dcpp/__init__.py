@@ -125,8 +125,21 @@ def save(
     dedup_to_lowest_rank: bool = False,
     progress: ProgressCallback | None = None,
     lock_timeout: float = 0,
+    format: Literal["dcp", "safetensors"] = "dcp",
+    max_shard_size: int | str = 0,
 ) -> Metadata:
     """Saves ``state_dict`` as a DCP checkpoint in the directory ``path``.
+
+    ``format="safetensors"`` writes a Hugging Face model directory instead,
+    as torch's ``HuggingFaceStorageWriter`` does for a rank-0 save:
+    ``model-0000i-of-0000N.safetensors`` and ``model.safetensors.index.json``
+    (loadable by ``safetensors.torch.load_file``, transformers and torch's
+    ``HuggingFaceStorageReader``). Every leaf must be a tensor or array
+    (:class:`InvalidArgumentError` names the others); keys are the FQNs.
+    ``max_shard_size`` (bytes, or a string such as ``"5GB"`` / ``"500MiB"``
+    as transformers takes it) starts a new file before a tensor that would
+    take the current one past it; 0 writes one file. Only ``io_threads``,
+    ``sync_files``, ``overwrite`` and ``progress`` apply to that format.
 
     ``state_dict`` is a dict whose values may be dicts, lists and tuples of
     numpy arrays, torch tensors (read without a copy; tensors on other
@@ -181,7 +194,28 @@ def save(
         dedup_to_lowest_rank=bool(dedup_to_lowest_rank),
         progress=progress,
         lock_timeout_ms=_lock_timeout_ms(lock_timeout),
+        format=str(format),
+        max_shard_size=_byte_size("max_shard_size", max_shard_size),
     )
+
+
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _byte_size(name: str, value: int | str) -> int:
+    """Bytes from an int or a transformers-style size string ("5GB", "500MiB")."""
+    if isinstance(value, str):
+        text = value.strip().upper()
+        for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+            if text.endswith(unit):
+                number = text[: -len(unit)].strip()
+                try:
+                    return int(float(number) * _SIZE_UNITS[unit])
+                except ValueError:
+                    break
+        raise ValueError(f"{name}: cannot read {value!r} as a size (e.g. 5GB, 500MiB, 1000000)")
+    return _int(name, value, 0)
 
 
 def _lock_timeout_ms(seconds: float) -> int:

@@ -184,7 +184,8 @@ void BindMetadata(nb::module_& m) {
 Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count,
                   int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite,
                   bool checksums, std::vector<std::string> transforms, int compression_level,
-                  bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms) {
+                  bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms,
+                  const std::string& format, uint64_t max_shard_size) {
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
   Value sd = conv.ConvertStateDict(state_dict);
@@ -200,6 +201,11 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   o.dedup_to_lowest_rank = dedup_to_lowest_rank;
   o.lock_timeout_ms = lock_timeout_ms;
   o.progress = WrapProgress(std::move(progress));
+  if (format == "safetensors")
+    o.format = SaveFormat::kSafetensors;
+  else if (format != "dcp")
+    throw nb::value_error(("format must be 'dcp' or 'safetensors', got '" + format + "'").c_str());
+  o.max_shard_size = max_shard_size;
   Result<Metadata> md = [&] {
     nb::gil_scoped_release release;
     return Save(sd, path, o);
@@ -320,7 +326,8 @@ NB_MODULE(_dcpp, m) {
   m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
         "single_file_per_rank"_a,
         "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
-        "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0);
+        "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0,
+        "format"_a = "dcp", "max_shard_size"_a = 0);
   m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,
         "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a,
         "verify_checksums"_a = true);

@@ -1,0 +1,181 @@
+"""Safetensors interop: files written by the safetensors package and by
+torch's HuggingFaceStorageWriter load through dcpp, and what dcpp writes
+loads through the package and torch's HuggingFaceStorageReader, byte for
+byte identical to the package's own files."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+safetensors = pytest.importorskip("safetensors")
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+import dcpp  # noqa: E402
+
+HERE = os.path.dirname(__file__)
+
+# Every dtype both torch and the package have.
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+          torch.int16, torch.int8, torch.uint8, torch.bool, torch.float8_e4m3fn,
+          torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.uint16,
+          torch.uint32, torch.uint64, torch.complex64]
+
+
+def random_bits(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 1
+    for s in shape:
+        n *= s
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=g).bool()
+    raw = torch.randint(0, 256, (n * dtype.itemsize,), dtype=torch.uint8, generator=g)
+    return raw.view(dtype).reshape(shape)
+
+
+def every_dtype_state():
+    sd = {}
+    for i, d in enumerate(DTYPES):
+        name = str(d).split(".")[-1]
+        sd[f"t.{name}"] = random_bits((3, 5), d, i)
+    sd["scalar"] = torch.tensor(2.5)
+    sd["empty"] = torch.zeros(0, 4)
+    sd["layers.0.weight"] = torch.randn(17, 33)
+    return sd
+
+
+def bits(t):
+    """Bytes of a tensor, for bit-exact comparison whatever the dtype."""
+    t = t.contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def assert_same(got, want):
+    assert set(got) == set(want)
+    for k, v in want.items():
+        g = got[k]
+        assert g.dtype == v.dtype, k
+        assert tuple(g.shape) == tuple(v.shape), k
+        assert bits(g) == bits(v), k
+
+
+def test_package_file_loads_in_dcpp(tmp_path):
+    sd = every_dtype_state()
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    for path in (tmp_path, tmp_path / "model.safetensors"):
+        got = dcpp.load(path, tensors="torch")
+        assert_same(got, sd)
+    md = dcpp.read_metadata(tmp_path)
+    assert list(md["layers.0.weight"].size) == [17, 33]
+
+
+def test_dcpp_output_is_byte_identical_to_the_package(tmp_path):
+    sd = every_dtype_state()
+    dcpp.save(sd, tmp_path / "ours", format="safetensors")
+    save_file(sd, tmp_path / "theirs.safetensors", metadata={"format": "pt"})
+    ours = (tmp_path / "ours" / "model-00001-of-00001.safetensors").read_bytes()
+    assert ours == (tmp_path / "theirs.safetensors").read_bytes()
+    index = json.loads((tmp_path / "ours" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in sd.values())
+    assert set(index["weight_map"]) == set(sd)
+
+
+def test_dcpp_output_loads_in_the_package_and_torch(tmp_path):
+    sd = every_dtype_state()
+    nested = {"model": {"w": torch.randn(64, 32), "b": torch.randn(32)}, "head": torch.randn(5, 3)}
+    dcpp.save(nested, tmp_path, format="safetensors", max_shard_size="8KiB")
+    files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert files == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    loaded = {}
+    for f in files:
+        with safe_open(tmp_path / f, framework="pt") as h:
+            assert h.metadata() == {"format": "pt"}
+            for k in h.keys():
+                assert index["weight_map"][k] == f
+                loaded[k] = h.get_tensor(k)
+    flat = {"model.w": nested["model"]["w"], "model.b": nested["model"]["b"],
+            "head": nested["head"]}
+    assert_same(loaded, flat)
+    # torch's HuggingFaceStorageReader through dcp.load, into fresh tensors.
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+    target = {k: torch.zeros_like(v) for k, v in flat.items()}
+    load(target, storage_reader=HuggingFaceStorageReader(str(tmp_path)))
+    assert_same(target, flat)
+    # And the every-dtype state through load_file.
+    dcpp.save(sd, tmp_path / "all", format="safetensors")
+    assert_same(load_file(tmp_path / "all" / "model-00001-of-00001.safetensors"), sd)
+
+
+def test_save_refuses_non_tensors(tmp_path):
+    with pytest.raises(dcpp.InvalidArgumentError, match="step"):
+        dcpp.save({"w": torch.ones(2), "step": 3}, tmp_path, format="safetensors")
+    with pytest.raises(ValueError, match="format"):
+        dcpp.save({"w": torch.ones(2)}, tmp_path, format="gguf")
+
+
+def test_torch_rank0_writer_with_index_mapping(tmp_path, ckpt):
+    from torch.distributed.checkpoint import save
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+
+    sd = {"a": torch.randn(4, 4), "b": torch.arange(10), "c": torch.randn(3).bfloat16()}
+    writer = HuggingFaceStorageWriter(str(ckpt), fqn_to_index_mapping={"a": 1, "b": 2, "c": 2})
+    save(sd, storage_writer=writer)
+    assert (ckpt / "model.safetensors.index.json").exists()
+    assert_same(dcpp.load(ckpt, tensors="torch"), sd)
+    # In place, resharded: a column band of "a".
+    piece = torch.zeros(4, 2)
+    target = {"a": dcpp.ShardedTensor(global_shape=[4, 4],
+                                      shards=[dcpp.Shard(tensor=piece, offsets=[0, 2])])}
+    dcpp.load(target, ckpt)
+    assert torch.equal(piece, sd["a"][:, 2:])
+    report = dcpp.verify(ckpt)
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("mode", ["sharded", "consolidated"])
+def test_torch_distributed_writer_4_ranks(tmp_path, mode):
+    path = tmp_path / "hf"
+    subprocess.run([sys.executable, os.path.join(HERE, "hf_workers.py"), "4", str(path), mode,
+                    "7"], check=True, timeout=300)
+    sys.path.insert(0, HERE)
+    from hf_workers import global_state
+
+    want = global_state(7, mode)
+    got = dcpp.load(path, tensors="torch")
+    assert_same(got, want)
+    if mode == "sharded":
+        md = dcpp.read_metadata(path)
+        assert len(md["model.grid"].chunks) == 4  # 2x2 mesh pieces
+        # torch's own reader agrees (read back through dcp.load).
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+    target = {k: torch.zeros_like(v) for k, v in want.items()}
+    load(target, storage_reader=HuggingFaceStorageReader(str(path)))
+    assert_same(target, want)
+
+
+def test_cli_inspect_and_verify(tmp_path):
+    cli = os.environ.get("DCPP_CLI") or os.path.join(HERE, "..", "..", "build", "tools", "dcpp",
+                                                     "dcpp")
+    if not os.path.exists(cli):
+        pytest.skip("dcpp CLI not built")
+    save_file({"w": torch.randn(8, 8), "b": torch.zeros(8)}, tmp_path / "model.safetensors")
+    out = subprocess.run([cli, "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "w" in out.stdout and "[8, 8]" in out.stdout
+    out = subprocess.run([cli, "verify", str(tmp_path / "model.safetensors")], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # A truncated file: verify fails, naming it.
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:-8])
+    out = subprocess.run([cli, "verify", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "model.safetensors" in out.stdout + out.stderr
