@@ -176,12 +176,31 @@ Result<Metadata> SaveSafetensorsImpl(const Value& state_dict, storage::Storage& 
         "safetensors`");
   std::vector<Tensor> copies;
   DCPP_ASSIGN_OR_RETURN(std::vector<OutTensor> tensors, CollectTensors(state_dict, copies));
+  std::vector<SafetensorsSource> sources;
+  sources.reserve(tensors.size());
+  for (const OutTensor& t : tensors) {
+    sources.push_back({t.fqn, t.dtype, t.shape, [&t](const PieceSink& put) -> Status {
+                         for (const Piece& p : t.pieces) DCPP_RETURN_IF_ERROR(put(p.offsets, p.view));
+                         return Status();
+                       }});
+  }
+  return WriteSafetensors(sources, storage, o);
+}
 
-  // Files: tensors in state-dict order, a new file when the cap is reached.
+Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors,
+                                      storage::Storage& storage, const SaveOptions& o) {
+  // Files: tensors in the given order, a new file when the cap is reached.
   std::vector<std::vector<size_t>> files(1);
+  std::vector<uint64_t> nbytes(tensors.size());
   uint64_t in_file = 0, total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const uint64_t n = tensors[i].nbytes;
+    for (int64_t d : tensors[i].shape)
+      if (d < 0)
+        return InvalidArgumentError(Quoted(tensors[i].fqn) + ": negative dimension in " +
+                                    ShapeToString(tensors[i].shape));
+    const uint64_t n =
+        static_cast<uint64_t>(NumElements(tensors[i].shape)) * ElementSize(tensors[i].dtype);
+    nbytes[i] = n;
     if (o.max_shard_size > 0 && in_file > 0 && in_file + n > o.max_shard_size) {
       files.emplace_back();
       in_file = 0;
@@ -193,14 +212,18 @@ Result<Metadata> SaveSafetensorsImpl(const Value& state_dict, storage::Storage& 
   struct Planned {
     std::string name;
     st::Encoded enc;
+    std::unique_ptr<storage::WritableFile> file;
   };
   std::vector<Planned> planned;
+  std::vector<std::pair<size_t, uint64_t>> where(tensors.size());  // file, base offset
   for (size_t f = 0; f < files.size(); ++f) {
     std::vector<st::TensorSpec> specs;
     for (size_t i : files[f]) specs.push_back({tensors[i].fqn, tensors[i].dtype, tensors[i].shape});
     const std::pair<std::string, std::string> md[] = {{"format", "pt"}};
     DCPP_ASSIGN_OR_RETURN(st::Encoded enc, st::Encode(specs, md));
-    planned.push_back({FileName(f + 1, files.size()), std::move(enc)});
+    for (size_t j = 0; j < files[f].size(); ++j)
+      where[files[f][j]] = {f, enc.prefix_and_header.size() + enc.ranges[j].first};
+    planned.push_back({FileName(f + 1, files.size()), std::move(enc), nullptr});
   }
 
   DCPP_RETURN_IF_ERROR(storage.CreateLocation());
@@ -215,37 +238,56 @@ Result<Metadata> SaveSafetensorsImpl(const Value& state_dict, storage::Storage& 
   // failed save leaves no partial .safetensors file behind.
   const std::string tag = RandomTag();
   auto tmp_name = [&](const std::string& name) { return "." + name + "." + tag + ".tmp"; };
+  const std::string index_name(storage::kSafetensorsIndexName);
+  auto cleanup = [&](Status s) {
+    for (Planned& pl : planned) {
+      pl.file.reset();
+      (void)storage.Remove(tmp_name(pl.name));
+    }
+    (void)storage.Remove(tmp_name(index_name));
+    return s;
+  };
+  for (Planned& pl : planned) {
+    auto file = storage.CreateForWrite(tmp_name(pl.name));
+    if (!file.ok()) return cleanup(file.status());
+    pl.file = std::move(*file);
+    const auto& header = pl.enc.prefix_and_header;
+    Status s = pl.file->WriteAt(
+        0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()});
+    if (!s.ok()) return cleanup(s);
+  }
+  // Every tensor in parallel: positional writes to distinct ranges.
   std::mutex mu;
   Progress p{"write", 0, total, 0, tensors.size()};
   const int threads = o.io_threads > 0 ? o.io_threads : DefaultThreadCount();
-  Status written = ParallelFor(planned.size(), threads, [&](size_t f) -> Status {
-    const Planned& pl = planned[f];
-    const std::string name = tmp_name(pl.name);
-    DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::WritableFile> file,
-                          storage.CreateForWrite(name));
-    const auto& header = pl.enc.prefix_and_header;
-    DCPP_RETURN_IF_ERROR(file->WriteAt(
-        0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()}));
-    for (size_t j = 0; j < files[f].size(); ++j) {
-      const OutTensor& t = tensors[files[f][j]];
-      const uint64_t base = header.size() + pl.enc.ranges[j].first;
-      for (const Piece& piece : t.pieces)
-        DCPP_RETURN_IF_ERROR(WritePiece(*file, base, t.shape, piece)
-                                 .WithContext("writing " + Quoted(t.fqn) + " to " +
-                                              storage.Describe(pl.name)));
-      if (o.progress) {
-        std::lock_guard<std::mutex> lock(mu);
-        p.bytes_done += t.nbytes;
-        p.items_done++;
-        o.progress(p);
-      }
+  Status written = ParallelFor(tensors.size(), threads, [&](size_t i) -> Status {
+    const SafetensorsSource& t = tensors[i];
+    const auto [f, base] = where[i];
+    storage::WritableFile& file = *planned[f].file;
+    const std::string at = "writing " + Quoted(t.fqn) + " to " + storage.Describe(planned[f].name);
+    DCPP_RETURN_IF_ERROR(t.produce([&](const Shape& offsets, const TensorView& view) -> Status {
+                           if (view.dtype != t.dtype || offsets.size() != t.shape.size() ||
+                               view.shape.size() != t.shape.size() || !view.is_contiguous())
+                             return InternalError("a piece does not match its tensor");
+                           for (size_t d = 0; d < offsets.size(); ++d)
+                             if (offsets[d] < 0 || view.shape[d] < 0 ||
+                                 offsets[d] + view.shape[d] > t.shape[d])
+                               return InternalError("a piece lies outside its tensor");
+                           return WritePiece(file, base, t.shape, {offsets, view});
+                         }).WithContext(at));
+    if (o.progress) {
+      std::lock_guard<std::mutex> lock(mu);
+      p.bytes_done += nbytes[i];
+      p.items_done++;
+      o.progress(p);
     }
-    if (o.sync_files) DCPP_RETURN_IF_ERROR(file->Sync());
-    return file->Close();
+    return Status();
   });
-  if (!written.ok()) {
-    for (const Planned& pl : planned) (void)storage.Remove(tmp_name(pl.name));
-    return written;
+  if (!written.ok()) return cleanup(written);
+  for (Planned& pl : planned) {
+    Status s = o.sync_files ? pl.file->Sync() : Status();
+    if (s.ok()) s = pl.file->Close();
+    if (!s.ok()) return cleanup(s);
   }
   // The index, as torch's writer writes it (json.dump(indent=2)).
   json::Object weight_map;
@@ -257,14 +299,14 @@ Result<Metadata> SaveSafetensorsImpl(const Value& state_dict, storage::Storage& 
   index.Set("metadata", json::Json(std::move(meta)));
   index.Set("weight_map", json::Json(std::move(weight_map)));
   const std::string index_text = json::Serialize(json::Json(std::move(index)), 2);
-  const std::string index_name(storage::kSafetensorsIndexName);
   {
-    DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::WritableFile> file,
-                          storage.CreateForWrite(tmp_name(index_name)));
-    DCPP_RETURN_IF_ERROR(file->WriteAt(
-        0, {reinterpret_cast<const uint8_t*>(index_text.data()), index_text.size()}));
-    if (o.sync_files) DCPP_RETURN_IF_ERROR(file->Sync());
-    DCPP_RETURN_IF_ERROR(file->Close());
+    auto file = storage.CreateForWrite(tmp_name(index_name));
+    if (!file.ok()) return cleanup(file.status());
+    Status s = (*file)->WriteAt(
+        0, {reinterpret_cast<const uint8_t*>(index_text.data()), index_text.size()});
+    if (s.ok() && o.sync_files) s = (*file)->Sync();
+    if (s.ok()) s = (*file)->Close();
+    if (!s.ok()) return cleanup(s);
   }
   for (const Planned& pl : planned)
     DCPP_RETURN_IF_ERROR(storage.Rename(tmp_name(pl.name), pl.name));
@@ -288,6 +330,12 @@ Result<Metadata> SaveSafetensors(const Value& state_dict, storage::Storage& stor
                                  const SaveOptions& options) {
   return CatchExceptions("save to " + storage.Describe(""),
                          [&] { return SaveSafetensorsImpl(state_dict, storage, options); });
+}
+
+Result<Metadata> WriteSafetensors(std::span<const SafetensorsSource> tensors,
+                                  storage::Storage& storage, const SaveOptions& options) {
+  return CatchExceptions("save to " + storage.Describe(""),
+                         [&] { return WriteSafetensorsImpl(tensors, storage, options); });
 }
 
 }  // namespace dcpp::engine

@@ -3,6 +3,10 @@
 #ifndef DCPP_ENGINE_SAFETENSORS_SAVE_H_
 #define DCPP_ENGINE_SAFETENSORS_SAVE_H_
 
+#include <functional>
+#include <span>
+#include <string>
+
 #include "dcpp/checkpoint.h"
 #include "dcpp/storage/storage.h"
 
@@ -23,6 +27,31 @@ namespace dcpp::engine {
 // copied; nothing else is staged.
 Result<Metadata> SaveSafetensors(const Value& state_dict, storage::Storage& storage,
                                  const SaveOptions& options);
+
+// Receives one piece of a tensor: its global offsets and its elements
+// (contiguous, row-major, the tensor's dtype), borrowed for the call only.
+using PieceSink = std::function<Status(const Shape& offsets, const TensorView& piece)>;
+
+// A tensor to write whose bytes are produced on demand: `produce` must hand
+// `put` pieces that tile the tensor (each element once), e.g. row bands
+// read from another checkpoint through a bounded buffer. It is called once,
+// from one of the writer threads; several tensors' produce run at once.
+struct SafetensorsSource {
+  std::string fqn;
+  DType dtype = DType::kFloat32;
+  Shape shape;
+  std::function<Status(const PieceSink& put)> produce;
+};
+
+// The writer under SaveSafetensors: lays out the files for `tensors` (in
+// this order, split by options.max_shard_size), writes each header, then
+// runs the producers in parallel (options.io_threads), each piece going to
+// its place by positional writes; then the index, the renames, and the
+// metadata read back. Memory: whatever the producers hold. Same file
+// protocol and errors as SaveSafetensors; a producer's error fails the save
+// (with the FQN and file added).
+Result<Metadata> WriteSafetensors(std::span<const SafetensorsSource> tensors,
+                                  storage::Storage& storage, const SaveOptions& options);
 
 }  // namespace dcpp::engine
 
