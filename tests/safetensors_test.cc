@@ -10,6 +10,7 @@
 
 #include "dcpp/checkpoint.h"
 #include "dcpp/format/safetensors.h"
+#include "dcpp/tools/convert.h"
 #include "temp_dir_test_base.h"
 
 namespace dcpp {
@@ -263,6 +264,72 @@ TEST_F(SafetensorsCheckpointTest, SaveRefusesNonTensorsByName) {
   EXPECT_NE(md.status().message().find("step"), std::string::npos) << md.status().ToString();
   EXPECT_NE(md.status().message().find("opt.lr"), std::string::npos) << md.status().ToString();
   EXPECT_FALSE(std::filesystem::exists(Dir("out") + "/model.safetensors.index.json"));
+}
+
+TEST_F(SafetensorsCheckpointTest, ConvertBetweenDcpAndSafetensors) {
+  // A DCP checkpoint: a tensor saved as row shards (several chunks), a
+  // compressed one, and a plain value.
+  Tensor full = Iota({9, 5});
+  ShardedTensor rows;
+  rows.global_shape = {9, 5};
+  for (int64_t r0 : {0, 4}) {
+    const int64_t n = r0 == 0 ? 4 : 5;
+    Tensor piece = *Tensor::Empty(DType::kFloat32, {n, 5});
+    std::memcpy(piece.data(), static_cast<const float*>(full.data()) + r0 * 5, n * 5 * 4);
+    rows.shards.push_back({{r0, 0}, piece});
+  }
+  Value sd;
+  sd["model"]["w"] = rows;
+  sd["model"]["b"] = Iota({5}, 0.5f);
+  sd["step"] = 7;
+  ASSERT_TRUE(Save(sd, Dir("dcp")).ok());
+
+  tools::ConvertOptions to_st;
+  to_st.save.format = SaveFormat::kSafetensors;
+  // The plain value cannot go: a clear error naming it.
+  auto refused = tools::Convert(Dir("dcp"), Dir("st"), to_st);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("'step'"), std::string::npos)
+      << refused.status().ToString();
+  to_st.keys = {"model.*"};
+  auto md = tools::Convert(Dir("dcp"), Dir("st"), to_st);
+  ASSERT_TRUE(md.ok()) << md.status().ToString();
+  auto back = LoadAll(Dir("st"));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->dict().size(), 2u);
+  EXPECT_TRUE((*back)["model.w"].tensor().BitwiseEquals(full));
+  // A pattern matching nothing is an error, not an empty export.
+  to_st.keys = {"modle.*"};
+  EXPECT_EQ(tools::Convert(Dir("dcp"), Dir("st2"), to_st).status().code(),
+            StatusCode::kInvalidArgument);
+
+  // Cast on the way: bf16 rounding to nearest even, checked on values
+  // bf16 holds exactly and on one it rounds.
+  to_st.keys = {"model.w"};
+  to_st.dtype = DType::kBFloat16;
+  ASSERT_TRUE(tools::Convert(Dir("dcp"), Dir("bf16"), to_st).ok());
+  auto cast = LoadAll(Dir("bf16"));
+  ASSERT_TRUE(cast.ok()) << cast.status().ToString();
+  const Tensor& c = (*cast)["model.w"].tensor();
+  ASSERT_EQ(c.dtype(), DType::kBFloat16);
+  const auto* bits = static_cast<const uint16_t*>(c.data());
+  EXPECT_EQ(bits[0], 0x0000);   // 0.0
+  EXPECT_EQ(bits[1], 0x3f80);   // 1.0
+  EXPECT_EQ(bits[44], 0x4230);  // 44.0
+
+  // And back to DCP: every entry as it was.
+  tools::ConvertOptions to_dcp;
+  auto again = tools::Convert(Dir("st"), Dir("dcp2"), to_dcp);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  auto dcp_back = LoadAll(Dir("dcp2"));
+  ASSERT_TRUE(dcp_back.ok()) << dcp_back.status().ToString();
+  EXPECT_TRUE((*dcp_back)["model.w"].tensor().BitwiseEquals(full));
+  // DCP -> DCP keeps the plain value.
+  ASSERT_TRUE(tools::Convert(Dir("dcp"), Dir("dcp3"), to_dcp).ok());
+  auto kept = LoadAll(Dir("dcp3"));
+  ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+  EXPECT_EQ((*kept)["step"].as_int(), 7);
+  EXPECT_TRUE((*kept)["model"]["w"].tensor().BitwiseEquals(full));
 }
 
 }  // namespace
