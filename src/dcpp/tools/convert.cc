@@ -3,6 +3,8 @@
 #include <fnmatch.h>
 
 #include <cstring>
+#include <memory>
+#include <new>
 #include <unordered_map>
 
 #include "dcpp/base/exception_barrier.h"
@@ -170,6 +172,23 @@ Result<std::vector<const EntryMeta*>> Select(const Metadata& md,
   return out;
 }
 
+// Scratch buffer `which` (0: read, 1: cast) of this thread, grown to at
+// least `bytes` and reused: allocating a fresh band each time leaves freed
+// bands in malloc's arenas (they sit near its mmap threshold), which grows
+// the resident size well past what is in use. Null if allocation fails.
+void* Buffer(int which, int64_t bytes) {
+  thread_local std::unique_ptr<uint8_t[]> buf[2];
+  thread_local int64_t size[2] = {0, 0};
+  static uint8_t empty[8];
+  if (bytes == 0) return empty;  // nothing is read or written through it
+  if (size[which] < bytes) {
+    buf[which].reset();
+    buf[which].reset(new (std::nothrow) uint8_t[static_cast<size_t>(bytes)]);
+    size[which] = buf[which] ? bytes : 0;
+  }
+  return buf[which].get();
+}
+
 Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const EntryMeta*>& entries,
                                const std::string& dst, const ConvertOptions& o) {
   std::vector<std::string> others;
@@ -210,15 +229,17 @@ Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const En
             offsets[0] += r0;
             sizes[0] = std::min(step, rows - r0);
           }
-          DCPP_ASSIGN_OR_RETURN(Tensor band, Tensor::Empty(from, sizes));
-          const storage::ChunkTarget target{band.view(), offsets, sizes};
+          const TensorView band = MakeView(Buffer(0, NumElements(sizes) * ElementSize(from)), from, sizes);
+          if (!band.data) return ResourceExhaustedError("cannot allocate a read buffer");
+          const storage::ChunkTarget target{band, offsets, sizes};
           DCPP_RETURN_IF_ERROR(storage::ReadChunk(src, e->fqn, from, c, {&target, 1}));
           if (to == from) {
-            DCPP_RETURN_IF_ERROR(put(offsets, band.view()));
+            DCPP_RETURN_IF_ERROR(put(offsets, band));
           } else {
-            DCPP_ASSIGN_OR_RETURN(Tensor cast, Tensor::Empty(to, sizes));
-            CastFloats(band.view(), cast.view());
-            DCPP_RETURN_IF_ERROR(put(offsets, cast.view()));
+            const TensorView cast = MakeView(Buffer(1, NumElements(sizes) * ElementSize(to)), to, sizes);
+            if (!cast.data) return ResourceExhaustedError("cannot allocate a cast buffer");
+            CastFloats(band, cast);
+            DCPP_RETURN_IF_ERROR(put(offsets, cast));
           }
         }
       }
