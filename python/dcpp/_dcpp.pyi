@@ -40,6 +40,12 @@ class StorageInfo:
     @property
     def transform_descriptors(self) -> list[str]: ...
 
+    @property
+    def raw(self) -> bool:
+        """
+        True for a tensor stored as its bare elements (a safetensors tensor), False for a torch.save archive (DCP).
+        """
+
     def __repr__(self) -> str: ...
 
 class Chunk:

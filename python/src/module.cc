@@ -98,6 +98,12 @@ void BindMetadata(nb::module_& m) {
       .def_ro("offset", &StorageInfo::offset)
       .def_ro("length", &StorageInfo::length)
       .def_ro("transform_descriptors", &StorageInfo::transform_descriptors)
+      .def_prop_ro("raw",
+                   [](const StorageInfo& s) {
+                     return s.encoding == StorageInfo::Encoding::kRawTensor;
+                   },
+                   "True for a tensor stored as its bare elements (a safetensors tensor), "
+                   "False for a torch.save archive (DCP).")
       .def("__repr__", &StorageRepr);
 
   nb::class_<ChunkMeta>(m, "Chunk", "One saved piece of a tensor: global offsets, sizes, storage.")

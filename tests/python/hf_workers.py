@@ -4,6 +4,9 @@ DTensor state dict (rows sharded unevenly, plus a 2-D sharded tensor on a
 (save_distributed=True), with or without consolidation.
 
     python3 hf_workers.py WORLD CKPT {sharded|consolidated} SEED
+    python3 hf_workers.py WORLD CKPT load-{sharded|consolidated} SEED
+        WORLD ranks load CKPT into DTensors sharded by columns with
+        dcpp.torch.HuggingFaceStorageReader and compare with global_state.
 
 The full tensors are global_state(SEED, mode) on every rank; the test compares
 what dcpp loads with it.
@@ -40,6 +43,23 @@ def _run(rank, world, init_file, path, mode, seed):
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
     mesh = init_device_mesh("cpu", (world,))
+    if mode.startswith("load-"):
+        import dcpp.torch as dt
+        from torch.distributed.checkpoint import load
+
+        want = global_state(seed, mode[len("load-"):])
+        state = {k: distribute_tensor(torch.zeros_like(v), mesh, [Shard(1)])
+                 for k, v in want.items()}
+        load(state, storage_reader=dt.HuggingFaceStorageReader(path, thread_count=2))
+        for k, v in want.items():
+            full = state[k].full_tensor()
+            if not torch.equal(full.view(torch.uint8) if full.dtype == torch.bfloat16 else full,
+                               v.view(torch.uint8) if v.dtype == torch.bfloat16 else v):
+                print(f"MISMATCH {k}", flush=True)
+                sys.exit(3)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     state = {}
     for k, v in global_state(seed, mode).items():
         if k == "model.grid" and world == 4:

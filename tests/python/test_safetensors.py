@@ -159,6 +159,29 @@ def test_torch_distributed_writer_4_ranks(tmp_path, mode):
     target = {k: torch.zeros_like(v) for k, v in want.items()}
     load(target, storage_reader=HuggingFaceStorageReader(str(path)))
     assert_same(target, want)
+    # dcpp's drop-in reader, 4 ranks loading column shards.
+    subprocess.run([sys.executable, os.path.join(HERE, "hf_workers.py"), "4", str(path),
+                    "load-" + mode, "7"], check=True, timeout=300)
+
+
+def test_dcpp_hf_reader_is_a_drop_in(tmp_path, ckpt):
+    import dcpp.torch as dt
+    from torch.distributed.checkpoint import load
+
+    sd = every_dtype_state()
+    save_file(sd, tmp_path / "model.safetensors")
+    target = {k: torch.zeros_like(v) for k, v in sd.items()}
+    load(target, storage_reader=dt.HuggingFaceStorageReader(str(tmp_path)))
+    assert_same(target, sd)
+    # A damaged header is refused, naming the file (torch wraps the error).
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    data = bytearray((tmp_path / "model.safetensors").read_bytes())
+    data[9:14] = b"XXXXX"
+    (tmp_path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises((dcpp.CorruptCheckpointError, CheckpointException),
+                       match="model.safetensors: safetensors header"):
+        load(target, storage_reader=dt.HuggingFaceStorageReader(str(tmp_path)))
 
 
 def test_cli_inspect_and_verify(tmp_path):
