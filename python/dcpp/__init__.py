@@ -60,6 +60,7 @@ __all__ = [
     "known_transforms",
     "Shard",
     "ShardedTensor",
+    "convert",
     "Opaque",
     "Metadata",
     "Entry",
@@ -301,6 +302,46 @@ def load(
         verify_checksums=bool(verify_checksums),
     )
     return None
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: Literal["dcp", "safetensors"] = "dcp",
+    keys: Iterable[str] | None = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = 0,
+    io_threads: int = 0,
+    sync_files: bool = True,
+    overwrite: bool = True,
+    progress: ProgressCallback | None = None,
+) -> Metadata:
+    """Rewrites the checkpoint ``src`` (a DCP directory, a safetensors
+    directory or a single ``.safetensors`` file: detected) as ``to`` in
+    ``dst``, as ``dcpp convert`` does.
+
+    ``keys``: shell globs over FQNs (``"model.*"``); only matching entries are
+    written (a pattern matching nothing raises :class:`InvalidArgumentError`).
+    ``dtype`` ("bf16", "f16", "f32", "f64") casts floating tensors.
+    To safetensors every selected entry must be a tensor
+    (:class:`InvalidArgumentError` lists the others); tensors stream through
+    32 MiB buffers per thread, so memory does not grow with the checkpoint.
+    To DCP every entry is kept as it was (pickled values as their bytes).
+    Returns the :class:`Metadata` written.
+    """
+    return _dcpp.convert(
+        _path(src),
+        _path(dst),
+        to=str(to),
+        keys=[] if keys is None else [str(k) for k in ([keys] if isinstance(keys, str) else keys)],
+        dtype="" if dtype is None else str(dtype),
+        max_shard_size=_byte_size("max_shard_size", max_shard_size),
+        io_threads=_int("io_threads", io_threads, 0),
+        sync_files=bool(sync_files),
+        overwrite=bool(overwrite),
+        progress=progress,
+    )
 
 
 def read_metadata(path: str | os.PathLike) -> Metadata:

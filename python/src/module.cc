@@ -22,6 +22,7 @@
 #include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/dcp_layout.h"
 #include "dcpp/storage/storage.h"
+#include "dcpp/tools/convert.h"
 #include "dcpp/tools/verify.h"
 #include "errors.h"
 #include "metadata_bindings.h"
@@ -219,6 +220,33 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   return ValueOrThrow(std::move(md));
 }
 
+Metadata ConvertImpl(const std::string& src, const std::string& dst, const std::string& to,
+                     std::vector<std::string> keys, const std::string& dtype,
+                     uint64_t max_shard_size, int io_threads, bool sync_files, bool overwrite,
+                     nb::object progress) {
+  tools::ConvertOptions o;
+  if (to == "safetensors")
+    o.save.format = SaveFormat::kSafetensors;
+  else if (to != "dcp")
+    throw nb::value_error(("to must be 'dcp' or 'safetensors', got '" + to + "'").c_str());
+  if (!dtype.empty()) {
+    o.dtype = tools::ParseFloatDType(dtype);
+    if (!o.dtype)
+      throw nb::value_error(("dtype must be bf16, f16, f32 or f64, got '" + dtype + "'").c_str());
+  }
+  o.keys = std::move(keys);
+  o.save.max_shard_size = max_shard_size;
+  o.save.io_threads = io_threads;
+  o.save.sync_files = sync_files;
+  o.save.overwrite = overwrite;
+  o.save.progress = WrapProgress(std::move(progress));
+  Result<Metadata> md = [&] {
+    nb::gil_scoped_release release;
+    return tools::Convert(src, dst, o);
+  }();
+  return ValueOrThrow(std::move(md));
+}
+
 void LoadIntoImpl(nb::handle state_dict, const std::string& path, int thread_count,
                   bool allow_partial_load, nb::object progress, bool torch_tensors,
                   bool weights_only, bool verify_checksums) {
@@ -334,6 +362,10 @@ NB_MODULE(_dcpp, m) {
         "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
         "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0,
         "format"_a = "dcp", "max_shard_size"_a = 0);
+  m.def("convert", &ConvertImpl, "src"_a, "dst"_a, "to"_a = "dcp",
+        "keys"_a = std::vector<std::string>(), "dtype"_a = "", "max_shard_size"_a = 0,
+        "io_threads"_a = 0, "sync_files"_a = true, "overwrite"_a = true,
+        "progress"_a.none() = nb::none());
   m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,
         "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a,
         "verify_checksums"_a = true);

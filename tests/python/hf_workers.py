@@ -3,7 +3,7 @@ DTensor state dict (rows sharded unevenly, plus a 2-D sharded tensor on a
 2x2 mesh when WORLD is 4) with torch's HuggingFaceStorageWriter
 (save_distributed=True), with or without consolidation.
 
-    python3 hf_workers.py WORLD CKPT {sharded|consolidated} SEED
+    python3 hf_workers.py WORLD CKPT {sharded|consolidated|dcp} SEED
     python3 hf_workers.py WORLD CKPT load-{sharded|consolidated} SEED
         WORLD ranks load CKPT into DTensors sharded by columns with
         dcpp.torch.HuggingFaceStorageReader and compare with global_state.
@@ -67,9 +67,12 @@ def _run(rank, world, init_file, path, mode, seed):
             state[k] = distribute_tensor(v, mesh2, [Shard(0), Shard(1)])
         else:
             state[k] = distribute_tensor(v, mesh, [Shard(0)])
-    writer = HuggingFaceStorageWriter(path, save_distributed=True,
-                                      enable_consolidation=(mode == "consolidated"))
-    save(state, storage_writer=writer)
+    if mode == "dcp":
+        save(state, checkpoint_id=path)  # a plain DCP checkpoint
+    else:
+        writer = HuggingFaceStorageWriter(path, save_distributed=True,
+                                          enable_consolidation=(mode == "consolidated"))
+        save(state, storage_writer=writer)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -289,3 +289,38 @@ def test_convert_cli_to_safetensors_and_back(tmp_path):
     assert out.returncode == 0, out.stderr
     back = dcpp.load(tmp_path / "back", tensors="torch")
     assert torch.equal(back["model.w"], sd["model"]["w"].bfloat16().float())
+
+
+def test_convert_4_rank_dtensor_checkpoint_to_consolidated_safetensors(tmp_path):
+    """The consolidation torch does with save_distributed + enable_consolidation,
+    from a plain 4-rank DTensor DCP checkpoint (uneven row shards, a 2x2
+    grid), streamed by dcpp convert; bit-exact."""
+    src, dst = tmp_path / "dcp", tmp_path / "hf"
+    subprocess.run([sys.executable, os.path.join(HERE, "hf_workers.py"), "4", str(src), "dcp",
+                    "11"], check=True, timeout=300)
+    sys.path.insert(0, HERE)
+    from hf_workers import global_state
+
+    want = global_state(11, "dcp")
+    md = dcpp.read_metadata(src)
+    assert len(md["model.grid"].chunks) == 4
+    out = subprocess.run([_cli(), "convert", "--quiet", str(src), str(dst), "--to",
+                          "safetensors"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (f,) = sorted(dst.glob("*.safetensors"))
+    assert_same(load_file(f), want)
+
+
+def test_python_convert(tmp_path):
+    from torch.distributed.checkpoint import save
+
+    sd = {"model": {"w": torch.randn(40, 30), "h": torch.randn(7).half()}, "step": 1}
+    save(sd, checkpoint_id=str(tmp_path / "dcp"))
+    with pytest.raises(dcpp.InvalidArgumentError, match="'step'"):
+        dcpp.convert(tmp_path / "dcp", tmp_path / "st", to="safetensors")
+    md = dcpp.convert(tmp_path / "dcp", tmp_path / "st", to="safetensors", keys="model.*",
+                      dtype="f32")
+    assert sorted(e.fqn for e in md.entries) == ["model.h", "model.w"]
+    got = dcpp.load(tmp_path / "st", tensors="torch")
+    assert torch.equal(got["model.h"], sd["model"]["h"].float())
+    assert torch.equal(got["model.w"], sd["model"]["w"])
