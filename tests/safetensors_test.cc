@@ -332,5 +332,67 @@ TEST_F(SafetensorsCheckpointTest, ConvertBetweenDcpAndSafetensors) {
   EXPECT_TRUE((*kept)["model"]["w"].tensor().BitwiseEquals(full));
 }
 
+// A distributed save: each rank's shards, then one consolidation into full
+// tensors on rank 0.
+TEST_F(SafetensorsCheckpointTest, DistributedSaveConsolidates) {
+  const std::string dir = Dir("dist");
+  Tensor rows_full = Iota({10, 3}), grid_full = Iota({6, 8}, 500), bias = Iota({4}, 9);
+  auto slice = [](const Tensor& full, int64_t r0, int64_t nr, int64_t c0, int64_t nc) {
+    const int64_t cols = full.shape()[1];
+    Tensor t = *Tensor::Empty(DType::kFloat32, {nr, nc});
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t c = 0; c < nc; ++c)
+        static_cast<float*>(t.data())[r * nc + c] =
+            static_cast<const float*>(full.data())[(r0 + r) * cols + c0 + c];
+    return t;
+  };
+  auto run = [&](bool with_value, bool drop_piece) {
+    return RunOnThreadRanks(4, [&](ProcessGroup& pg) -> Status {
+      const int r = pg.rank();
+      Value sd;
+      ShardedTensor rows;  // uneven: 3, 3, 3, 1 rows
+      rows.global_shape = {10, 3};
+      rows.shards.push_back({{3 * r, 0}, slice(rows_full, 3 * r, r == 3 ? 1 : 3, 0, 3)});
+      ShardedTensor grid;  // 2 x 2 blocks of 3 x 4
+      grid.global_shape = {6, 8};
+      if (!(drop_piece && r == 1))
+        grid.shards.push_back({{3 * (r / 2), 4 * (r % 2)},
+                               slice(grid_full, 3 * (r / 2), 3, 4 * (r % 2), 4)});
+      sd["model"]["rows"] = rows;
+      sd["model"]["grid"] = grid;
+      sd["model"]["bias"] = bias;  // replicated
+      if (with_value && r == 2) sd["step"] = 3;
+      SaveOptions o;
+      o.format = SaveFormat::kSafetensors;
+      o.process_group = &pg;
+      auto md = Save(sd, dir, o);
+      return md.status();
+    });
+  };
+  for (const Status& s : run(false, false)) ASSERT_TRUE(s.ok()) << s.ToString();
+  auto all = LoadAll(dir);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_TRUE((*all)["model.rows"].tensor().BitwiseEquals(rows_full));
+  EXPECT_TRUE((*all)["model.grid"].tensor().BitwiseEquals(grid_full));
+  EXPECT_TRUE((*all)["model.bias"].tensor().BitwiseEquals(bias));
+  for (const auto& f : std::filesystem::directory_iterator(dir))
+    EXPECT_EQ(f.path().filename().string().find(".tmp"), std::string::npos) << f.path();
+  // A rank with a non-tensor value: every rank returns the same error.
+  auto statuses = run(true, false);
+  for (const Status& s : statuses) {
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.message(), statuses[0].message());
+    EXPECT_NE(s.message().find("rank 2"), std::string::npos) << s.ToString();
+  }
+  // Shards that leave a hole: refused, nothing temporary left behind.
+  for (const Status& s : run(false, true)) {
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("model.grid"), std::string::npos) << s.ToString();
+  }
+  for (const auto& f : std::filesystem::directory_iterator(dir))
+    EXPECT_EQ(f.path().filename().string().find(".tmp"), std::string::npos) << f.path();
+  ASSERT_TRUE(LoadAll(dir).ok());  // the earlier model is intact
+}
+
 }  // namespace
 }  // namespace dcpp

@@ -51,9 +51,14 @@ enum class SaveFormat {
   // model.safetensors.index.json ({"metadata": {"total_size"},
   // "weight_map"}). Every leaf must be a tensor (InvalidArgument lists the
   // others); keys are the FQNs. Tensors are written straight from their
-  // memory, several files at once. Only SaveOptions' io_threads,
-  // sync_files, overwrite, max_shard_size, process_group (one rank for
-  // now: Unimplemented otherwise) and progress apply.
+  // memory, several at once. With a process group, each rank writes its
+  // shards (plain tensors count as replicated: rank 0 writes them) to a
+  // temporary file of its own, then rank 0 consolidates them into full
+  // tensors, every piece copied to its place through 32 MiB bands per
+  // thread (memory independent of the model's size), and removes the
+  // temporaries; the ranks' shards must tile each tensor. Only SaveOptions'
+  // io_threads, sync_files, overwrite, max_shard_size, process_group and
+  // progress apply.
   kSafetensors,
 };
 

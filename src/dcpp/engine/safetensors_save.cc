@@ -6,7 +6,10 @@
 // positional writes straight from the caller's memory: nothing is staged,
 // and the pieces of a ShardedTensor land in place (row runs), which is the
 // consolidation torch does by reading every shard file back.
+#include <algorithm>
 #include <atomic>
+#include <new>
+#include <unordered_map>
 #include <mutex>
 #include <random>
 
@@ -14,6 +17,8 @@
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/safetensors_save.h"
+#include "dcpp/engine/wire.h"
+#include "dcpp/storage/data_files.h"
 #include "dcpp/format/json.h"
 #include "dcpp/format/safetensors.h"
 #include "dcpp/plan/flatten.h"
@@ -47,6 +52,7 @@ struct OutTensor {
   Shape shape;
   std::vector<Piece> pieces;
   uint64_t nbytes = 0;
+  bool is_plain = false;  // a tensor leaf (replicated across ranks), not shards
 };
 
 // `t` if it is contiguous, else a contiguous copy kept alive in `copies`.
@@ -95,7 +101,8 @@ Status WritePiece(storage::WritableFile& file, uint64_t base, const Shape& globa
 }
 
 Result<std::vector<OutTensor>> CollectTensors(const Value& state_dict,
-                                              std::vector<Tensor>& copies) {
+                                              std::vector<Tensor>& copies,
+                                              bool require_tiling = true) {
   Value resolved = state_dict;
   if (resolved.is_dict()) {
     for (Value& v : resolved.dict().mutable_values()) {
@@ -117,6 +124,7 @@ Result<std::vector<OutTensor>> CollectTensors(const Value& state_dict,
       t.shape = v.tensor().shape();
       DCPP_ASSIGN_OR_RETURN(TensorView view, Contiguous(v.tensor(), copies));
       t.pieces.push_back({Shape(t.shape.size(), 0), view});
+      t.is_plain = true;
     } else if (v.is_sharded()) {
       const ShardedTensor& s = v.sharded();
       if (s.shards.empty())
@@ -131,8 +139,9 @@ Result<std::vector<OutTensor>> CollectTensors(const Value& state_dict,
         t.pieces.push_back({sh.offsets, view});
         boxes.push_back({sh.offsets, sh.local.shape()});
       }
-      // A safetensors tensor is whole: its shards must tile it.
-      DCPP_RETURN_IF_ERROR(plan::ValidateChunks(f.fqn, t.shape, boxes, true));
+      // A safetensors tensor is whole: its shards must tile it (across
+      // all ranks, in a distributed save: checked once they are gathered).
+      DCPP_RETURN_IF_ERROR(plan::ValidateChunks(f.fqn, t.shape, boxes, require_tiling));
     } else {
       others.push_back(f.fqn + " (" + std::string(Value::KindName(v.kind())) + ")");
       continue;
@@ -167,13 +176,13 @@ bool IsModelFileName(std::string_view n) {
   return true;
 }
 
+Result<Metadata> SaveSafetensorsDistributed(const Value& state_dict, storage::Storage& storage,
+                                            const SaveOptions& o, ProcessGroup& pg);
+
 Result<Metadata> SaveSafetensorsImpl(const Value& state_dict, storage::Storage& storage,
                                      const SaveOptions& o) {
   if (o.process_group && o.process_group->size() > 1)
-    return UnimplementedError(
-        "a distributed save in safetensors format is not implemented yet: save from one rank "
-        "(gather the state dict there), or save DCP and convert with `dcpp convert --to "
-        "safetensors`");
+    return SaveSafetensorsDistributed(state_dict, storage, o, *o.process_group);
   std::vector<Tensor> copies;
   DCPP_ASSIGN_OR_RETURN(std::vector<OutTensor> tensors, CollectTensors(state_dict, copies));
   std::vector<SafetensorsSource> sources;
@@ -321,6 +330,236 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
     }
   }
   if (o.sync_files) DCPP_RETURN_IF_ERROR(storage.SyncDirectory());
+  return storage::ReadSafetensorsMetadata(storage);
+}
+
+
+// ---- Distributed: every rank's pieces, then one consolidation ----
+
+// Rows of a piece read at once while consolidating.
+constexpr uint64_t kBandBytes = uint64_t{32} << 20;
+
+// This thread's reusable band buffer (fresh large bands would linger in
+// malloc's arenas and grow the resident size).
+void* BandBuffer(uint64_t bytes) {
+  thread_local std::unique_ptr<uint8_t[]> buf;
+  thread_local uint64_t size = 0;
+  static uint8_t empty[8];
+  if (bytes == 0) return empty;
+  if (size < bytes) {
+    buf.reset();
+    buf.reset(new (std::nothrow) uint8_t[static_cast<size_t>(bytes)]);
+    size = buf ? bytes : 0;
+  }
+  return buf.get();
+}
+
+// Hands `put` the chunks of a tensor (bare elements in `storage`) in row
+// bands of at most kBandBytes.
+Status ProduceFromRawChunks(storage::Storage& storage, const std::string& fqn, DType dtype,
+                            const std::vector<ChunkMeta>& chunks, const PieceSink& put) {
+  for (const ChunkMeta& c : chunks) {
+    const size_t nd = c.sizes.size();
+    const uint64_t row_bytes =
+        (nd == 0 ? 1 : static_cast<uint64_t>(NumElements(Shape(c.sizes.begin() + 1, c.sizes.end())))) *
+        ElementSize(dtype);
+    const int64_t rows = nd == 0 ? 1 : c.sizes[0];
+    const int64_t step =
+        nd == 0 ? 1 : std::max<int64_t>(1, static_cast<int64_t>(kBandBytes / std::max<uint64_t>(row_bytes, 1)));
+    for (int64_t r0 = 0; r0 < rows; r0 += step) {
+      Shape offsets = c.offsets, sizes = c.sizes;
+      if (nd > 0) {
+        offsets[0] += r0;
+        sizes[0] = std::min(step, rows - r0);
+      }
+      const TensorView band =
+          MakeView(BandBuffer(static_cast<uint64_t>(NumElements(sizes)) * ElementSize(dtype)), dtype, sizes);
+      if (!band.data) return ResourceExhaustedError("cannot allocate a read buffer");
+      const storage::ChunkTarget target{band, offsets, sizes};
+      DCPP_RETURN_IF_ERROR(storage::ReadChunk(storage, fqn, dtype, c, {&target, 1}));
+      DCPP_RETURN_IF_ERROR(put(offsets, band));
+    }
+  }
+  return Status();
+}
+
+json::Json ShapeJson(const Shape& s) {
+  json::Array a;
+  for (int64_t d : s) a.emplace_back(d);
+  return json::Json(std::move(a));
+}
+
+Result<Shape> ShapeFromJson(const json::Json* v) {
+  const json::Array* a = v ? v->GetArray() : nullptr;
+  if (!a) return DataLossError("bad shape in a rank's piece list");
+  Shape s;
+  for (const json::Json& x : *a) {
+    const int64_t* i = x.GetInt();
+    if (!i) return DataLossError("bad shape in a rank's piece list");
+    s.push_back(*i);
+  }
+  return s;
+}
+
+// This rank's part: its pieces (plain tensors on rank 0 only: replicated
+// state is written once) in its own temporary file, described as JSON
+// {"pieces": [{"fqn", "dtype", "shape", "offsets", "sizes", "at", "len"}]}.
+Result<std::string> WriteRankPieces(const Value& state_dict, storage::Storage& storage,
+                                    const std::string& file, bool write_plain) {
+  std::vector<Tensor> copies;
+  DCPP_ASSIGN_OR_RETURN(std::vector<OutTensor> tensors, CollectTensors(state_dict, copies, false));
+  struct Ref {
+    const OutTensor* t;
+    const Piece* p;
+  };
+  // Plain tensors are replicated: only rank 0 keeps them.
+  std::vector<Ref> kept;
+  std::vector<st::TensorSpec> kept_specs;
+  for (const OutTensor& t : tensors) {
+    if (!write_plain && t.is_plain) continue;
+    for (const Piece& p : t.pieces) {
+      kept.push_back({&t, &p});
+      kept_specs.push_back({"p" + std::to_string(kept_specs.size()), t.dtype, p.view.shape});
+    }
+  }
+  DCPP_ASSIGN_OR_RETURN(st::Encoded enc, st::Encode(kept_specs));
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::WritableFile> out, storage.CreateForWrite(file));
+  const auto& header = enc.prefix_and_header;
+  DCPP_RETURN_IF_ERROR(out->WriteAt(0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()}));
+  json::Array list;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    const Piece& p = *kept[i].p;
+    const uint64_t at = header.size() + enc.ranges[i].first;
+    const uint64_t len = enc.ranges[i].second - enc.ranges[i].first;
+    DCPP_RETURN_IF_ERROR(out->WriteAt(at, {static_cast<const uint8_t*>(p.view.data), static_cast<size_t>(len)}));
+    json::Object o;
+    o.Set("fqn", json::Json(kept[i].t->fqn));
+    o.Set("dtype", json::Json(TorchName(kept[i].t->dtype)));
+    o.Set("shape", ShapeJson(kept[i].t->shape));
+    o.Set("offsets", ShapeJson(p.offsets));
+    o.Set("sizes", ShapeJson(p.view.shape));
+    o.Set("at", json::Json(at));
+    o.Set("len", json::Json(len));
+    list.push_back(json::Json(std::move(o)));
+  }
+  DCPP_RETURN_IF_ERROR(out->Close());
+  json::Object root;
+  root.Set("pieces", json::Json(std::move(list)));
+  return json::Serialize(json::Json(std::move(root)));
+}
+
+// Every rank's status agreed: the combined failure, or OK on every rank.
+Status Agree(ProcessGroup& pg, const Status& local, std::string_view what) {
+  auto all = pg.AllGather(EncodeStatus(local));
+  if (!all.ok()) return all.status();
+  return CombineRankFailures(what, DecodeStatuses(*all));
+}
+
+Result<Metadata> SaveSafetensorsDistributed(const Value& state_dict, storage::Storage& storage,
+                                            const SaveOptions& o, ProcessGroup& pg) {
+  constexpr int kCoordinator = 0;
+  const bool coordinator = pg.rank() == kCoordinator;
+  // 1. The coordinator prepares the directory and picks the save's tag.
+  Status setup;
+  std::string tag;
+  if (coordinator) {
+    tag = RandomTag();
+    setup = CatchExceptions("preparing " + storage.Describe(""), [&]() -> Status {
+      DCPP_RETURN_IF_ERROR(storage.CreateLocation());
+      if (!o.overwrite) {
+        DCPP_ASSIGN_OR_RETURN(storage::CheckpointFormat existing,
+                              storage::DetectCheckpointFormat(storage));
+        if (existing != storage::CheckpointFormat::kNone)
+          return AlreadyExistsError(storage.Describe("") +
+                                    " already holds a checkpoint (overwrite=false)");
+      }
+      return Status();
+    });
+  }
+  DCPP_ASSIGN_OR_RETURN(tag, pg.Broadcast(tag, kCoordinator));
+  DCPP_RETURN_IF_ERROR(Agree(pg, setup, "safetensors save"));
+  // 2. Every rank writes its pieces to a temporary file of its own.
+  auto piece_file = [&](int rank) {
+    return ".pieces-" + std::to_string(rank) + "." + tag + ".tmp";
+  };
+  Result<std::string> mine = CatchExceptions("writing this rank's pieces", [&] {
+    return WriteRankPieces(state_dict, storage, piece_file(pg.rank()), coordinator);
+  });
+  auto remove_pieces = [&] {
+    if (coordinator)
+      for (int r = 0; r < pg.size(); ++r) (void)storage.Remove(piece_file(r));
+  };
+  Status wrote = Agree(pg, mine.status(), "safetensors save");
+  if (!wrote.ok()) {
+    (void)storage.Remove(piece_file(pg.rank()));
+    return wrote;
+  }
+  DCPP_ASSIGN_OR_RETURN(std::vector<std::string> lists, pg.Gather(*mine, kCoordinator));
+  // 3. The coordinator consolidates them into full tensors, piece by piece
+  // in bounded bands, and writes the model files and the index.
+  Result<Metadata> result = InternalError("not the coordinator");
+  if (coordinator) {
+    result = CatchExceptions("consolidating into " + storage.Describe(""), [&]() -> Result<Metadata> {
+      struct Gathered {
+        std::string fqn;
+        DType dtype;
+        Shape shape;
+        std::vector<ChunkMeta> chunks;
+      };
+      std::vector<Gathered> entries;
+      std::unordered_map<std::string, size_t> index;
+      for (int r = 0; r < pg.size(); ++r) {
+        auto parsed = json::Parse(lists[static_cast<size_t>(r)]);
+        if (!parsed.ok()) return parsed.status().WithContext("rank " + std::to_string(r));
+        const json::Json* pieces = parsed->Find("pieces");
+        if (!pieces || !pieces->GetArray()) return DataLossError("bad piece list from a rank");
+        for (const json::Json& p : *pieces->GetArray()) {
+          const json::Json* fqn = p.Find("fqn");
+          const json::Json* dtype = p.Find("dtype");
+          const json::Json* at = p.Find("at");
+          const json::Json* len = p.Find("len");
+          if (!fqn || !fqn->GetString() || !dtype || !dtype->GetString() || !at ||
+              !at->GetInt() || !len || !len->GetInt())
+            return DataLossError("bad piece list from rank " + std::to_string(r));
+          auto dt = DTypeFromTorchName(*dtype->GetString());
+          if (!dt) return DataLossError("bad dtype in the piece list of rank " + std::to_string(r));
+          DCPP_ASSIGN_OR_RETURN(Shape shape, ShapeFromJson(p.Find("shape")));
+          ChunkMeta c;
+          DCPP_ASSIGN_OR_RETURN(c.offsets, ShapeFromJson(p.Find("offsets")));
+          DCPP_ASSIGN_OR_RETURN(c.sizes, ShapeFromJson(p.Find("sizes")));
+          c.storage.relative_path = piece_file(r);
+          c.storage.offset = static_cast<uint64_t>(*at->GetInt());
+          c.storage.length = static_cast<uint64_t>(*len->GetInt());
+          c.storage.encoding = StorageInfo::Encoding::kRawTensor;
+          const std::string& name = *fqn->GetString();
+          auto [it, fresh] = index.emplace(name, entries.size());
+          if (fresh) entries.push_back({name, *dt, shape, {}});
+          Gathered& g = entries[it->second];
+          if (g.dtype != *dt || g.shape != shape)
+            return InvalidArgumentError(Quoted(name) + ": rank " + std::to_string(r) + " holds " +
+                                        std::string(TorchName(*dt)) + " " + ShapeToString(shape) +
+                                        ", another rank " + std::string(TorchName(g.dtype)) + " " +
+                                        ShapeToString(g.shape));
+          g.chunks.push_back(std::move(c));
+        }
+      }
+      std::vector<SafetensorsSource> sources;
+      for (const Gathered& g : entries) {
+        std::vector<plan::Box> boxes;
+        for (const ChunkMeta& c : g.chunks) boxes.push_back({c.offsets, c.sizes});
+        // The ranks' shards together must tile each tensor.
+        DCPP_RETURN_IF_ERROR(plan::ValidateChunks(g.fqn, g.shape, boxes, true));
+        sources.push_back({g.fqn, g.dtype, g.shape, [&storage, &g](const PieceSink& put) {
+                             return ProduceFromRawChunks(storage, g.fqn, g.dtype, g.chunks, put);
+                           }});
+      }
+      return WriteSafetensorsImpl(sources, storage, o);
+    });
+    remove_pieces();
+  }
+  // 4. Every rank returns the coordinator's outcome.
+  DCPP_RETURN_IF_ERROR(Agree(pg, coordinator ? result.status() : Status(), "safetensors save"));
+  if (coordinator) return result;
   return storage::ReadSafetensorsMetadata(storage);
 }
 

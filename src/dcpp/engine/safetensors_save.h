@@ -21,10 +21,14 @@ namespace dcpp::engine {
 // model in the directory is untouched. With overwrite, model-*-of-*
 // .safetensors files of an earlier save that this one does not reuse are
 // removed. Errors: InvalidArgument listing non-tensor leaves (first ten) or
-// for shards that do not tile their tensor; Unimplemented for a process
-// group of more than one rank; AlreadyExists without overwrite when the
-// directory holds a checkpoint. Memory: only non-contiguous tensors are
-// copied; nothing else is staged.
+// for shards that do not tile their tensor; AlreadyExists without overwrite
+// when the directory holds a checkpoint. Memory: only non-contiguous
+// tensors are copied; nothing else is staged. With options.process_group
+// of several ranks (collective: every rank calls it): each rank writes its
+// pieces to `.pieces-<rank>.<tag>.tmp` (plain tensors only on rank 0), rank
+// 0 gathers their descriptions, checks that they tile each tensor and
+// consolidates them through 32 MiB bands per thread, then removes the
+// temporaries; every rank returns the same status (failures name ranks).
 Result<Metadata> SaveSafetensors(const Value& state_dict, storage::Storage& storage,
                                  const SaveOptions& options);
 
