@@ -30,8 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   dcpp::Result<st::Header> again = st::Parse(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(file.data()), file.size()),
       file.size());
-  if (!again.ok() || again->tensors.size() != h->tensors.size() ||
-      again->metadata != h->metadata)
+  if (!again.ok() || again->tensors.size() != h->tensors.size() || again->metadata != h->metadata)
     std::abort();
   for (const st::TensorInfo& t : again->tensors) {
     const st::TensorInfo* before = h->Find(t.name);

@@ -46,7 +46,8 @@ void WriteFile(const std::string& path, const std::vector<FileTensor>& tensors,
     std::memcpy(bytes.data() + base + enc->ranges[i].first, t.data(),
                 static_cast<size_t>(t.numel()) * ElementSize(t.dtype()));
   }
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 void WriteText(const std::string& path, const std::string& text) {
@@ -61,9 +62,11 @@ TEST_F(SafetensorsCheckpointTest, SingleFileAndDirectoryLoadAll) {
   Tensor w = Iota({3, 4}), b = Iota({4}, 100);
   Tensor ids = *Tensor::Zeros(DType::kInt64, {2});
   static_cast<int64_t*>(ids.data())[1] = 7;
-  WriteFile(dir + "/model.safetensors",
-            {{"layer.weight", w}, {"layer.bias", b}, {"ids", ids}, {"empty", Iota({0, 3})},
-             {"scalar", Iota({}, 5)}});
+  WriteFile(dir + "/model.safetensors", {{"layer.weight", w},
+                                         {"layer.bias", b},
+                                         {"ids", ids},
+                                         {"empty", Iota({0, 3})},
+                                         {"scalar", Iota({}, 5)}});
   for (const std::string& path : {dir, dir + "/model.safetensors"}) {
     SCOPED_TRACE(path);
     auto md = ReadMetadata(path);
@@ -108,9 +111,10 @@ TEST_F(SafetensorsCheckpointTest, IndexedMultiFileModel) {
   WriteFile(dir + "/model-00001-of-00002.safetensors", {{"a", a}});
   WriteFile(dir + "/model-00002-of-00002.safetensors", {{"b", b}});
   WriteFile(dir + "/stray.safetensors", {{"c", Iota({1})}});  // not in the index: not read
-  WriteText(dir + "/model.safetensors.index.json",
-            R"({"metadata": {"total_size": 84}, "weight_map": {)"
-            R"("a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
+  WriteText(
+      dir + "/model.safetensors.index.json",
+      R"({"metadata": {"total_size": 84}, "weight_map": {)"
+      R"("a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
   auto all = LoadAll(dir);
   ASSERT_TRUE(all.ok()) << all.status().ToString();
   EXPECT_EQ(all->dict().size(), 2u);
@@ -138,9 +142,9 @@ TEST_F(SafetensorsCheckpointTest, ShardedPiecesReshardOnLoad) {
     return t;
   };
   Tensor v = Iota({3}, 9);
-  WriteFile(dir + "/shard-00001-model-00001-of-00001.safetensors", {{"w", rows(0, 4)}, {"v", v}},
-            {{"DCP_SHARDING_INFO",
-              R"({"w": {"saved_offsets": [0, 0]}, "v": {"saved_offsets": [0]}})"}});
+  WriteFile(
+      dir + "/shard-00001-model-00001-of-00001.safetensors", {{"w", rows(0, 4)}, {"v", v}},
+      {{"DCP_SHARDING_INFO", R"({"w": {"saved_offsets": [0, 0]}, "v": {"saved_offsets": [0]}})"}});
   WriteFile(dir + "/shard-00002-model-00001-of-00001.safetensors", {{"w", rows(4, 2)}},
             {{"DCP_SHARDING_INFO", R"({"w": {"saved_offsets": [4, 0]}})"}});
   auto md = ReadMetadata(dir);
@@ -356,8 +360,8 @@ TEST_F(SafetensorsCheckpointTest, DistributedSaveConsolidates) {
       ShardedTensor grid;  // 2 x 2 blocks of 3 x 4
       grid.global_shape = {6, 8};
       if (!(drop_piece && r == 1))
-        grid.shards.push_back({{3 * (r / 2), 4 * (r % 2)},
-                               slice(grid_full, 3 * (r / 2), 3, 4 * (r % 2), 4)});
+        grid.shards.push_back(
+            {{3 * (r / 2), 4 * (r % 2)}, slice(grid_full, 3 * (r / 2), 3, 4 * (r % 2), 4)});
       sd["model"]["rows"] = rows;
       sd["model"]["grid"] = grid;
       sd["model"]["bias"] = bias;  // replicated

@@ -99,12 +99,11 @@ void BindMetadata(nb::module_& m) {
       .def_ro("offset", &StorageInfo::offset)
       .def_ro("length", &StorageInfo::length)
       .def_ro("transform_descriptors", &StorageInfo::transform_descriptors)
-      .def_prop_ro("raw",
-                   [](const StorageInfo& s) {
-                     return s.encoding == StorageInfo::Encoding::kRawTensor;
-                   },
-                   "True for a tensor stored as its bare elements (a safetensors tensor), "
-                   "False for a torch.save archive (DCP).")
+      .def_prop_ro(
+          "raw",
+          [](const StorageInfo& s) { return s.encoding == StorageInfo::Encoding::kRawTensor; },
+          "True for a tensor stored as its bare elements (a safetensors tensor), "
+          "False for a torch.save archive (DCP).")
       .def("__repr__", &StorageRepr);
 
   nb::class_<ChunkMeta>(m, "Chunk", "One saved piece of a tensor: global offsets, sizes, storage.")
@@ -188,9 +187,9 @@ void BindMetadata(nb::module_& m) {
       });
 }
 
-Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count,
-                  int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite,
-                  bool checksums, std::vector<std::string> transforms, int compression_level,
+Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_count, int io_threads,
+                  bool single_file_per_rank, bool sync_files, bool overwrite, bool checksums,
+                  std::vector<std::string> transforms, int compression_level,
                   bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms,
                   const std::string& format, uint64_t max_shard_size) {
   PyHelpers helpers = PyHelpers::Get();
@@ -358,10 +357,9 @@ NB_MODULE(_dcpp, m) {
   RegisterExceptionTranslator();
   BindMetadata(m);
   m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
-        "single_file_per_rank"_a,
-        "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
-        "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0,
-        "format"_a = "dcp", "max_shard_size"_a = 0);
+        "single_file_per_rank"_a, "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a,
+        "compression_level"_a, "dedup_to_lowest_rank"_a, "progress"_a.none(),
+        "lock_timeout_ms"_a = 0, "format"_a = "dcp", "max_shard_size"_a = 0);
   m.def("convert", &ConvertImpl, "src"_a, "dst"_a, "to"_a = "dcp",
         "keys"_a = std::vector<std::string>(), "dtype"_a = "", "max_shard_size"_a = 0,
         "io_threads"_a = 0, "sync_files"_a = true, "overwrite"_a = true,

@@ -327,9 +327,16 @@ int Convert(int argc, char** argv) {
   if (args.flags.count("--max-shard-size")) {
     std::string text = args.flags["--max-shard-size"];
     uint64_t unit = 1;
-    for (const auto& [suffix, mult] : std::vector<std::pair<std::string, uint64_t>>{
-             {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}, {"KB", 1000},
-             {"MB", 1000000}, {"GB", 1000000000}, {"K", 1000}, {"M", 1000000}, {"G", 1000000000}}) {
+    for (const auto& [suffix, mult] :
+         std::vector<std::pair<std::string, uint64_t>>{{"KiB", 1ull << 10},
+                                                       {"MiB", 1ull << 20},
+                                                       {"GiB", 1ull << 30},
+                                                       {"KB", 1000},
+                                                       {"MB", 1000000},
+                                                       {"GB", 1000000000},
+                                                       {"K", 1000},
+                                                       {"M", 1000000},
+                                                       {"G", 1000000000}}) {
       if (text.size() > suffix.size() &&
           text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0) {
         text.resize(text.size() - suffix.size());

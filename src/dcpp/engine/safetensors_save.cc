@@ -8,21 +8,21 @@
 // consolidation torch does by reading every shard file back.
 #include <algorithm>
 #include <atomic>
-#include <new>
-#include <unordered_map>
 #include <mutex>
+#include <new>
 #include <random>
+#include <unordered_map>
 
 #include "dcpp/base/exception_barrier.h"
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/safetensors_save.h"
 #include "dcpp/engine/wire.h"
-#include "dcpp/storage/data_files.h"
 #include "dcpp/format/json.h"
 #include "dcpp/format/safetensors.h"
 #include "dcpp/plan/flatten.h"
 #include "dcpp/plan/validate.h"
+#include "dcpp/storage/data_files.h"
 #include "dcpp/storage/safetensors_layout.h"
 
 namespace dcpp::engine {
@@ -81,10 +81,9 @@ Status WritePiece(storage::WritableFile& file, uint64_t base, const Shape& globa
   const Shape gstrides = ContiguousStrides(global);
   const auto* src = static_cast<const uint8_t*>(piece.view.data);
   Shape idx(k, 0);  // index over dims [0, k)
-  for (int64_t done = 0;; ) {
+  for (int64_t done = 0;;) {
     int64_t at = 0;
-    for (size_t d = 0; d < nd; ++d)
-      at += (piece.offsets[d] + (d < k ? idx[d] : 0)) * gstrides[d];
+    for (size_t d = 0; d < nd; ++d) at += (piece.offsets[d] + (d < k ? idx[d] : 0)) * gstrides[d];
     DCPP_RETURN_IF_ERROR(file.WriteAt(
         base + static_cast<uint64_t>(at) * esize,
         {src + static_cast<uint64_t>(done) * esize, static_cast<size_t>(run) * esize}));
@@ -100,8 +99,7 @@ Status WritePiece(storage::WritableFile& file, uint64_t base, const Shape& globa
   }
 }
 
-Result<std::vector<OutTensor>> CollectTensors(const Value& state_dict,
-                                              std::vector<Tensor>& copies,
+Result<std::vector<OutTensor>> CollectTensors(const Value& state_dict, std::vector<Tensor>& copies,
                                               bool require_tiling = true) {
   Value resolved = state_dict;
   if (resolved.is_dict()) {
@@ -153,8 +151,8 @@ Result<std::vector<OutTensor>> CollectTensors(const Value& state_dict,
     std::string list;
     for (size_t i = 0; i < others.size() && i < 10; ++i) list += (i ? ", " : "") + others[i];
     if (others.size() > 10) list += ", ... (" + std::to_string(others.size()) + " in all)";
-    return InvalidArgumentError("safetensors holds only tensors; the state dict also has " +
-                                list + ": leave them out of what is saved");
+    return InvalidArgumentError("safetensors holds only tensors; the state dict also has " + list +
+                                ": leave them out of what is saved");
   }
   return out;
 }
@@ -189,7 +187,8 @@ Result<Metadata> SaveSafetensorsImpl(const Value& state_dict, storage::Storage& 
   sources.reserve(tensors.size());
   for (const OutTensor& t : tensors) {
     sources.push_back({t.fqn, t.dtype, t.shape, [&t](const PieceSink& put) -> Status {
-                         for (const Piece& p : t.pieces) DCPP_RETURN_IF_ERROR(put(p.offsets, p.view));
+                         for (const Piece& p : t.pieces)
+                           DCPP_RETURN_IF_ERROR(put(p.offsets, p.view));
                          return Status();
                        }});
   }
@@ -261,8 +260,8 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
     if (!file.ok()) return cleanup(file.status());
     pl.file = std::move(*file);
     const auto& header = pl.enc.prefix_and_header;
-    Status s = pl.file->WriteAt(
-        0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()});
+    Status s =
+        pl.file->WriteAt(0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()});
     if (!s.ok()) return cleanup(s);
   }
   // Every tensor in parallel: positional writes to distinct ranges.
@@ -275,15 +274,15 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
     storage::WritableFile& file = *planned[f].file;
     const std::string at = "writing " + Quoted(t.fqn) + " to " + storage.Describe(planned[f].name);
     DCPP_RETURN_IF_ERROR(t.produce([&](const Shape& offsets, const TensorView& view) -> Status {
-                           if (view.dtype != t.dtype || offsets.size() != t.shape.size() ||
-                               view.shape.size() != t.shape.size() || !view.is_contiguous())
-                             return InternalError("a piece does not match its tensor");
-                           for (size_t d = 0; d < offsets.size(); ++d)
-                             if (offsets[d] < 0 || view.shape[d] < 0 ||
-                                 offsets[d] + view.shape[d] > t.shape[d])
-                               return InternalError("a piece lies outside its tensor");
-                           return WritePiece(file, base, t.shape, {offsets, view});
-                         }).WithContext(at));
+                            if (view.dtype != t.dtype || offsets.size() != t.shape.size() ||
+                                view.shape.size() != t.shape.size() || !view.is_contiguous())
+                              return InternalError("a piece does not match its tensor");
+                            for (size_t d = 0; d < offsets.size(); ++d)
+                              if (offsets[d] < 0 || view.shape[d] < 0 ||
+                                  offsets[d] + view.shape[d] > t.shape[d])
+                                return InternalError("a piece lies outside its tensor");
+                            return WritePiece(file, base, t.shape, {offsets, view});
+                          }).WithContext(at));
     if (o.progress) {
       std::lock_guard<std::mutex> lock(mu);
       p.bytes_done += nbytes[i];
@@ -333,7 +332,6 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
   return storage::ReadSafetensorsMetadata(storage);
 }
 
-
 // ---- Distributed: every rank's pieces, then one consolidation ----
 
 // Rows of a piece read at once while consolidating.
@@ -361,19 +359,22 @@ Status ProduceFromRawChunks(storage::Storage& storage, const std::string& fqn, D
   for (const ChunkMeta& c : chunks) {
     const size_t nd = c.sizes.size();
     const uint64_t row_bytes =
-        (nd == 0 ? 1 : static_cast<uint64_t>(NumElements(Shape(c.sizes.begin() + 1, c.sizes.end())))) *
+        (nd == 0 ? 1
+                 : static_cast<uint64_t>(NumElements(Shape(c.sizes.begin() + 1, c.sizes.end())))) *
         ElementSize(dtype);
     const int64_t rows = nd == 0 ? 1 : c.sizes[0];
     const int64_t step =
-        nd == 0 ? 1 : std::max<int64_t>(1, static_cast<int64_t>(kBandBytes / std::max<uint64_t>(row_bytes, 1)));
+        nd == 0 ? 1
+                : std::max<int64_t>(
+                      1, static_cast<int64_t>(kBandBytes / std::max<uint64_t>(row_bytes, 1)));
     for (int64_t r0 = 0; r0 < rows; r0 += step) {
       Shape offsets = c.offsets, sizes = c.sizes;
       if (nd > 0) {
         offsets[0] += r0;
         sizes[0] = std::min(step, rows - r0);
       }
-      const TensorView band =
-          MakeView(BandBuffer(static_cast<uint64_t>(NumElements(sizes)) * ElementSize(dtype)), dtype, sizes);
+      const TensorView band = MakeView(
+          BandBuffer(static_cast<uint64_t>(NumElements(sizes)) * ElementSize(dtype)), dtype, sizes);
       if (!band.data) return ResourceExhaustedError("cannot allocate a read buffer");
       const storage::ChunkTarget target{band, offsets, sizes};
       DCPP_RETURN_IF_ERROR(storage::ReadChunk(storage, fqn, dtype, c, {&target, 1}));
@@ -425,13 +426,15 @@ Result<std::string> WriteRankPieces(const Value& state_dict, storage::Storage& s
   DCPP_ASSIGN_OR_RETURN(st::Encoded enc, st::Encode(kept_specs));
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::WritableFile> out, storage.CreateForWrite(file));
   const auto& header = enc.prefix_and_header;
-  DCPP_RETURN_IF_ERROR(out->WriteAt(0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()}));
+  DCPP_RETURN_IF_ERROR(
+      out->WriteAt(0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()}));
   json::Array list;
   for (size_t i = 0; i < kept.size(); ++i) {
     const Piece& p = *kept[i].p;
     const uint64_t at = header.size() + enc.ranges[i].first;
     const uint64_t len = enc.ranges[i].second - enc.ranges[i].first;
-    DCPP_RETURN_IF_ERROR(out->WriteAt(at, {static_cast<const uint8_t*>(p.view.data), static_cast<size_t>(len)}));
+    DCPP_RETURN_IF_ERROR(
+        out->WriteAt(at, {static_cast<const uint8_t*>(p.view.data), static_cast<size_t>(len)}));
     json::Object o;
     o.Set("fqn", json::Json(kept[i].t->fqn));
     o.Set("dtype", json::Json(TorchName(kept[i].t->dtype)));
@@ -499,62 +502,65 @@ Result<Metadata> SaveSafetensorsDistributed(const Value& state_dict, storage::St
   // in bounded bands, and writes the model files and the index.
   Result<Metadata> result = InternalError("not the coordinator");
   if (coordinator) {
-    result = CatchExceptions("consolidating into " + storage.Describe(""), [&]() -> Result<Metadata> {
-      struct Gathered {
-        std::string fqn;
-        DType dtype;
-        Shape shape;
-        std::vector<ChunkMeta> chunks;
-      };
-      std::vector<Gathered> entries;
-      std::unordered_map<std::string, size_t> index;
-      for (int r = 0; r < pg.size(); ++r) {
-        auto parsed = json::Parse(lists[static_cast<size_t>(r)]);
-        if (!parsed.ok()) return parsed.status().WithContext("rank " + std::to_string(r));
-        const json::Json* pieces = parsed->Find("pieces");
-        if (!pieces || !pieces->GetArray()) return DataLossError("bad piece list from a rank");
-        for (const json::Json& p : *pieces->GetArray()) {
-          const json::Json* fqn = p.Find("fqn");
-          const json::Json* dtype = p.Find("dtype");
-          const json::Json* at = p.Find("at");
-          const json::Json* len = p.Find("len");
-          if (!fqn || !fqn->GetString() || !dtype || !dtype->GetString() || !at ||
-              !at->GetInt() || !len || !len->GetInt())
-            return DataLossError("bad piece list from rank " + std::to_string(r));
-          auto dt = DTypeFromTorchName(*dtype->GetString());
-          if (!dt) return DataLossError("bad dtype in the piece list of rank " + std::to_string(r));
-          DCPP_ASSIGN_OR_RETURN(Shape shape, ShapeFromJson(p.Find("shape")));
-          ChunkMeta c;
-          DCPP_ASSIGN_OR_RETURN(c.offsets, ShapeFromJson(p.Find("offsets")));
-          DCPP_ASSIGN_OR_RETURN(c.sizes, ShapeFromJson(p.Find("sizes")));
-          c.storage.relative_path = piece_file(r);
-          c.storage.offset = static_cast<uint64_t>(*at->GetInt());
-          c.storage.length = static_cast<uint64_t>(*len->GetInt());
-          c.storage.encoding = StorageInfo::Encoding::kRawTensor;
-          const std::string& name = *fqn->GetString();
-          auto [it, fresh] = index.emplace(name, entries.size());
-          if (fresh) entries.push_back({name, *dt, shape, {}});
-          Gathered& g = entries[it->second];
-          if (g.dtype != *dt || g.shape != shape)
-            return InvalidArgumentError(Quoted(name) + ": rank " + std::to_string(r) + " holds " +
-                                        std::string(TorchName(*dt)) + " " + ShapeToString(shape) +
-                                        ", another rank " + std::string(TorchName(g.dtype)) + " " +
-                                        ShapeToString(g.shape));
-          g.chunks.push_back(std::move(c));
-        }
-      }
-      std::vector<SafetensorsSource> sources;
-      for (const Gathered& g : entries) {
-        std::vector<plan::Box> boxes;
-        for (const ChunkMeta& c : g.chunks) boxes.push_back({c.offsets, c.sizes});
-        // The ranks' shards together must tile each tensor.
-        DCPP_RETURN_IF_ERROR(plan::ValidateChunks(g.fqn, g.shape, boxes, true));
-        sources.push_back({g.fqn, g.dtype, g.shape, [&storage, &g](const PieceSink& put) {
-                             return ProduceFromRawChunks(storage, g.fqn, g.dtype, g.chunks, put);
-                           }});
-      }
-      return WriteSafetensorsImpl(sources, storage, o);
-    });
+    result =
+        CatchExceptions("consolidating into " + storage.Describe(""), [&]() -> Result<Metadata> {
+          struct Gathered {
+            std::string fqn;
+            DType dtype;
+            Shape shape;
+            std::vector<ChunkMeta> chunks;
+          };
+          std::vector<Gathered> entries;
+          std::unordered_map<std::string, size_t> index;
+          for (int r = 0; r < pg.size(); ++r) {
+            auto parsed = json::Parse(lists[static_cast<size_t>(r)]);
+            if (!parsed.ok()) return parsed.status().WithContext("rank " + std::to_string(r));
+            const json::Json* pieces = parsed->Find("pieces");
+            if (!pieces || !pieces->GetArray()) return DataLossError("bad piece list from a rank");
+            for (const json::Json& p : *pieces->GetArray()) {
+              const json::Json* fqn = p.Find("fqn");
+              const json::Json* dtype = p.Find("dtype");
+              const json::Json* at = p.Find("at");
+              const json::Json* len = p.Find("len");
+              if (!fqn || !fqn->GetString() || !dtype || !dtype->GetString() || !at ||
+                  !at->GetInt() || !len || !len->GetInt())
+                return DataLossError("bad piece list from rank " + std::to_string(r));
+              auto dt = DTypeFromTorchName(*dtype->GetString());
+              if (!dt)
+                return DataLossError("bad dtype in the piece list of rank " + std::to_string(r));
+              DCPP_ASSIGN_OR_RETURN(Shape shape, ShapeFromJson(p.Find("shape")));
+              ChunkMeta c;
+              DCPP_ASSIGN_OR_RETURN(c.offsets, ShapeFromJson(p.Find("offsets")));
+              DCPP_ASSIGN_OR_RETURN(c.sizes, ShapeFromJson(p.Find("sizes")));
+              c.storage.relative_path = piece_file(r);
+              c.storage.offset = static_cast<uint64_t>(*at->GetInt());
+              c.storage.length = static_cast<uint64_t>(*len->GetInt());
+              c.storage.encoding = StorageInfo::Encoding::kRawTensor;
+              const std::string& name = *fqn->GetString();
+              auto [it, fresh] = index.emplace(name, entries.size());
+              if (fresh) entries.push_back({name, *dt, shape, {}});
+              Gathered& g = entries[it->second];
+              if (g.dtype != *dt || g.shape != shape)
+                return InvalidArgumentError(
+                    Quoted(name) + ": rank " + std::to_string(r) + " holds " +
+                    std::string(TorchName(*dt)) + " " + ShapeToString(shape) + ", another rank " +
+                    std::string(TorchName(g.dtype)) + " " + ShapeToString(g.shape));
+              g.chunks.push_back(std::move(c));
+            }
+          }
+          std::vector<SafetensorsSource> sources;
+          for (const Gathered& g : entries) {
+            std::vector<plan::Box> boxes;
+            for (const ChunkMeta& c : g.chunks) boxes.push_back({c.offsets, c.sizes});
+            // The ranks' shards together must tile each tensor.
+            DCPP_RETURN_IF_ERROR(plan::ValidateChunks(g.fqn, g.shape, boxes, true));
+            sources.push_back({g.fqn, g.dtype, g.shape, [&storage, &g](const PieceSink& put) {
+                                 return ProduceFromRawChunks(storage, g.fqn, g.dtype, g.chunks,
+                                                             put);
+                               }});
+          }
+          return WriteSafetensorsImpl(sources, storage, o);
+        });
     remove_pieces();
   }
   // 4. Every rank returns the coordinator's outcome.

@@ -74,19 +74,24 @@ Result<uint64_t> ByteSize(std::string_view name, const Shape& shape, int bits) {
 
 Result<TensorInfo> ParseTensor(const std::string& name, const json::Json& v) {
   const json::Object* o = v.GetObject();
-  if (!o) return Bad(name, "is a JSON " + std::string(json::TypeName(v.type())) + ", not an object");
+  if (!o)
+    return Bad(name, "is a JSON " + std::string(json::TypeName(v.type())) + ", not an object");
   TensorInfo t;
   t.name = name;
   const json::Json* dtype = o->Find("dtype");
   const json::Json* shape = o->Find("shape");
   const json::Json* offsets = o->Find("data_offsets");
   if (!dtype || !shape || !offsets)
-    return Bad(name, std::string("lacks \"") + (!dtype ? "dtype" : !shape ? "shape" : "data_offsets") +
+    return Bad(name, std::string("lacks \"") +
+                         (!dtype   ? "dtype"
+                          : !shape ? "shape"
+                                   : "data_offsets") +
                          "\"");
   const std::string* dname = dtype->GetString();
   if (!dname) return Bad(name, "\"dtype\" is not a string");
   auto info = LookupDType(*dname);
-  if (!info) return Bad(name, "unknown dtype " + Quoted(*dname) + " (known: " + KnownDTypes() + ")");
+  if (!info)
+    return Bad(name, "unknown dtype " + Quoted(*dname) + " (known: " + KnownDTypes() + ")");
   t.dtype = *info;
   const json::Array* dims = shape->GetArray();
   if (!dims) return Bad(name, "\"shape\" is not an array");
@@ -100,7 +105,8 @@ Result<TensorInfo> ParseTensor(const std::string& name, const json::Json& v) {
   if (!range || range->size() != 2)
     return Bad(name, "\"data_offsets\" is not an array of two integers");
   auto b = AsCount((*range)[0]), e = AsCount((*range)[1]);
-  if (!b || !e) return Bad(name, "\"data_offsets\" holds something other than two non-negative integers");
+  if (!b || !e)
+    return Bad(name, "\"data_offsets\" holds something other than two non-negative integers");
   t.begin = *b;
   t.end = *e;
   if (t.end < t.begin)
@@ -206,17 +212,17 @@ Result<Header> ParseHeader(std::string_view header_text, uint64_t file_size) {
   uint64_t at = 0;
   for (const TensorInfo& t : h.tensors) {
     if (t.begin != at)
-      return Bad(t.name, "data_offsets [" + std::to_string(t.begin) + ", " +
-                             std::to_string(t.end) + ") " +
+      return Bad(t.name, "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
+                             ") " +
                              (t.begin < at ? "overlap the previous tensor's bytes"
                                            : "leave a gap after the previous tensor's bytes") +
                              " (which end at " + std::to_string(at) + ")");
     at = t.end;
   }
   if (at != h.data_size)
-    return DataLossError("safetensors header: the tensors' data ends at byte " + std::to_string(at) +
-                         " of the data section, but the file holds " + std::to_string(h.data_size) +
-                         " data bytes (" +
+    return DataLossError("safetensors header: the tensors' data ends at byte " +
+                         std::to_string(at) + " of the data section, but the file holds " +
+                         std::to_string(h.data_size) + " data bytes (" +
                          (at > h.data_size ? "truncated file?" : "trailing bytes") + ")");
   return h;
 }
@@ -225,10 +231,12 @@ Result<Header> Parse(std::span<const uint8_t> file_prefix, uint64_t file_size) {
   DCPP_ASSIGN_OR_RETURN(uint64_t n, ParseHeaderLength(file_prefix, file_size));
   if (file_prefix.size() - kPrefixSize < n)
     return InvalidArgumentError("safetensors: " + std::to_string(file_prefix.size()) +
-                                " bytes given, the header needs " + std::to_string(kPrefixSize + n));
-  return ParseHeader(std::string_view(reinterpret_cast<const char*>(file_prefix.data()) + kPrefixSize,
-                                      static_cast<size_t>(n)),
-                     file_size);
+                                " bytes given, the header needs " +
+                                std::to_string(kPrefixSize + n));
+  return ParseHeader(
+      std::string_view(reinterpret_cast<const char*>(file_prefix.data()) + kPrefixSize,
+                       static_cast<size_t>(n)),
+      file_size);
 }
 
 Result<Encoded> Encode(std::span<const TensorSpec> tensors,
@@ -301,7 +309,8 @@ Result<Encoded> Encode(std::span<const TensorSpec> tensors,
                                 " readers accept");
   out.prefix_and_header.reserve(kPrefixSize + text.size());
   uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i) out.prefix_and_header.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  for (int i = 0; i < 8; ++i)
+    out.prefix_and_header.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
   out.prefix_and_header += text;
   return out;
 }

@@ -29,7 +29,8 @@ Result<Header> ParseFile(const std::string& file) { return Parse(AsSpan(file), f
   if (r.ok()) return ::testing::AssertionFailure() << "parsed";
   if (r.status().code() != code) return ::testing::AssertionFailure() << r.status().ToString();
   if (r.status().message().find(part) == std::string::npos)
-    return ::testing::AssertionFailure() << "'" << r.status().message() << "' lacks '" << part << "'";
+    return ::testing::AssertionFailure()
+           << "'" << r.status().message() << "' lacks '" << part << "'";
   return ::testing::AssertionSuccess();
 }
 
@@ -46,8 +47,8 @@ constexpr std::string_view kPackageHeader =
 
 TEST(SafetensorsEncode, MatchesThePackageByteForByte) {
   std::vector<TensorSpec> specs = {
-      {"b", DType::kFloat16, {3}},  {"a", DType::kFloat32, {2, 2}}, {"c", DType::kBool, {1}},
-      {"z", DType::kFloat32, {0}},  {"s", DType::kFloat32, {}},     {"u", DType::kUInt16, {2}},
+      {"b", DType::kFloat16, {3}}, {"a", DType::kFloat32, {2, 2}}, {"c", DType::kBool, {1}},
+      {"z", DType::kFloat32, {0}}, {"s", DType::kFloat32, {}},     {"u", DType::kUInt16, {2}},
   };
   std::vector<std::pair<std::string, std::string>> md = {{"format", "pt"}};
   auto enc = Encode(specs, md);
@@ -119,7 +120,9 @@ TEST(SafetensorsEncode, MetadataEscapesAsThePackageDoes) {
   auto enc = Encode(none, md);
   ASSERT_TRUE(enc.ok());
   // serde_json: short escapes, \u00XX for other control bytes, UTF-8 and '/' as is.
-  const std::string want = R"({"__metadata__":{"k":"2\n)" "\xc3\xa9" R"(/\u0001\"\\"}})";
+  const std::string want = R"({"__metadata__":{"k":"2\n)"
+                           "\xc3\xa9"
+                           R"(/\u0001\"\\"}})";
   EXPECT_EQ(enc->prefix_and_header.substr(8, want.size()), want);
   auto h = ParseFile(enc->prefix_and_header);
   ASSERT_TRUE(h.ok()) << h.status().ToString();
@@ -177,7 +180,8 @@ TEST(SafetensorsParse, AdversarialHeaders) {
   EXPECT_TRUE(Fails(FileOf("{\"t\":", 0), StatusCode::kDataLoss, "safetensors header"));
   EXPECT_TRUE(Fails(FileOf("[]", 0), StatusCode::kDataLoss, "not an object"));
   EXPECT_TRUE(Fails(FileOf("{" + t + "," + t + "}", 8), StatusCode::kDataLoss, "duplicate key"));
-  EXPECT_TRUE(Fails(FileOf(std::string("{}\0", 3), 0), StatusCode::kDataLoss, "safetensors header"));
+  EXPECT_TRUE(
+      Fails(FileOf(std::string("{}\0", 3), 0), StatusCode::kDataLoss, "safetensors header"));
   auto one = [](const std::string& body) { return "{\"t\":{" + body + "}}"; };
   // Tensor fields.
   EXPECT_TRUE(Fails(FileOf(one(R"("dtype":"F31","shape":[2],"data_offsets":[0,8])"), 8),
@@ -214,8 +218,8 @@ TEST(SafetensorsParse, AdversarialHeaders) {
                            12),
                     StatusCode::kDataLoss, "'u'"));
   // Metadata.
-  EXPECT_TRUE(Fails(FileOf(R"({"__metadata__":{"a":1}})", 0), StatusCode::kDataLoss,
-                    "not a string"));
+  EXPECT_TRUE(
+      Fails(FileOf(R"({"__metadata__":{"a":1}})", 0), StatusCode::kDataLoss, "not a string"));
   EXPECT_TRUE(Fails(FileOf(R"({"__metadata__":[]})", 0), StatusCode::kDataLoss, "not an object"));
   // Too short a buffer for the header is the caller's problem, not the file's.
   const std::string file = FileOf("{" + t + "}", 8);

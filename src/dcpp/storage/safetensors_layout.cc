@@ -82,8 +82,7 @@ Result<std::vector<std::string>> FilesToRead(Storage& storage,
     std::vector<std::string> files;
     for (const auto& n : names)
       if (EndsWith(n, kSafetensorsSuffix)) files.push_back(n);
-    if (files.empty())
-      return NotFoundError(storage.Describe("") + " holds no .safetensors file");
+    if (files.empty()) return NotFoundError(storage.Describe("") + " holds no .safetensors file");
     return files;
   }
   const std::string index_name(kSafetensorsIndexName);
@@ -96,8 +95,7 @@ Result<std::vector<std::string>> FilesToRead(Storage& storage,
     return ResourceExhaustedError(where + ": " + std::to_string(size) + " bytes, more than " +
                                   std::to_string(kMaxIndexBytes));
   std::string text(static_cast<size_t>(size), '\0');
-  DCPP_RETURN_IF_ERROR(
-      file->ReadAt(0, {reinterpret_cast<uint8_t*>(text.data()), text.size()}));
+  DCPP_RETURN_IF_ERROR(file->ReadAt(0, {reinterpret_cast<uint8_t*>(text.data()), text.size()}));
   json::ParseOptions po;
   po.max_size = kMaxIndexBytes;
   auto parsed = json::Parse(text, po);
@@ -108,7 +106,8 @@ Result<std::vector<std::string>> FilesToRead(Storage& storage,
   std::set<std::string> files;
   for (const auto& [fqn, v] : o->members()) {
     const std::string* f = v.GetString();
-    if (!f) return DataLossError(where + ": weight_map value of " + Quoted(fqn) + " is not a string");
+    if (!f)
+      return DataLossError(where + ": weight_map value of " + Quoted(fqn) + " is not a string");
     if (Status bad = CheckEntryName(*f); !bad.ok()) return bad.WithContext(where);
     files.insert(*f);
     (*expected)[fqn] = *f;
@@ -237,7 +236,8 @@ Result<Metadata> ReadSafetensorsMetadata(Storage& storage) {
     auto it = index.find(fqn);
     bool found = false;
     if (it != index.end())
-      for (const ChunkMeta& c : md.entries[it->second].chunks) found |= c.storage.relative_path == file;
+      for (const ChunkMeta& c : md.entries[it->second].chunks)
+        found |= c.storage.relative_path == file;
     if (!found)
       return DataLossError(storage.Describe(std::string(kSafetensorsIndexName)) + " maps " +
                            Quoted(fqn) + " to " + file + ", which does not hold it");

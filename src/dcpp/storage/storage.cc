@@ -32,7 +32,8 @@ std::unique_ptr<Storage> OpenPosixLocation(const std::string& path) {
   constexpr std::string_view kSuffix = kSafetensorsSuffix;
   std::string p = path;
   while (p.size() > 1 && p.back() == '/') p.pop_back();
-  if (p.size() > kSuffix.size() && p.compare(p.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0) {
+  if (p.size() > kSuffix.size() &&
+      p.compare(p.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0) {
     auto dir = io::IsDirectory(p);
     auto exists = io::Exists(p);
     if (dir.ok() && !*dir && exists.ok() && *exists) {

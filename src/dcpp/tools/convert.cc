@@ -168,7 +168,8 @@ Result<std::vector<const EntryMeta*>> Select(const Metadata& md,
   }
   for (size_t k = 0; k < keys.size(); ++k)
     if (!used[k])
-      return InvalidArgumentError("--keys " + Quoted(keys[k]) + " matches no entry of the checkpoint");
+      return InvalidArgumentError("--keys " + Quoted(keys[k]) +
+                                  " matches no entry of the checkpoint");
   return out;
 }
 
@@ -198,10 +199,10 @@ Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const En
     std::string list;
     for (size_t i = 0; i < others.size() && i < 10; ++i) list += (i ? ", " : "") + others[i];
     if (others.size() > 10) list += ", ... (" + std::to_string(others.size()) + " in all)";
-    return InvalidArgumentError(
-        "safetensors holds only tensors, but " + std::to_string(others.size()) +
-        " selected entr" + (others.size() == 1 ? "y is not one: " : "ies are not: ") + list +
-        "; select the tensors with --keys (e.g. --keys 'model.*')");
+    return InvalidArgumentError("safetensors holds only tensors, but " +
+                                std::to_string(others.size()) + " selected entr" +
+                                (others.size() == 1 ? "y is not one: " : "ies are not: ") + list +
+                                "; select the tensors with --keys (e.g. --keys 'model.*')");
   }
   std::vector<engine::SafetensorsSource> sources;
   for (const EntryMeta* e : entries) {
@@ -210,41 +211,46 @@ Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const En
     DCPP_RETURN_IF_ERROR(plan::ValidateChunks(e->fqn, e->size, boxes, true));
     const DType from = e->properties.dtype;
     const DType to = o.dtype && IsFloat(from) ? *o.dtype : from;
-    sources.push_back({e->fqn, to, e->size, [&src, e, from, to](const engine::PieceSink& put) -> Status {
-      for (const ChunkMeta& c : e->chunks) {
-        const size_t nd = c.sizes.size();
-        const uint64_t row_bytes =
-            (nd == 0 ? 1 : static_cast<uint64_t>(NumElements(Shape(c.sizes.begin() + 1, c.sizes.end())))) *
-            ElementSize(from);
-        const int64_t rows = nd == 0 ? 1 : c.sizes[0];
-        // A compressed chunk is decoded from its start on every read: read
-        // it in one piece rather than once per band.
-        const int64_t step =
-            nd == 0 || !c.storage.transform_descriptors.empty()
-                ? std::max<int64_t>(rows, 1)
-                : std::max<int64_t>(1, static_cast<int64_t>(kBandBytes / std::max<uint64_t>(row_bytes, 1)));
-        for (int64_t r0 = 0; r0 < rows; r0 += step) {
-          Shape offsets = c.offsets, sizes = c.sizes;
-          if (nd > 0) {
-            offsets[0] += r0;
-            sizes[0] = std::min(step, rows - r0);
-          }
-          const TensorView band = MakeView(Buffer(0, NumElements(sizes) * ElementSize(from)), from, sizes);
-          if (!band.data) return ResourceExhaustedError("cannot allocate a read buffer");
-          const storage::ChunkTarget target{band, offsets, sizes};
-          DCPP_RETURN_IF_ERROR(storage::ReadChunk(src, e->fqn, from, c, {&target, 1}));
-          if (to == from) {
-            DCPP_RETURN_IF_ERROR(put(offsets, band));
-          } else {
-            const TensorView cast = MakeView(Buffer(1, NumElements(sizes) * ElementSize(to)), to, sizes);
-            if (!cast.data) return ResourceExhaustedError("cannot allocate a cast buffer");
-            CastFloats(band, cast);
-            DCPP_RETURN_IF_ERROR(put(offsets, cast));
-          }
-        }
-      }
-      return Status();
-    }});
+    sources.push_back(
+        {e->fqn, to, e->size, [&src, e, from, to](const engine::PieceSink& put) -> Status {
+           for (const ChunkMeta& c : e->chunks) {
+             const size_t nd = c.sizes.size();
+             const uint64_t row_bytes = (nd == 0 ? 1
+                                                 : static_cast<uint64_t>(NumElements(Shape(
+                                                       c.sizes.begin() + 1, c.sizes.end())))) *
+                                        ElementSize(from);
+             const int64_t rows = nd == 0 ? 1 : c.sizes[0];
+             // A compressed chunk is decoded from its start on every read: read
+             // it in one piece rather than once per band.
+             const int64_t step =
+                 nd == 0 || !c.storage.transform_descriptors.empty()
+                     ? std::max<int64_t>(rows, 1)
+                     : std::max<int64_t>(
+                           1, static_cast<int64_t>(kBandBytes / std::max<uint64_t>(row_bytes, 1)));
+             for (int64_t r0 = 0; r0 < rows; r0 += step) {
+               Shape offsets = c.offsets, sizes = c.sizes;
+               if (nd > 0) {
+                 offsets[0] += r0;
+                 sizes[0] = std::min(step, rows - r0);
+               }
+               const TensorView band =
+                   MakeView(Buffer(0, NumElements(sizes) * ElementSize(from)), from, sizes);
+               if (!band.data) return ResourceExhaustedError("cannot allocate a read buffer");
+               const storage::ChunkTarget target{band, offsets, sizes};
+               DCPP_RETURN_IF_ERROR(storage::ReadChunk(src, e->fqn, from, c, {&target, 1}));
+               if (to == from) {
+                 DCPP_RETURN_IF_ERROR(put(offsets, band));
+               } else {
+                 const TensorView cast =
+                     MakeView(Buffer(1, NumElements(sizes) * ElementSize(to)), to, sizes);
+                 if (!cast.data) return ResourceExhaustedError("cannot allocate a cast buffer");
+                 CastFloats(band, cast);
+                 DCPP_RETURN_IF_ERROR(put(offsets, cast));
+               }
+             }
+           }
+           return Status();
+         }});
   }
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> out, storage::OpenStorage(dst));
   return engine::WriteSafetensors(sources, *out, o.save);
@@ -301,9 +307,8 @@ Result<Metadata> ToDcp(storage::Storage& src, const Metadata& src_md,
     if (matched != entries.size() || md.entries.size() != entries.size())
       return InternalError("converting " + src.Describe("") + " changed its set of keys (" +
                            std::to_string(entries.size()) + " in, " +
-                           std::to_string(md.entries.size()) + " out, " +
-                           std::to_string(matched) + " matched); " + dst +
-                           " would not be a faithful copy");
+                           std::to_string(md.entries.size()) + " out, " + std::to_string(matched) +
+                           " matched); " + dst + " would not be a faithful copy");
     return Status();
   };
   (void)src_md;
@@ -327,9 +332,12 @@ Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
 
 std::optional<DType> ParseFloatDType(std::string_view name) {
   if (name == "bf16" || name == "bfloat16") return DType::kBFloat16;
-  if (name == "f16" || name == "fp16" || name == "float16" || name == "half") return DType::kFloat16;
-  if (name == "f32" || name == "fp32" || name == "float32" || name == "float") return DType::kFloat32;
-  if (name == "f64" || name == "fp64" || name == "float64" || name == "double") return DType::kFloat64;
+  if (name == "f16" || name == "fp16" || name == "float16" || name == "half")
+    return DType::kFloat16;
+  if (name == "f32" || name == "fp32" || name == "float32" || name == "float")
+    return DType::kFloat32;
+  if (name == "f64" || name == "fp64" || name == "float64" || name == "double")
+    return DType::kFloat64;
   return std::nullopt;
 }
 
