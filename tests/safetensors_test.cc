@@ -254,6 +254,20 @@ TEST_F(SafetensorsCheckpointTest, SaveWritesAModelDirectory) {
   ASSERT_TRUE(LoadAll(dir).ok());
   o.overwrite = false;
   EXPECT_EQ(Save(sd, dir, o).status().code(), StatusCode::kAlreadyExists);
+  // Files chosen per FQN (torch's fqn_to_index_mapping).
+  o.overwrite = true;
+  o.fqn_to_file_index = {{"model.w", 2}, {"model.b", 1}, {"model.e", 1}, {"model.cols", 3}};
+  auto mapped = Save(sd, dir, o);
+  ASSERT_TRUE(mapped.ok()) << mapped.status().ToString();
+  EXPECT_EQ(mapped->Find("model.w")->chunks[0].storage.relative_path,
+            "model-00002-of-00003.safetensors");
+  EXPECT_EQ(mapped->Find("model.cols")->chunks[0].storage.relative_path,
+            "model-00003-of-00003.safetensors");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/model-00001-of-00001.safetensors"));
+  o.fqn_to_file_index.erase("model.e");
+  auto missing = Save(sd, dir, o);
+  EXPECT_EQ(missing.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("model.e"), std::string::npos);
 }
 
 TEST_F(SafetensorsCheckpointTest, SaveRefusesNonTensorsByName) {

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -70,6 +71,11 @@ struct SaveOptions {
   // max_shard_size; a tensor larger than the cap gets a file of its own).
   // 0: one file.
   uint64_t max_shard_size = 0;
+  // kSafetensors: the file (1..N, N the largest index) each FQN goes to, as
+  // torch's HuggingFaceStorageWriter(fqn_to_index_mapping=...); every saved
+  // FQN must have one (InvalidArgument naming it otherwise); an index no
+  // tensor uses still gets its (empty) file. Empty: by max_shard_size.
+  std::map<std::string, int> fqn_to_file_index;
 
   // The ranks saving together (borrowed; null = this process alone). Every
   // rank calls Save with its own part of the state: ShardedTensor leaves for

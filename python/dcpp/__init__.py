@@ -128,6 +128,7 @@ def save(
     lock_timeout: float = 0,
     format: Literal["dcp", "safetensors"] = "dcp",
     max_shard_size: int | str = 0,
+    fqn_to_index_mapping: dict[str, int] | None = None,
 ) -> Metadata:
     """Saves ``state_dict`` as a DCP checkpoint in the directory ``path``.
 
@@ -139,7 +140,9 @@ def save(
     (:class:`InvalidArgumentError` names the others); keys are the FQNs.
     ``max_shard_size`` (bytes, or a string such as ``"5GB"`` / ``"500MiB"``
     as transformers takes it) starts a new file before a tensor that would
-    take the current one past it; 0 writes one file. Only ``io_threads``,
+    take the current one past it; 0 writes one file.
+    ``fqn_to_index_mapping`` (FQN -> file 1..N, as torch's writer takes it)
+    assigns files instead. Only ``io_threads``,
     ``sync_files``, ``overwrite`` and ``progress`` apply to that format.
 
     ``state_dict`` is a dict whose values may be dicts, lists and tuples of
@@ -197,6 +200,8 @@ def save(
         lock_timeout_ms=_lock_timeout_ms(lock_timeout),
         format=str(format),
         max_shard_size=_byte_size("max_shard_size", max_shard_size),
+        fqn_to_file_index={} if fqn_to_index_mapping is None
+        else {str(k): int(v) for k, v in fqn_to_index_mapping.items()},
     )
 
 

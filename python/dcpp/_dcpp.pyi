@@ -1,6 +1,6 @@
 """dcpp's C++ core (the extension module). Use the dcpp package, not this module."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 class DcppError(Exception):
@@ -146,7 +146,7 @@ class Metadata:
 
     def __repr__(self) -> str: ...
 
-def save(state_dict: dict, path: str, thread_count: int, io_threads: int, single_file_per_rank: bool, sync_files: bool, overwrite: bool, checksums: bool, transforms: Sequence[str], compression_level: int, dedup_to_lowest_rank: bool, progress: _Progress | None, lock_timeout_ms: int = 0, format: str = 'dcp', max_shard_size: int = 0) -> Metadata: ...
+def save(state_dict: dict, path: str, thread_count: int, io_threads: int, single_file_per_rank: bool, sync_files: bool, overwrite: bool, checksums: bool, transforms: Sequence[str], compression_level: int, dedup_to_lowest_rank: bool, progress: _Progress | None, lock_timeout_ms: int = 0, format: str = 'dcp', max_shard_size: int = 0, fqn_to_file_index: Mapping[str, int] = {}) -> Metadata: ...
 
 def convert(src: str, dst: str, to: str = 'dcp', keys: Sequence[str] = [], dtype: str = '', max_shard_size: int = 0, io_threads: int = 0, sync_files: bool = True, overwrite: bool = True, progress: _Progress | None = None) -> Metadata: ...
 

@@ -9,6 +9,7 @@
 // back with the GIL held.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
@@ -191,7 +192,8 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
                   bool single_file_per_rank, bool sync_files, bool overwrite, bool checksums,
                   std::vector<std::string> transforms, int compression_level,
                   bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms,
-                  const std::string& format, uint64_t max_shard_size) {
+                  const std::string& format, uint64_t max_shard_size,
+                  std::map<std::string, int> fqn_to_file_index) {
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
   Value sd = conv.ConvertStateDict(state_dict);
@@ -212,6 +214,7 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   else if (format != "dcp")
     throw nb::value_error(("format must be 'dcp' or 'safetensors', got '" + format + "'").c_str());
   o.max_shard_size = max_shard_size;
+  o.fqn_to_file_index = std::move(fqn_to_file_index);
   Result<Metadata> md = [&] {
     nb::gil_scoped_release release;
     return Save(sd, path, o);
@@ -359,7 +362,8 @@ NB_MODULE(_dcpp, m) {
   m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
         "single_file_per_rank"_a, "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a,
         "compression_level"_a, "dedup_to_lowest_rank"_a, "progress"_a.none(),
-        "lock_timeout_ms"_a = 0, "format"_a = "dcp", "max_shard_size"_a = 0);
+        "lock_timeout_ms"_a = 0, "format"_a = "dcp", "max_shard_size"_a = 0,
+        "fqn_to_file_index"_a = std::map<std::string, int>());
   m.def("convert", &ConvertImpl, "src"_a, "dst"_a, "to"_a = "dcp",
         "keys"_a = std::vector<std::string>(), "dtype"_a = "", "max_shard_size"_a = 0,
         "io_threads"_a = 0, "sync_files"_a = true, "overwrite"_a = true,

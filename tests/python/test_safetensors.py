@@ -324,3 +324,34 @@ def test_python_convert(tmp_path):
     got = dcpp.load(tmp_path / "st", tensors="torch")
     assert torch.equal(got["model.h"], sd["model"]["h"].float())
     assert torch.equal(got["model.w"], sd["model"]["w"])
+
+
+def test_dcpp_hf_writer_is_a_drop_in(tmp_path):
+    import dcpp.torch as dt
+    from torch.distributed.checkpoint import load, save
+    from torch.distributed.checkpoint.hf_storage import (
+        HuggingFaceStorageReader,
+        HuggingFaceStorageWriter,
+    )
+
+    sd = {"a": torch.randn(4, 4), "b": torch.arange(10), "c": torch.randn(3).bfloat16()}
+    mapping = {"a": 1, "b": 2, "c": 2}
+    save(sd, storage_writer=dt.HuggingFaceStorageWriter(str(tmp_path / "ours"),
+                                                        fqn_to_index_mapping=mapping))
+    save(sd, storage_writer=HuggingFaceStorageWriter(str(tmp_path / "theirs"),
+                                                     fqn_to_index_mapping=mapping))
+    ours = json.loads((tmp_path / "ours" / "model.safetensors.index.json").read_text())
+    theirs = json.loads((tmp_path / "theirs" / "model.safetensors.index.json").read_text())
+    assert ours["weight_map"] == theirs["weight_map"]
+    for f in set(theirs["weight_map"].values()):
+        assert_same(load_file(tmp_path / "ours" / f), load_file(tmp_path / "theirs" / f))
+    target = {k: torch.zeros_like(v) for k, v in sd.items()}
+    load(target, storage_reader=HuggingFaceStorageReader(str(tmp_path / "ours")))
+    assert_same(target, sd)
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with pytest.raises((dcpp.InvalidArgumentError, CheckpointException), match="only tensors"):
+        save({"a": torch.ones(2), "step": 3},
+             storage_writer=dt.HuggingFaceStorageWriter(str(tmp_path / "bad")))
+    with pytest.raises(NotImplementedError):
+        dt.HuggingFaceStorageWriter(str(tmp_path / "x"), save_distributed=True)

@@ -209,13 +209,25 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
     const uint64_t n =
         static_cast<uint64_t>(NumElements(tensors[i].shape)) * ElementSize(tensors[i].dtype);
     nbytes[i] = n;
+    total += n;
+    if (!o.fqn_to_file_index.empty()) {
+      // The caller's assignment (torch's fqn_to_index_mapping): file k of N.
+      auto it = o.fqn_to_file_index.find(tensors[i].fqn);
+      if (it == o.fqn_to_file_index.end() || it->second < 1 || it->second > (1 << 20))
+        return InvalidArgumentError(Quoted(tensors[i].fqn) +
+                                    (it == o.fqn_to_file_index.end()
+                                         ? " is missing from fqn_to_file_index"
+                                         : ": file index must be in [1, 2^20]"));
+      if (files.size() < static_cast<size_t>(it->second)) files.resize(it->second);
+      files[it->second - 1].push_back(i);
+      continue;
+    }
     if (o.max_shard_size > 0 && in_file > 0 && in_file + n > o.max_shard_size) {
       files.emplace_back();
       in_file = 0;
     }
     files.back().push_back(i);
     in_file += n;
-    total += n;
   }
   struct Planned {
     std::string name;
