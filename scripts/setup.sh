@@ -18,7 +18,7 @@ fi
 command -v cmake >/dev/null || python3 -m pip install -q cmake
 command -v ninja >/dev/null || python3 -m pip install -q ninja
 # torch==2.13.0 is the CPU build the interop tests compare against; pin it.
-python3 -m pip install -q torch==2.13.0 numpy pytest zstandard nanobind scikit-build-core
+python3 -m pip install -q torch==2.13.0 numpy pytest zstandard safetensors==0.8.0 nanobind scikit-build-core
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build
 # The Python package (python/), built from the same tree by scikit-build-core.
