@@ -21,7 +21,7 @@ fi
 command -v cmake >/dev/null || python3 -m pip install -q cmake
 command -v ninja >/dev/null || python3 -m pip install -q ninja
 # torch==2.13.0 is the CPU build the interop tests compare against; pin it.
-python3 -m pip install -q torch==2.13.0 numpy pytest zstandard nanobind scikit-build-core
+python3 -m pip install -q torch==2.13.0 numpy pytest zstandard safetensors==0.8.0 nanobind scikit-build-core
 # mpi4py (built against the OpenMPI installed above): the Python tests of
 # dcpp.save/load(process_group=MPI.COMM_WORLD) under mpirun.
 python3 -m pip install -q mpi4py

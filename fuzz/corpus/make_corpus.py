@@ -24,6 +24,9 @@ grows it in a work directory during campaigns (scripts/fuzz.sh).
   transform/     selector byte + stored item of a zstd / byteshuffle save
                  (the selector picks the chain, see transform_fuzz.cc)
   json/          JSON documents (CPython's json module)
+  safetensors/   files written by the safetensors package (every dtype it
+                 has, 0-d and empty tensors, metadata, torch's DCP sharding
+                 info); `make_corpus.py safetensors` rewrites only these
 """
 
 import hashlib
@@ -47,7 +50,8 @@ from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMe
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 TESTDATA = os.path.join(REPO, "src", "dcpp", "format", "testdata")
-TARGETS = ["metadata", "pickle", "zip", "torch_pickle", "chunk_stream", "transform", "json"]
+TARGETS = ["metadata", "pickle", "zip", "torch_pickle", "chunk_stream", "transform", "json",
+           "safetensors"]
 # Fixed checkpoint paths keep StorageMeta.checkpoint_id stable across runs.
 ROOT = "/tmp/dcpp_fuzz_corpus"
 # The transform chains of transform_fuzz.cc, as recorded in .metadata.
@@ -173,7 +177,33 @@ def sharded_save():
 # ---------------------------------------------------------------- targets
 
 
+def safetensors_seeds():
+    """Seeds of the safetensors target, written by the safetensors package."""
+    import torch
+    from safetensors.torch import save as st_save
+
+    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+              torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+              torch.float8_e4m3fn, torch.float8_e5m2, torch.uint16, torch.uint32,
+              torch.uint64, torch.complex64]
+    every = {f"t.{str(d).split('.')[-1]}": torch.zeros(2, 3).to(d) for d in dtypes}
+    put("safetensors", "every_dtype.safetensors", st_save(every))
+    put("safetensors", "scalar_and_empty.safetensors",
+        st_save({"s": torch.tensor(1.5), "e": torch.zeros(0, 4), "x": torch.arange(6.0)},
+                metadata={"format": "pt"}))
+    put("safetensors", "empty.safetensors", st_save({}))
+    info = {"w": {"saved_offsets": [2, 0]}}
+    put("safetensors", "dcp_sharded.safetensors",
+        st_save({"w": torch.ones(2, 4)},
+                metadata={"DCP_SHARDING_INFO": json.dumps(info)}))
+
+
 def main():
+    if sys.argv[1:] == ["safetensors"]:
+        shutil.rmtree(os.path.join(HERE, "safetensors"), ignore_errors=True)
+        os.makedirs(os.path.join(HERE, "safetensors"))
+        safetensors_seeds()
+        return
     for t in TARGETS:
         shutil.rmtree(os.path.join(HERE, t), ignore_errors=True)
         os.makedirs(os.path.join(HERE, t))
@@ -192,6 +222,8 @@ def main():
                                      [dt.ByteShuffle(width=2, block_log2=3), ZStandard()])
     except ImportError:
         print("dcpp.torch not importable: no byteshuffle seeds", file=sys.stderr)
+
+    safetensors_seeds()
 
     # .metadata: the metadata target and (being pickles) the pickle target.
     for name, path in saves.items():

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -68,7 +69,41 @@ class SavePlanCache {
   std::unique_ptr<State> state_;
 };
 
+// What Save writes.
+enum class SaveFormat {
+  // A DCP checkpoint (torch.distributed.checkpoint's FileSystemWriter).
+  kDcp,
+  // A Hugging Face model directory, as torch's HuggingFaceStorageWriter
+  // writes it for a rank-0 save: model-0000i-of-0000N.safetensors files
+  // (safetensors __metadata__ {"format": "pt"}) and
+  // model.safetensors.index.json ({"metadata": {"total_size"},
+  // "weight_map"}). Every leaf must be a tensor (InvalidArgument lists the
+  // others); keys are the FQNs. Tensors are written straight from their
+  // memory, several at once. With a process group, each rank writes its
+  // shards (plain tensors count as replicated: rank 0 writes them) to a
+  // temporary file of its own, then rank 0 consolidates them into full
+  // tensors, every piece copied to its place through 32 MiB bands per
+  // thread (memory independent of the model's size), and removes the
+  // temporaries; the ranks' shards must tile each tensor. Only SaveOptions'
+  // io_threads, sync_files, overwrite, max_shard_size, process_group and
+  // progress apply.
+  kSafetensors,
+};
+
 struct SaveOptions {
+  // DCP (default) or a safetensors model directory (see SaveFormat).
+  SaveFormat format = SaveFormat::kDcp;
+  // kSafetensors: start a new file before a tensor that would take the
+  // current one past this many bytes of tensor data (transformers'
+  // max_shard_size; a tensor larger than the cap gets a file of its own).
+  // 0: one file.
+  uint64_t max_shard_size = 0;
+  // kSafetensors: the file (1..N, N the largest index) each FQN goes to, as
+  // torch's HuggingFaceStorageWriter(fqn_to_index_mapping=...); every saved
+  // FQN must have one (InvalidArgument naming it otherwise); an index no
+  // tensor uses still gets its (empty) file. Empty: by max_shard_size.
+  std::map<std::string, int> fqn_to_file_index;
+
   // The ranks saving together (borrowed; null = this process alone). Every
   // rank calls Save with its own part of the state: ShardedTensor leaves for
   // the pieces it holds, plain tensors and values for replicated state (one

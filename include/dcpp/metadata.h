@@ -23,10 +23,18 @@ namespace dcpp {
 // `relative_path` (relative to the checkpoint directory), after undoing
 // `transform_descriptors` (e.g. "stream.zstd/1"), first descriptor outermost.
 struct StorageInfo {
+  // How the bytes hold the item. kTorchSave: a torch.save archive (every DCP
+  // item). kRawTensor: a tensor chunk's elements themselves, row-major and
+  // little-endian, untransformed: a tensor of a safetensors file, described
+  // by metadata dcpp builds from the file's header. DCP's .metadata has no
+  // way to say kRawTensor, so such metadata is never written as .metadata.
+  enum class Encoding : uint8_t { kTorchSave, kRawTensor };
+
   std::string relative_path;
   uint64_t offset = 0;
   uint64_t length = 0;
   std::vector<std::string> transform_descriptors;
+  Encoding encoding = Encoding::kTorchSave;
 
   friend bool operator==(const StorageInfo&, const StorageInfo&) = default;
 };

@@ -62,6 +62,7 @@ __all__ = [
     "known_transforms",
     "Shard",
     "ShardedTensor",
+    "convert",
     "Opaque",
     "Metadata",
     "Entry",
@@ -128,8 +129,24 @@ def save(
     progress: ProgressCallback | None = None,
     lock_timeout: float = 0,
     process_group: Any = None,
+    format: Literal["dcp", "safetensors"] = "dcp",
+    max_shard_size: int | str = 0,
+    fqn_to_index_mapping: dict[str, int] | None = None,
 ) -> Metadata:
     """Saves ``state_dict`` as a DCP checkpoint in the directory ``path``.
+
+    ``format="safetensors"`` writes a Hugging Face model directory instead,
+    as torch's ``HuggingFaceStorageWriter`` does for a rank-0 save:
+    ``model-0000i-of-0000N.safetensors`` and ``model.safetensors.index.json``
+    (loadable by ``safetensors.torch.load_file``, transformers and torch's
+    ``HuggingFaceStorageReader``). Every leaf must be a tensor or array
+    (:class:`InvalidArgumentError` names the others); keys are the FQNs.
+    ``max_shard_size`` (bytes, or a string such as ``"5GB"`` / ``"500MiB"``
+    as transformers takes it) starts a new file before a tensor that would
+    take the current one past it; 0 writes one file.
+    ``fqn_to_index_mapping`` (FQN -> file 1..N, as torch's writer takes it)
+    assigns files instead. Only ``io_threads``,
+    ``sync_files``, ``overwrite`` and ``progress`` apply to that format.
 
     ``state_dict`` is a dict whose values may be dicts, lists and tuples of
     numpy arrays, torch tensors (read without a copy; tensors on other
@@ -206,6 +223,9 @@ def save(
             dedup_to_lowest_rank=dedup_to_lowest_rank,
             progress=progress,
             lock_timeout=lock_timeout,
+            format=format,
+            max_shard_size=max_shard_size,
+            fqn_to_index_mapping=fqn_to_index_mapping,
         )
         checkpoint = _path(path)
     except (TypeError, ValueError) as e:
@@ -235,6 +255,9 @@ def _save_keywords(
     dedup_to_lowest_rank: bool = False,
     progress: ProgressCallback | None = None,
     lock_timeout: float = 0,
+    format: Literal["dcp", "safetensors"] = "dcp",
+    max_shard_size: int | str = 0,
+    fqn_to_index_mapping: dict[str, int] | None = None,
 ) -> dict:
     """save()'s keyword options, validated, as _dcpp's save functions take them."""
     if isinstance(transforms, str):
@@ -251,7 +274,30 @@ def _save_keywords(
         dedup_to_lowest_rank=bool(dedup_to_lowest_rank),
         progress=progress,
         lock_timeout_ms=_lock_timeout_ms(lock_timeout),
+        format=str(format),
+        max_shard_size=_byte_size("max_shard_size", max_shard_size),
+        fqn_to_file_index={} if fqn_to_index_mapping is None
+        else {str(k): int(v) for k, v in fqn_to_index_mapping.items()},
     )
+
+
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _byte_size(name: str, value: int | str) -> int:
+    """Bytes from an int or a transformers-style size string ("5GB", "500MiB")."""
+    if isinstance(value, str):
+        text = value.strip().upper()
+        for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+            if text.endswith(unit):
+                number = text[: -len(unit)].strip()
+                try:
+                    return int(float(number) * _SIZE_UNITS[unit])
+                except ValueError:
+                    break
+        raise ValueError(f"{name}: cannot read {value!r} as a size (e.g. 5GB, 500MiB, 1000000)")
+    return _int(name, value, 0)
 
 
 def _lock_timeout_ms(seconds: float) -> int:
@@ -355,6 +401,46 @@ def load(
         return _dcpp.load_all(progress=progress, process_group=group, **args)
     _dcpp.load_into(state_dict_or_path, progress=progress, process_group=group, **args)
     return None
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: Literal["dcp", "safetensors"] = "dcp",
+    keys: Iterable[str] | None = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = 0,
+    io_threads: int = 0,
+    sync_files: bool = True,
+    overwrite: bool = True,
+    progress: ProgressCallback | None = None,
+) -> Metadata:
+    """Rewrites the checkpoint ``src`` (a DCP directory, a safetensors
+    directory or a single ``.safetensors`` file: detected) as ``to`` in
+    ``dst``, as ``dcpp convert`` does.
+
+    ``keys``: shell globs over FQNs (``"model.*"``); only matching entries are
+    written (a pattern matching nothing raises :class:`InvalidArgumentError`).
+    ``dtype`` ("bf16", "f16", "f32", "f64") casts floating tensors.
+    To safetensors every selected entry must be a tensor
+    (:class:`InvalidArgumentError` lists the others); tensors stream through
+    32 MiB buffers per thread, so memory does not grow with the checkpoint.
+    To DCP every entry is kept as it was (pickled values as their bytes).
+    Returns the :class:`Metadata` written.
+    """
+    return _dcpp.convert(
+        _path(src),
+        _path(dst),
+        to=str(to),
+        keys=[] if keys is None else [str(k) for k in ([keys] if isinstance(keys, str) else keys)],
+        dtype="" if dtype is None else str(dtype),
+        max_shard_size=_byte_size("max_shard_size", max_shard_size),
+        io_threads=_int("io_threads", io_threads, 0),
+        sync_files=bool(sync_files),
+        overwrite=bool(overwrite),
+        progress=progress,
+    )
 
 
 def read_metadata(path: str | os.PathLike) -> Metadata:

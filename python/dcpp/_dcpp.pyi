@@ -1,6 +1,6 @@
 """dcpp's C++ core (the extension module). Use the dcpp package, not this module."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 class DcppError(Exception):
@@ -39,6 +39,12 @@ class StorageInfo:
 
     @property
     def transform_descriptors(self) -> list[str]: ...
+
+    @property
+    def raw(self) -> bool:
+        """
+        True for a tensor stored as its bare elements (a safetensors tensor), False for a torch.save archive (DCP).
+        """
 
     def __repr__(self) -> str: ...
 
@@ -140,7 +146,9 @@ class Metadata:
 
     def __repr__(self) -> str: ...
 
-def save(state_dict: dict, path: str, thread_count: int, io_threads: int, single_file_per_rank: bool, sync_files: bool, overwrite: bool, checksums: bool, transforms: Sequence[str], compression_level: int, dedup_to_lowest_rank: bool, progress: _Progress | None, lock_timeout_ms: int = 0, process_group: Any = None) -> Metadata: ...
+def save(state_dict: dict, path: str, thread_count: int, io_threads: int, single_file_per_rank: bool, sync_files: bool, overwrite: bool, checksums: bool, transforms: Sequence[str], compression_level: int, dedup_to_lowest_rank: bool, progress: _Progress | None, lock_timeout_ms: int = 0, process_group: Any = None, format: str = 'dcp', max_shard_size: int = 0, fqn_to_file_index: Mapping[str, int] = {}) -> Metadata: ...
+
+def convert(src: str, dst: str, to: str = 'dcp', keys: Sequence[str] = [], dtype: str = '', max_shard_size: int = 0, io_threads: int = 0, sync_files: bool = True, overwrite: bool = True, progress: _Progress | None = None) -> Metadata: ...
 
 def load_into(state_dict: dict, path: str, thread_count: int, allow_partial_load: bool, progress: _Progress | None, torch_tensors: bool, weights_only: bool, verify_checksums: bool = True, process_group: Any = None) -> None: ...
 

@@ -71,9 +71,10 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from . import _dcpp, _torch_metadata
-from ._dcpp import AbortedError, AlreadyExistsError, CorruptCheckpointError
+from ._dcpp import AbortedError, AlreadyExistsError, CorruptCheckpointError, InvalidArgumentError
 
-__all__ = ["FileSystemWriter", "FileSystemReader", "Stager", "ByteShuffle", "extension_registry"]
+__all__ = ["FileSystemWriter", "FileSystemReader", "Stager", "HuggingFaceStorageReader",
+           "HuggingFaceStorageWriter", "ByteShuffle", "extension_registry"]
 
 _METADATA = ".metadata"
 _SUFFIX = ".distcp"
@@ -726,7 +727,8 @@ class FileSystemReader(_FileSystemPath, StorageReader):
             if any(d not in known for d in descriptors):
                 fallback.append(req)
                 continue
-            storage = (sinfo.relative_path, sinfo.offset, sinfo.length, descriptors)
+            storage = (sinfo.relative_path, sinfo.offset, sinfo.length, descriptors,
+                       bool(getattr(sinfo, "raw", False)))
             fqn = req.storage_index.fqn
             if req.type == LoadItemType.BYTE_IO:
                 # Decompression cap against hostile data, as dcpp's loader uses.
@@ -792,6 +794,166 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         target.copy_(tensor)
         planner.commit_tensor(req, target)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class _RawStorageInfo:
+    """Where a safetensors tensor's bytes are (read as they are, no archive)."""
+
+    relative_path: str
+    offset: int
+    length: int
+    transform_descriptors: tuple = ()
+    raw: bool = True
+
+
+class HuggingFaceStorageReader(FileSystemReader):
+    """Drop-in for torch's ``HuggingFaceStorageReader``: loads a Hugging Face
+    safetensors directory (``*.safetensors`` with or without
+    ``model.safetensors.index.json``, or torch's ``save_distributed`` shards
+    with ``DCP_SHARDING_INFO``) through ``dcp.load``, with dcpp's reader.
+
+    The metadata comes from the files' headers (dcpp's parser, which refuses
+    damaged headers with :class:`dcpp.CorruptCheckpointError`); each request
+    reads only the byte ranges it needs (a row band is one read, a column
+    band one read per row), on ``thread_count`` threads (0: min(8, CPUs))
+    without the GIL, straight into the destination tensors.
+    """
+
+    def __init__(self, path: str | os.PathLike, thread_count: int = 0) -> None:
+        super().__init__(path, thread_count=thread_count)
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        from torch.distributed.checkpoint.metadata import (
+            ChunkStorageMetadata,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
+
+        md = _dcpp.read_metadata(os.fspath(self.path))
+        state_dict_metadata = {}
+        storage_data = {}
+        for e in md.entries:
+            chunks = []
+            for c in e.chunks:
+                chunks.append(ChunkStorageMetadata(offsets=torch.Size(c.offsets),
+                                                   sizes=torch.Size(c.sizes)))
+                s = c.storage
+                storage_data[MetadataIndex(fqn=e.fqn, offset=list(c.offsets))] = _RawStorageInfo(
+                    s.relative_path, s.offset, s.length, tuple(s.transform_descriptors), s.raw)
+            state_dict_metadata[e.fqn] = TensorStorageMetadata(
+                properties=TensorProperties(dtype=getattr(torch, e.dtype)),
+                size=torch.Size(e.size),
+                chunks=chunks,
+            )
+        metadata = Metadata(state_dict_metadata=state_dict_metadata, storage_data=storage_data)
+        metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        self._decoded = metadata
+        self._bad_tilings = {}
+        return metadata
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        return os.path.isdir(checkpoint_id)
+
+
+class HuggingFaceStorageWriter(_FileSystemPath, StorageWriter):
+    """Drop-in for torch's ``HuggingFaceStorageWriter`` in its rank-0 form
+    (one process saving whole tensors): ``dcp.save(state_dict,
+    storage_writer=HuggingFaceStorageWriter(path, fqn_to_index_mapping))``
+    writes ``model-0000i-of-0000N.safetensors`` and
+    ``model.safetensors.index.json`` with dcpp's writer (headers first, each
+    tensor straight from its memory by positional writes, files in
+    parallel), byte-identical per file to what the safetensors package
+    writes. ``thread_count`` is the number of writer threads.
+
+    ``save_distributed=True`` (each rank's shards, then consolidation) is not
+    offered here: use ``dcpp.save(..., format="safetensors")`` with a process
+    group, or save DCP and ``dcpp.convert(..., to="safetensors")``. Values
+    other than tensors raise :class:`dcpp.InvalidArgumentError` naming them.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fqn_to_index_mapping: dict[str, int] | None = None,
+        thread_count: int = 1,
+        save_distributed: bool = False,
+        enable_consolidation: bool = False,
+        thread_count_consolidation: int = 1,
+    ) -> None:
+        super().__init__()
+        if save_distributed or enable_consolidation:
+            raise NotImplementedError(
+                "dcpp.torch.HuggingFaceStorageWriter writes rank-0 saves; for a distributed "
+                "save use dcpp.save(..., format='safetensors') with a process group, or save DCP "
+                "and dcpp.convert(src, dst, to='safetensors')")
+        self.path = Path(path)
+        self.fqn_to_index_mapping = fqn_to_index_mapping
+        self.thread_count = max(1, int(thread_count))
+        self.is_coordinator = True
+
+    def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
+        if checkpoint_id:
+            self.path = Path(checkpoint_id)
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.is_coordinator = is_coordinator
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        return plans
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+        tensors = {}
+        others = []
+        for item in plan.items:
+            if item.type == WriteItemType.BYTE_IO:
+                others.append(item.index.fqn)
+                continue
+            t = planner.resolve_data(item).detach()
+            if tuple(item.tensor_data.chunk.sizes) != tuple(item.tensor_data.size):
+                raise NotImplementedError(
+                    f"'{item.index.fqn}' is a shard: this writer saves whole tensors (rank-0 "
+                    "saves); see the class documentation for distributed saves")
+            tensors[item.index.fqn] = t.cpu() if t.device.type != "cpu" else t
+        if others:
+            raise InvalidArgumentError(
+                "safetensors holds only tensors; the state dict also has "
+                + ", ".join(repr(f) for f in others[:10]))
+        results = []
+        if tensors:
+            md = _dcpp.save(tensors, os.fspath(self.path), thread_count=1,
+                            io_threads=self.thread_count, single_file_per_rank=True,
+                            sync_files=True, overwrite=True, checksums=False, transforms=[],
+                            compression_level=1, dedup_to_lowest_rank=False, progress=None,
+                            format="safetensors",
+                            fqn_to_file_index=dict(self.fqn_to_index_mapping or {}))
+            where = {e.fqn: e.chunks[0].storage for e in md.entries}
+            for item in plan.items:
+                s = where[item.index.fqn]
+                results.append(WriteResult(
+                    index=item.index, size_in_bytes=s.length,
+                    storage_data=_StorageInfo(s.relative_path, s.offset, s.length)))
+        fut: Future = Future()
+        fut.set_result(results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        # The index was written with the files (model.safetensors.index.json).
+        return None
+
+    def storage_meta(self) -> StorageMeta | None:
+        return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=str(uuid.uuid4()))
+
+    @property
+    def metadata_path(self) -> str:
+        return "model.safetensors.index.json"
 
 
 # --- dcpp.byteshuffle/1 for stock torch ------------------------------------

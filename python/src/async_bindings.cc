@@ -1,5 +1,6 @@
 #include "async_bindings.h"
 
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -52,7 +53,8 @@ AsyncSaveHandle SaveImpl(PyAsyncCheckpointer& self, nb::handle state_dict, const
                          bool sync_files, bool overwrite, bool checksums,
                          std::vector<std::string> transforms, int compression_level,
                          bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms,
-                         nb::object process_group) {
+                         nb::object process_group, std::string format, uint64_t max_shard_size,
+                         std::map<std::string, int> fqn_to_file_index) {
   AsyncCheckpointer& c = self.Get();
   // The group given to the checkpointer (its adapter, or None): a rank
   // whose state dict does not convert tells the others over it, on this
@@ -68,7 +70,8 @@ AsyncSaveHandle SaveImpl(PyAsyncCheckpointer& self, nb::handle state_dict, const
     sd = conv.ConvertStateDict(state_dict);
     o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files, overwrite,
                          checksums, std::move(transforms), compression_level,
-                         dedup_to_lowest_rank, lock_timeout_ms},
+                         dedup_to_lowest_rank, lock_timeout_ms, std::move(format),
+                         max_shard_size, std::move(fqn_to_file_index)},
                         std::move(progress));
   });
   step.Agree("save");
@@ -163,7 +166,8 @@ void BindAsync(nb::module_& m) {
       .def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
            "single_file_per_rank"_a, "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a,
            "compression_level"_a, "dedup_to_lowest_rank"_a, "progress"_a.none(),
-           "lock_timeout_ms"_a = 0, "process_group"_a.none() = nb::none())
+           "lock_timeout_ms"_a = 0, "process_group"_a.none() = nb::none(), "format"_a = "dcp",
+           "max_shard_size"_a = 0, "fqn_to_file_index"_a = std::map<std::string, int>())
       .def("close", &PyAsyncCheckpointer::Close)
       .def_prop_ro("pool_bytes", [](PyAsyncCheckpointer& self) {
         return self.impl ? self.impl->pool_bytes() : 0;

@@ -9,6 +9,7 @@
 // back with the GIL held.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
@@ -22,6 +23,7 @@
 #include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/dcp_layout.h"
 #include "dcpp/storage/storage.h"
+#include "dcpp/tools/convert.h"
 #include "dcpp/tools/verify.h"
 #include "errors.h"
 #include "async_bindings.h"
@@ -72,6 +74,11 @@ void BindMetadata(nb::module_& m) {
       .def_ro("offset", &StorageInfo::offset)
       .def_ro("length", &StorageInfo::length)
       .def_ro("transform_descriptors", &StorageInfo::transform_descriptors)
+      .def_prop_ro(
+          "raw",
+          [](const StorageInfo& s) { return s.encoding == StorageInfo::Encoding::kRawTensor; },
+          "True for a tensor stored as its bare elements (a safetensors tensor), "
+          "False for a torch.save archive (DCP).")
       .def("__repr__", &StorageRepr);
 
   nb::class_<ChunkMeta>(m, "Chunk", "One saved piece of a tensor: global offsets, sizes, storage.")
@@ -159,7 +166,8 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
                   int io_threads, bool single_file_per_rank, bool sync_files, bool overwrite,
                   bool checksums, std::vector<std::string> transforms, int compression_level,
                   bool dedup_to_lowest_rank, nb::object progress, int64_t lock_timeout_ms,
-                  nb::object process_group) {
+                  nb::object process_group, std::string format, uint64_t max_shard_size,
+                  std::map<std::string, int> fqn_to_file_index) {
   std::unique_ptr<ProcessGroup> group = MakePyProcessGroup(process_group);
   PyHelpers helpers = PyHelpers::Get();
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
@@ -170,7 +178,8 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
     sd = conv.ConvertStateDict(state_dict);
     o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files, overwrite,
                          checksums, std::move(transforms), compression_level,
-                         dedup_to_lowest_rank, lock_timeout_ms},
+                         dedup_to_lowest_rank, lock_timeout_ms, std::move(format),
+                         max_shard_size, std::move(fqn_to_file_index)},
                         std::move(progress));
   });
   step.Agree("save");
@@ -178,6 +187,33 @@ Metadata SaveImpl(nb::handle state_dict, const std::string& path, int thread_cou
   Result<Metadata> md = [&] {
     nb::gil_scoped_release release;
     return Save(sd, path, o);
+  }();
+  return ValueOrThrow(std::move(md));
+}
+
+Metadata ConvertImpl(const std::string& src, const std::string& dst, const std::string& to,
+                     std::vector<std::string> keys, const std::string& dtype,
+                     uint64_t max_shard_size, int io_threads, bool sync_files, bool overwrite,
+                     nb::object progress) {
+  tools::ConvertOptions o;
+  if (to == "safetensors")
+    o.save.format = SaveFormat::kSafetensors;
+  else if (to != "dcp")
+    throw nb::value_error(("to must be 'dcp' or 'safetensors', got '" + to + "'").c_str());
+  if (!dtype.empty()) {
+    o.dtype = tools::ParseFloatDType(dtype);
+    if (!o.dtype)
+      throw nb::value_error(("dtype must be bf16, f16, f32 or f64, got '" + dtype + "'").c_str());
+  }
+  o.keys = std::move(keys);
+  o.save.max_shard_size = max_shard_size;
+  o.save.io_threads = io_threads;
+  o.save.sync_files = sync_files;
+  o.save.overwrite = overwrite;
+  o.save.progress = WrapProgress(std::move(progress));
+  Result<Metadata> md = [&] {
+    nb::gil_scoped_release release;
+    return tools::Convert(src, dst, o);
   }();
   return ValueOrThrow(std::move(md));
 }
@@ -318,10 +354,14 @@ NB_MODULE(_dcpp, m) {
   RegisterExceptionTranslator();
   BindMetadata(m);
   m.def("save", &SaveImpl, "state_dict"_a, "path"_a, "thread_count"_a, "io_threads"_a,
-        "single_file_per_rank"_a,
-        "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a, "compression_level"_a,
-        "dedup_to_lowest_rank"_a, "progress"_a.none(), "lock_timeout_ms"_a = 0,
-        "process_group"_a.none() = nb::none());
+        "single_file_per_rank"_a, "sync_files"_a, "overwrite"_a, "checksums"_a, "transforms"_a,
+        "compression_level"_a, "dedup_to_lowest_rank"_a, "progress"_a.none(),
+        "lock_timeout_ms"_a = 0, "process_group"_a.none() = nb::none(), "format"_a = "dcp",
+        "max_shard_size"_a = 0, "fqn_to_file_index"_a = std::map<std::string, int>());
+  m.def("convert", &ConvertImpl, "src"_a, "dst"_a, "to"_a = "dcp",
+        "keys"_a = std::vector<std::string>(), "dtype"_a = "", "max_shard_size"_a = 0,
+        "io_threads"_a = 0, "sync_files"_a = true, "overwrite"_a = true,
+        "progress"_a.none() = nb::none());
   m.def("load_into", &LoadIntoImpl, "state_dict"_a, "path"_a, "thread_count"_a,
         "allow_partial_load"_a, "progress"_a.none(), "torch_tensors"_a, "weights_only"_a,
         "verify_checksums"_a = true, "process_group"_a.none() = nb::none());

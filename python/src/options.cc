@@ -50,6 +50,12 @@ SaveOptions MakeSaveOptions(SaveKeywords k, nb::object progress) {
   o.compression_level = k.compression_level;
   o.dedup_to_lowest_rank = k.dedup_to_lowest_rank;
   o.lock_timeout_ms = k.lock_timeout_ms;
+  if (k.format == "safetensors")
+    o.format = SaveFormat::kSafetensors;
+  else if (k.format != "dcp")
+    throw nb::value_error(("format must be 'dcp' or 'safetensors', got '" + k.format + "'").c_str());
+  o.max_shard_size = k.max_shard_size;
+  o.fqn_to_file_index = std::move(k.fqn_to_file_index);
   o.progress = WrapProgress(std::move(progress));
   return o;
 }

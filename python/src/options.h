@@ -6,6 +6,7 @@
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,9 @@ struct SaveKeywords {
   int compression_level = 1;
   bool dedup_to_lowest_rank = false;
   int64_t lock_timeout_ms = 0;
+  std::string format = "dcp";  // "dcp" or "safetensors" (ValueError otherwise)
+  uint64_t max_shard_size = 0;
+  std::map<std::string, int> fqn_to_file_index;
 };
 SaveOptions MakeSaveOptions(SaveKeywords k, nanobind::object progress);
 

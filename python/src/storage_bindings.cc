@@ -62,9 +62,11 @@ StorageInfo StorageFromPython(nb::handle s, const std::string& where) {
     info.offset = nb::cast<uint64_t>(s[1]);
     info.length = nb::cast<uint64_t>(s[2]);
     if (!s[3].is_none()) info.transform_descriptors = nb::cast<std::vector<std::string>>(s[3]);
+    if (nb::len(s) > 4 && nb::cast<bool>(s[4])) info.encoding = StorageInfo::Encoding::kRawTensor;
   } catch (const nb::cast_error&) {
-    throw nb::type_error(
-        (where + ": storage must be (relative_path, offset, length, descriptors or None)").c_str());
+    throw nb::type_error((where + ": storage must be (relative_path, offset, length, descriptors "
+                                  "or None[, raw])")
+                             .c_str());
   }
   return info;
 }

@@ -98,12 +98,21 @@ examples:
 
 constexpr const char* kConvertHelp = R"(usage: dcpp convert SRC DST [options]
 
-Reads every entry of the checkpoint SRC and writes it to DST with dcpp's
-writer. Nothing is dropped or changed: values dcpp cannot represent (pickled
-Python objects) are copied as their original bytes, tensor properties are
-kept. DST loads with torch.distributed.checkpoint.load.
+Reads the checkpoint SRC (a DCP directory, a Hugging Face safetensors
+directory or a single .safetensors file: detected) and writes it to DST with
+dcpp's writer, as DCP (default) or as a safetensors model directory.
+To DCP nothing is dropped or changed: pickled values are copied as their
+original bytes, tensor properties are kept; DST loads with
+torch.distributed.checkpoint.load. To safetensors every selected entry must
+be a tensor; tensors stream through bounded buffers (32 MiB per thread).
 
 options:
+  --to dcp|safetensors     output format (default dcp)
+  --keys GLOB              convert only entries whose FQN matches GLOB
+                           (fnmatch; '*' crosses dots); repeatable
+  --dtype bf16|f16|f32|f64 cast floating tensors to this dtype
+  --max-shard-size BYTES   safetensors: start a new file past BYTES of tensor
+                           data (suffixes K, M, G, KiB, MiB, GiB)
   --thread-count N         writer threads; with single-file-per-rank also the
                            number of data files (default 1, like DCP)
   --file-per-item          one data file per entry instead of per thread
@@ -112,8 +121,9 @@ options:
   --no-checksums           write CRC-32 = 0 in the archives (torch accepts it)
   --quiet                  no progress on stderr
 
-example:
+examples:
   dcpp convert /ckpt/torch_step_1000 /ckpt/dcpp_step_1000 --thread-count 4
+  dcpp convert /ckpt/step_1000 /export/model --to safetensors --keys 'model.*' --dtype bf16
 )";
 
 constexpr const char* kDemoHelp = R"(usage: dcpp demo [options]
@@ -213,6 +223,7 @@ examples:
 struct Args {
   std::vector<std::string> positional;
   std::map<std::string, std::string> flags;  // "--x" -> value ("" for switches)
+  std::vector<std::pair<std::string, std::string>> all;  // every flag in order (repeatable ones)
 };
 
 // Parses `argv` against the flags a command accepts (name -> takes a value).
@@ -242,6 +253,7 @@ bool Parse(int argc, char** argv, int first, const std::map<std::string, bool>& 
       value = argv[++i];
     }
     out.flags[a] = value;
+    out.all.emplace_back(a, value);
   }
   return true;
 }
@@ -310,6 +322,10 @@ int Convert(int argc, char** argv) {
   std::string error;
   if (!Parse(argc, argv, 2,
              {{"--thread-count", true},
+              {"--to", true},
+              {"--keys", true},
+              {"--dtype", true},
+              {"--max-shard-size", true},
               {"--file-per-item", false},
               {"--no-sync", false},
               {"--no-overwrite", false},
@@ -318,19 +334,58 @@ int Convert(int argc, char** argv) {
              args, error))
     return Usage(kConvertHelp, error);
   if (args.positional.size() != 2) return Usage(kConvertHelp, "convert takes SRC and DST");
-  dcpp::SaveOptions o;
+  dcpp::tools::ConvertOptions co;
+  dcpp::SaveOptions& o = co.save;
   if (args.flags.count("--thread-count")) {
     long n;
     if (!ParseInt(args.flags["--thread-count"], 1, 1024, n))
       return Usage(kConvertHelp, "--thread-count must be an integer in [1, 1024]");
     o.files_per_rank = static_cast<int>(n);
   }
+  if (args.flags.count("--to")) {
+    const std::string& to = args.flags["--to"];
+    if (to == "safetensors")
+      o.format = dcpp::SaveFormat::kSafetensors;
+    else if (to != "dcp")
+      return Usage(kConvertHelp, "--to must be dcp or safetensors");
+  }
+  for (const auto& [flag, value] : args.all)
+    if (flag == "--keys") co.keys.push_back(value);
+  if (args.flags.count("--dtype")) {
+    co.dtype = dcpp::tools::ParseFloatDType(args.flags["--dtype"]);
+    if (!co.dtype) return Usage(kConvertHelp, "--dtype must be bf16, f16, f32 or f64");
+  }
+  if (args.flags.count("--max-shard-size")) {
+    std::string text = args.flags["--max-shard-size"];
+    uint64_t unit = 1;
+    for (const auto& [suffix, mult] :
+         std::vector<std::pair<std::string, uint64_t>>{{"KiB", 1ull << 10},
+                                                       {"MiB", 1ull << 20},
+                                                       {"GiB", 1ull << 30},
+                                                       {"KB", 1000},
+                                                       {"MB", 1000000},
+                                                       {"GB", 1000000000},
+                                                       {"K", 1000},
+                                                       {"M", 1000000},
+                                                       {"G", 1000000000}}) {
+      if (text.size() > suffix.size() &&
+          text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        text.resize(text.size() - suffix.size());
+        unit = mult;
+        break;
+      }
+    }
+    long n;
+    if (!ParseInt(text, 0, (1l << 40), n))
+      return Usage(kConvertHelp, "--max-shard-size must be a size in bytes (e.g. 5G, 500MiB)");
+    o.max_shard_size = static_cast<uint64_t>(n) * unit;
+  }
   o.single_file_per_rank = !args.flags.count("--file-per-item");
   o.sync_files = !args.flags.count("--no-sync");
   o.overwrite = !args.flags.count("--no-overwrite");
   o.checksums = !args.flags.count("--no-checksums");
   if (!args.flags.count("--quiet")) o.progress = dcpp::tools::MakeProgressPrinter(stderr);
-  auto md = dcpp::tools::Convert(args.positional[0], args.positional[1], o);
+  auto md = dcpp::tools::Convert(args.positional[0], args.positional[1], co);
   if (!md.ok()) return Fail(md.status());
   std::fprintf(stderr, "dcpp: wrote %zu entries to %s\n", md->entries.size(),
                args.positional[1].c_str());

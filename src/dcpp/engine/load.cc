@@ -17,6 +17,7 @@
 #include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/dcp_layout.h"
+#include "dcpp/storage/safetensors_layout.h"
 #include "dcpp/plan/flatten.h"
 #include "dcpp/plan/load_planner.h"
 #include "dcpp/plan/reshard.h"
@@ -232,7 +233,22 @@ Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& by
   return md;
 }
 
+// Whether `storage` holds safetensors files rather than a DCP checkpoint
+// (errors, such as a missing location, leave that to the DCP path, whose
+// messages say what is missing).
+bool HoldsSafetensors(storage::Storage& storage) {
+  auto format = storage::DetectCheckpointFormat(storage);
+  return format.ok() && *format == storage::CheckpointFormat::kSafetensors;
+}
+
+// What the coordinator shares instead of .metadata bytes when the location
+// holds safetensors files: every rank then reads the headers itself (the
+// synthesized metadata has no DCP encoding). No .metadata starts this way
+// (a pickle starts with its PROTO opcode, 0x80).
+constexpr std::string_view kSafetensorsMarker = "dcpp:safetensors";
+
 Result<Metadata> ReadCheckedMetadata(storage::Storage& storage, bool verify) {
+  if (HoldsSafetensors(storage)) return storage::ReadSafetensorsMetadata(storage);
   DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
   return DecodeAndCheck(storage, bytes, verify);
 }
@@ -256,10 +272,18 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, boo
   if (pg.rank() == kCoordinator) {
     // An exception here would leave the other ranks waiting in Broadcast.
     const std::string op = "reading the metadata of " + storage.Describe("");
-    auto bytes =
-        CatchExceptions(op, [&] { return storage::ReadCheckpointMetadataBytes(storage); });
-    mine = bytes.ok() ? CatchExceptions(op, [&] { return DecodeAndCheck(storage, *bytes, verify); })
-                      : bytes.status();
+    auto detected =
+        CatchExceptions(op, [&]() -> Result<bool> { return HoldsSafetensors(storage); });
+    const bool safetensors = detected.ok() && *detected;
+    Result<std::string> bytes = std::string(kSafetensorsMarker);
+    if (safetensors) {
+      mine = CatchExceptions(op, [&] { return storage::ReadSafetensorsMetadata(storage); });
+    } else {
+      bytes = CatchExceptions(op, [&] { return storage::ReadCheckpointMetadataBytes(storage); });
+      mine = bytes.ok()
+                 ? CatchExceptions(op, [&] { return DecodeAndCheck(storage, *bytes, verify); })
+                 : bytes.status();
+    }
     shared = engine::EncodeSharedMetadata(mine->status(), mine->ok() ? *bytes : std::string());
   }
   DCPP_ASSIGN_OR_RETURN(std::string msg, pg.Broadcast(std::move(shared), kCoordinator));
@@ -268,6 +292,7 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, boo
   std::string bytes;
   DCPP_RETURN_IF_ERROR(engine::DecodeSharedMetadata(msg, &status, &bytes));
   if (!status.ok()) return status;
+  if (bytes == kSafetensorsMarker) return storage::ReadSafetensorsMetadata(storage);
   return storage::DecodeCheckpointMetadata(storage, bytes);
 }
 
@@ -446,7 +471,7 @@ namespace engine {
 
 Result<Metadata> ReadMetadata(storage::Storage& storage) {
   return CatchExceptions("reading the metadata of " + storage.Describe(""),
-                         [&] { return storage::ReadCheckpointMetadata(storage); });
+                         [&] { return storage::ReadAnyCheckpointMetadata(storage); });
 }
 
 Status Load(Value& state_dict, storage::Storage& storage, const LoadOptions& o) {

@@ -17,6 +17,7 @@
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/engine.h"
+#include "dcpp/engine/safetensors_save.h"
 #include "dcpp/engine/items.h"
 #include "dcpp/engine/plan_cache.h"
 #include "dcpp/engine/wire.h"
@@ -534,6 +535,13 @@ namespace engine {
 
 Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
                       const BeforeCommit& before_commit, const Status& local_failure) {
+  if (o.format == SaveFormat::kSafetensors) {
+    // The safetensors writer has no way to carry a rank's earlier failure
+    // through its collectives: that rank returns it at once (its peers
+    // then time out in their first collective).
+    if (!local_failure.ok()) return local_failure;
+    return SaveSafetensors(state_dict, storage, o);
+  }
   return CatchExceptions("save to " + storage.Describe(""), [&] {
     return SaveImpl(state_dict, storage, o, before_commit, local_failure);
   });

@@ -367,6 +367,35 @@ Result<LargeChunk> OpenLargeChunk(Storage& storage, std::string_view name, DType
   return c;
 }
 
+// A chunk stored as its bare elements (a safetensors tensor): only the bytes
+// each target spans are read, straight into the target when it is one run
+// of them, else span by span through at most `buffer_limit` bytes.
+Status ReadRawChunk(Storage& storage, std::string_view name, DType dtype, const ChunkMeta& chunk,
+                    std::span<const ChunkTarget> targets, uint64_t buffer_limit,
+                    const std::string& where) {
+  const uint64_t chunk_bytes = static_cast<uint64_t>(NumElements(chunk.sizes)) * ElementSize(dtype);
+  if (!chunk.storage.transform_descriptors.empty())
+    return DataLossError(where + ": a raw tensor chunk cannot have stream transforms");
+  if (chunk.storage.length != chunk_bytes)
+    return DataLossError(where + ": stores " + std::to_string(chunk.storage.length) +
+                         " bytes, but " + std::string(TorchName(dtype)) + " " +
+                         ShapeToString(chunk.sizes) + " takes " + std::to_string(chunk_bytes));
+  DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
+  format::DecodedTensor src;
+  src.dtype = dtype;
+  src.shape = chunk.sizes;
+  src.strides = ContiguousStrides(chunk.sizes);
+  src.storage_nbytes = chunk_bytes;
+  BoxReader reader(*f.file, chunk.storage.offset, src, std::max<uint64_t>(buffer_limit, 1));
+  const size_t nd = chunk.sizes.size();
+  for (const ChunkTarget& t : targets) {
+    Shape lo(nd);
+    for (size_t d = 0; d < nd; ++d) lo[d] = t.box_offsets[d] - chunk.offsets[d];
+    DCPP_RETURN_IF_ERROR(reader.Read(std::move(lo), t.box_sizes, t.dst).WithContext(where));
+  }
+  return Status();
+}
+
 }  // namespace
 
 WriterThreads SplitWriterThreads(size_t files, int threads) {
@@ -492,6 +521,9 @@ Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const Chu
     }
     return Status();
   };
+
+  if (chunk.storage.encoding == StorageInfo::Encoding::kRawTensor)
+    return ReadRawChunk(storage, name, dtype, chunk, targets, buffer_limit, where);
 
   if (!chunk.storage.transform_descriptors.empty() && chunk_bytes > kWholeReadBelow) {
     bool fits = false;

@@ -132,6 +132,10 @@ inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
 //    MiB whatever the chunk's size. One not stored row-major from element 0
 //    (a permuted layout torch kept) is then read again and decoded whole.
 //  - Smaller chunks are read (and decoded) whole.
+//  - A chunk whose storage is Encoding::kRawTensor (a safetensors tensor)
+//    holds the elements alone: its length must equal elements x element
+//    size (DataLoss otherwise) and each target reads only its byte ranges,
+//    as an untransformed archive's storage record is read.
 // Checks the archive against the metadata (dtype, shape): DataLoss naming
 // the tensor, its chunk and the file; corrupt transformed data is DataLoss
 // naming the tensor and the file. Checksums as ReadChecks says (only

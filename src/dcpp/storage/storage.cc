@@ -1,6 +1,8 @@
 #include "dcpp/storage/storage.h"
 
+#include "dcpp/io/file.h"
 #include "dcpp/storage/s3_storage.h"
+#include "dcpp/storage/safetensors_layout.h"
 
 namespace dcpp::storage {
 
@@ -23,6 +25,30 @@ Status CheckEntryName(std::string_view name) {
   return Status();
 }
 
+namespace {
+
+// A directory, or a single existing `*.safetensors` file, which opens as a
+// read-only view of its directory showing that file alone.
+std::unique_ptr<Storage> OpenPosixLocation(const std::string& path) {
+  constexpr std::string_view kSuffix = kSafetensorsSuffix;
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  if (p.size() > kSuffix.size() &&
+      p.compare(p.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0) {
+    auto dir = io::IsDirectory(p);
+    auto exists = io::Exists(p);
+    if (dir.ok() && !*dir && exists.ok() && *exists) {
+      const size_t slash = p.rfind('/');
+      std::string parent = slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
+      return NewSingleFileStorage(NewPosixStorage(std::move(parent)),
+                                  slash == std::string::npos ? p : p.substr(slash + 1));
+    }
+  }
+  return NewPosixStorage(path);
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Storage>> OpenStorage(const std::string& location) {
   if (location.empty()) return InvalidArgumentError("checkpoint path is empty");
   // A URL scheme ("s3://bucket/prefix") selects another implementation;
@@ -30,13 +56,13 @@ Result<std::unique_ptr<Storage>> OpenStorage(const std::string& location) {
   const size_t scheme = location.find("://");
   if (scheme != std::string::npos) {
     if (location.compare(0, scheme, "file") == 0)
-      return NewPosixStorage(location.substr(scheme + 3));
+      return OpenPosixLocation(location.substr(scheme + 3));
     if (location.compare(0, scheme, "s3") == 0) return OpenS3Storage(location);
     return UnimplementedError("checkpoint location " + location + ": scheme '" +
                               location.substr(0, scheme) +
                               "' is not supported (directories, file:// and s3:// are)");
   }
-  return NewPosixStorage(location);
+  return OpenPosixLocation(location);
 }
 
 }  // namespace dcpp::storage

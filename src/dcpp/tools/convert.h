@@ -1,20 +1,52 @@
-// `dcpp convert`: rewrite a checkpoint with dcpp's writer.
+// `dcpp convert`: rewrite a checkpoint with dcpp's writer, between DCP and
+// Hugging Face safetensors.
 #ifndef DCPP_TOOLS_CONVERT_H_
 #define DCPP_TOOLS_CONVERT_H_
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "dcpp/checkpoint.h"
 
 namespace dcpp::tools {
 
-// Reads every entry of the checkpoint at `src` and writes it to `dst` with
-// `options`. Nothing is dropped or altered: values dcpp cannot represent
-// natively are copied as their original bytes, and tensor properties
-// (requires_grad, memory format, pin_memory) are carried over. Returns the
-// metadata written.
+struct ConvertOptions {
+  // How to write: save.format picks DCP or a safetensors model directory;
+  // the other fields as for Save.
+  SaveOptions save;
+  // Entries to convert: FQNs matching any of these shell globs (fnmatch:
+  // `*`, `?`, `[...]`; `*` also crosses dots, so 'model.*' is every model
+  // entry). Empty: every entry. A pattern matching nothing is
+  // InvalidArgument (a typo should not produce an empty checkpoint).
+  std::vector<std::string> keys;
+  // Cast floating tensors (float16, bfloat16, float32, float64) to this
+  // floating dtype (rounding to nearest even); others are kept.
+  std::optional<DType> dtype;
+};
+
+// Reads the entries of the checkpoint at `src` (a DCP directory, a
+// safetensors directory or a single .safetensors file: detected) and writes
+// them to `dst`, returning the metadata written.
+//  - To DCP: every selected entry as it is: pickled values are copied as
+//    their original bytes (a whole list or dict that an older torch pickled
+//    as one value stays one value), tensor properties (requires_grad, memory
+//    format, pin_memory) are carried over. Memory: the selected entries.
+//  - To safetensors: every selected entry must be a tensor (InvalidArgument
+//    lists the others and suggests --keys). Streams: each saved chunk is
+//    read in row bands of at most 32 MiB per writer thread (a compressed
+//    chunk whole) and written to its place in the output, so memory stays
+//    bounded by the threads' bands, whatever the checkpoint's size.
+Result<Metadata> Convert(const std::string& src, const std::string& dst,
+                         const ConvertOptions& options);
+
+// Convert with every entry and no cast.
 Result<Metadata> Convert(const std::string& src, const std::string& dst,
                          const SaveOptions& options);
+
+// The dtype named "bf16", "f16", "f32", "f64" (or torch's names: "bfloat16",
+// "float16", "float32", "float64"); nullopt for anything else.
+std::optional<DType> ParseFloatDType(std::string_view name);
 
 }  // namespace dcpp::tools
 
