@@ -14,9 +14,10 @@ it has R chunks, and each rank writes one file `__{rank}_0.distcp`.
     ChunkStorageMetadata, TensorProperties, torch.Size), with planner_data =
     DefaultSavePlanner's flatten mapping of {"model": {...}};
   * plans travel to the coordinator through pickle (gather_object does), the
-    coordinator runs create_default_global_save_plan and merges planner_data
-    as DefaultSavePlanner does, and FileSystemWriter.prepare_global_plan
-    gives each rank its file prefix;
+    coordinator runs create_default_global_save_plan's loop and merges
+    planner_data as DefaultSavePlanner does, and
+    FileSystemWriter.prepare_global_plan gives each rank its file prefix
+    (rank by rank, to keep one rank's plan in memory at a time);
   * each rank gets its plan back through pickle, and "writes" its items in
     plan order: the storage record of an item is _StorageInfo(file name,
     offset, length) with the length torch.save produces for the local shard;
@@ -84,12 +85,13 @@ def generate(ranks, tensors, directory):
     import pickle
 
     import torch
-    from torch.distributed.checkpoint.default_planner import create_default_global_save_plan
     from torch.distributed.checkpoint.filesystem import FileSystemWriter, _StorageInfo
     from torch.distributed.checkpoint.metadata import (
         ChunkStorageMetadata,
+        Metadata,
         MetadataIndex,
         TensorProperties,
+        TensorStorageMetadata,
     )
     from torch.distributed.checkpoint.planner import (
         SavePlan,
@@ -152,17 +154,39 @@ def generate(ranks, tensors, directory):
     writer.reset(directory)
     writer.set_up_storage_writer(True, rank=0, use_collectives=True)
 
-    all_plans = [through_pickle(local_plan(r)) for r in range(ranks)]
-    global_plan, metadata = create_default_global_save_plan(all_plans)
-    merged = dict(ChainMap(*[p.planner_data for p in global_plan]))  # DefaultSavePlanner
-    metadata = dataclasses.replace(metadata, planner_data=merged)
-    global_plan = writer.prepare_global_plan(global_plan)
-    del all_plans
-
+    # The coordinator's create_default_global_save_plan + DefaultSavePlanner's
+    # planner_data merge + FileSystemWriter.prepare_global_plan, then each
+    # rank's write_data and the gather of the results. Run rank by rank (the
+    # same objects, in the same order) so that only one rank's plan is alive
+    # at a time: all of them at 1,024 ranks would take ~10 GB.
+    md = {}
+    first_mapping = last_mapping = None
+    placeholder = SavePlan([], storage_data="placeholder")
     results = []
     for r in range(ranks):
-        plan = through_pickle(global_plan[r])
-        global_plan[r] = None
+        plan = through_pickle(local_plan(r))  # gathered to the coordinator
+        # The loop body of create_default_global_save_plan (no dedup needed:
+        # every item is a distinct shard).
+        new_items = []
+        for item in plan.items:
+            tensor_md = md.setdefault(
+                item.index.fqn,
+                TensorStorageMetadata(
+                    properties=item.tensor_data.properties, size=item.tensor_data.size, chunks=[]
+                ),
+            )
+            new_index = dataclasses.replace(item.index, index=len(tensor_md.chunks))
+            new_items.append(dataclasses.replace(item, index=new_index))
+            tensor_md.chunks.append(item.tensor_data.chunk)
+        global_plan = dataclasses.replace(plan, items=new_items)
+        if first_mapping is None:
+            first_mapping = global_plan.planner_data
+        last_mapping = global_plan.planner_data
+        # (rank r's prefix comes from its position in the list; the others
+        # are placeholders it leaves alone)
+        global_plan = writer.prepare_global_plan([placeholder] * r + [global_plan])[r]
+
+        plan = through_pickle(global_plan)  # scattered back to rank r
         file_name = f"{plan.storage_data.prefix}0.distcp"
         offset = 0
         rank_results = []
@@ -176,7 +200,11 @@ def generate(ranks, tensors, directory):
                 )
             )
             offset += length
-        results.append(through_pickle(rank_results))
+        results.append(through_pickle(rank_results))  # gathered to the coordinator
+    # dict(ChainMap(*all planner_data)): keys in the last map's order (and its
+    # key objects), values from the first; every rank's map has the same keys.
+    merged = dict(ChainMap(first_mapping, last_mapping))
+    metadata = Metadata(state_dict_metadata=md, planner_data=merged)
     writer.finish(metadata, results)
     return os.path.getsize(os.path.join(directory, ".metadata"))
 
