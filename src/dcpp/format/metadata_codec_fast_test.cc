@@ -503,5 +503,30 @@ TEST(MetadataFastTest, TakesTorchMetadataAtEveryProtocol) {
   fs::remove_all(dir);
 }
 
+// EncodeMetadata at scale writes what Python's pickler writes for the same
+// objects, byte for byte (the encoder's per-chunk paths and memo indices
+// past 2^16), and the fast path reads it back.
+TEST(MetadataFastTest, LargeEncodingIsWhatPythonPicklesByteForByte) {
+  if (!HaveTorch()) GTEST_SKIP() << "python3 with torch is not available";
+  const Metadata md = RowSharded(32, 500);  // 16,000 chunks
+  const std::string bytes = EncodeMetadata(md);
+  std::optional<Metadata> back = DecodeMetadataFast(Bytes(bytes));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(*back, md);
+  const fs::path dir = fs::temp_directory_path() / ("dcpp_fast_enc_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "large.metadata", std::ios::binary) << bytes;
+  std::ofstream(dir / "repickle.py") << "import pickle, sys\n"
+                                        "import torch.distributed.checkpoint\n"
+                                        "data = open(sys.argv[1], 'rb').read()\n"
+                                        "md = pickle.loads(data)\n"
+                                        "assert sum(len(v.chunks) for v in md.state_dict_metadata.values()) == 16000\n"
+                                        "sys.exit(0 if pickle.dumps(md, protocol=2) == data else 3)\n";
+  const std::string cmd = "python3 " + (dir / "repickle.py").string() + " " +
+                          (dir / "large.metadata").string();
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << "Python re-pickles " << cmd << " differently";
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace dcpp::format
