@@ -238,6 +238,9 @@ struct IndexRecord {
   bool has_offsets = false;
   uint32_t offsets = 0;  // shapes_ slot
   int64_t hint = -1;     // MetadataIndex.index
+  // The md_.entries index of `fqn` if it was known when the record was
+  // built (entries are never removed, so it stays right).
+  uint32_t entry = 0xFFFFFFFFu;
 };
 struct InfoRecord {
   std::string_view relative_path;
@@ -428,6 +431,15 @@ constexpr std::array<uint8_t, 256> kFixedOperand = [] {
   t[kBinInt] = 5;
   return t;
 }();
+
+// a == b, inline (a library memcmp call for a few dims costs more).
+bool SameShape(const Shape& a, const Shape& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t k = 0; k < a.size(); ++k) {
+    if (a[k] != b[k]) return false;
+  }
+  return true;
+}
 
 bool LexLess(const Shape& a, const Shape& b) {
   return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
@@ -788,6 +800,7 @@ class FastDecoder {
 
   Metadata md_;
   bool done_ = false;
+  const ChunkMeta* prefetched_ = nullptr;  // see BuildIndex
   std::unordered_map<std::string_view, uint32_t> entry_of_;  // fqn -> md_.entries index
   std::vector<EntryAux> aux_;                                // per md_.entries
   std::vector<uint8_t> chunk_has_storage_;
@@ -1150,10 +1163,24 @@ bool FastDecoder::BuildIndex(Dict& f, Value* out) {
   out->tag = Tag::kIndex;
   out->a = indices_.Take();
   indices_[out->a] = r;
+  // Records visit chunks in rank order, not in the entries' order, so the
+  // join's reads of a chunk miss the cache. Start fetching the hinted chunk
+  // now; BuildInfo fetches its offsets next, before AddRecord reads both.
+  prefetched_ = nullptr;
+  if (auto it = entry_of_.find(r.fqn); it != entry_of_.end()) {
+    IndexRecord& rec = indices_[out->a];
+    rec.entry = it->second;
+    const std::vector<ChunkMeta>& cs = md_.entries[rec.entry].chunks;
+    if (r.has_offsets && r.hint >= 0 && static_cast<uint64_t>(r.hint) < cs.size()) {
+      prefetched_ = &cs[static_cast<size_t>(r.hint)];
+      __builtin_prefetch(prefetched_);
+    }
+  }
   return true;
 }
 
 bool FastDecoder::BuildInfo(Dict& f, Value* out) {
+  if (prefetched_ != nullptr) __builtin_prefetch(prefetched_->offsets.data());
   out->a = infos_.Take();
   InfoRecord& r = infos_[out->a];
   r.transforms.clear();
@@ -1321,10 +1348,14 @@ bool FastDecoder::AddRecord(const Value& key, const Value& value) {
   if (!Charge(sizeof(uint64_t) + index.fqn.size() + 1 + dims * sizeof(int64_t) +
               sizeof(StorageInfo) + 64))
     return false;
-  auto it = entry_of_.find(index.fqn);
-  if (it == entry_of_.end()) return true;  // a record no entry uses
-  EntryMeta& e = md_.entries[it->second];
-  EntryAux& aux = aux_[it->second];
+  uint32_t entry = index.entry;
+  if (entry == 0xFFFFFFFFu) {
+    auto it = entry_of_.find(index.fqn);
+    if (it == entry_of_.end()) return true;  // a record no entry uses
+    entry = it->second;
+  }
+  EntryMeta& e = md_.entries[entry];
+  EntryAux& aux = aux_[entry];
   StorageInfo* dest = nullptr;
   if (!index.has_offsets) {
     if (e.is_tensor()) return true;
@@ -1335,7 +1366,7 @@ bool FastDecoder::AddRecord(const Value& key, const Value& value) {
     const Shape& offsets = shapes_[index.offsets];
     size_t c = e.chunks.size();
     if (index.hint >= 0 && static_cast<uint64_t>(index.hint) < e.chunks.size() &&
-        e.chunks[static_cast<size_t>(index.hint)].offsets == offsets) {
+        SameShape(e.chunks[static_cast<size_t>(index.hint)].offsets, offsets)) {
       c = static_cast<size_t>(index.hint);
     } else if (aux.sorted) {
       auto at = std::lower_bound(
