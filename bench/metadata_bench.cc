@@ -7,6 +7,8 @@
 //   metadata_bench encode FILE [--repeat N]  EncodeMetadata of the decoded file
 //                                            (best of N)
 //   metadata_bench compare FILE              fast path == general path?
+//   metadata_bench reencode FILE OUT         DecodeMetadata, then EncodeMetadata
+//                                            into OUT (to compare in torch)
 //
 // decode reports time_s (the decode alone), read_s, and RSS: rss_before (before
 // reading the file), rss_after_read, peak (VmHWM) and added = peak -
@@ -97,6 +99,7 @@ int main(int argc, char** argv) {
   int repeat = 3;
   for (int i = 3; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--general")) general = true;
+    if (mode == "reencode") break;
     if (!std::strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = std::atoi(argv[++i]);
   }
   const long long rss_before = Status("VmRSS:");
@@ -143,6 +146,17 @@ int main(int argc, char** argv) {
     }
     std::printf("{\"time_s\": %.6f, \"cpu_s\": %.6f, \"bytes\": %zu, \"chunks\": %zu}\n", best,
                 best_cpu, size, Chunks(*md));
+    return 0;
+  }
+  if (mode == "reencode" && argc > 3) {
+    Result<Metadata> md = Decode(bytes, false, &fast);
+    if (!md.ok()) {
+      std::fprintf(stderr, "%s\n", md.status().ToString().c_str());
+      return 1;
+    }
+    const std::string out = dcpp::format::EncodeMetadata(*md);
+    std::ofstream(argv[3], std::ios::binary).write(out.data(), static_cast<std::streamsize>(out.size()));
+    std::printf("{\"fast_path\": %s, \"bytes\": %zu}\n", fast ? "true" : "false", out.size());
     return 0;
   }
   if (mode == "compare") {
