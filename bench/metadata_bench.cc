@@ -91,7 +91,9 @@ Result<Metadata> Decode(const std::string& bytes, bool general, bool* fast) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: metadata_bench decode|encode|compare FILE [--general] [--repeat N]\n");
+    std::fprintf(stderr,
+                 "usage: metadata_bench decode|encode|compare FILE [--general] [--repeat N]\n"
+                 "       metadata_bench reencode FILE OUT\n");
     return 2;
   }
   const std::string mode = argv[1];
@@ -121,7 +123,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf(
-        "{\"time_s\": %.6f, \"cpu_s\": %.6f, \"read_s\": %.6f, \"fast_path\": %s, \"bytes\": %zu, \"entries\": %zu, "
+        "{\"time_s\": %.6f, \"cpu_s\": %.6f, \"read_s\": %.6f, \"fast_path\": %s, \"bytes\": %zu, "
+        "\"entries\": %zu, "
         "\"chunks\": %zu, \"rss_before\": %lld, \"rss_after_read\": %lld, \"peak\": %lld, "
         "\"added\": %lld}\n",
         dt, cpu, read_s, fast ? "true" : "false", bytes.size(), md->entries.size(), Chunks(*md),
@@ -155,15 +158,17 @@ int main(int argc, char** argv) {
       return 1;
     }
     const std::string out = dcpp::format::EncodeMetadata(*md);
-    std::ofstream(argv[3], std::ios::binary).write(out.data(), static_cast<std::streamsize>(out.size()));
+    std::ofstream(argv[3], std::ios::binary)
+        .write(out.data(), static_cast<std::streamsize>(out.size()));
     std::printf("{\"fast_path\": %s, \"bytes\": %zu}\n", fast ? "true" : "false", out.size());
     return 0;
   }
   if (mode == "compare") {
     auto f = mi::DecodeMetadataFast(Bytes(bytes));
     auto g = mi::DecodeMetadataGeneral(Bytes(bytes));
-    std::printf("{\"fast_accepted\": %s, \"general_ok\": %s, \"equal\": %s}\n", f ? "true" : "false",
-                g.ok() ? "true" : "false", f && g.ok() && *f == *g ? "true" : "false");
+    std::printf("{\"fast_accepted\": %s, \"general_ok\": %s, \"equal\": %s}\n",
+                f ? "true" : "false", g.ok() ? "true" : "false",
+                f && g.ok() && *f == *g ? "true" : "false");
     if (!g.ok()) std::fprintf(stderr, "general: %s\n", g.status().ToString().c_str());
     return 0;
   }

@@ -600,7 +600,9 @@ class FastDecoder {
           size_t end = v.a;
           for (size_t k = static_cast<size_t>(v.i); k-- > 0;) {
             const Value& item = arena_[v.a + k];
-            if (item.tag == Tag::kTuple && item.a + static_cast<size_t>(item.i) == end) end = item.a;
+            if (item.tag == Tag::kTuple && item.a + static_cast<size_t>(item.i) == end) {
+              end = item.a;
+            }
           }
           arena_.resize(end);
         }
@@ -1097,8 +1099,8 @@ bool FastDecoder::Build() {
     built.a = dtype.a | rg << 8 | pin << 9 | memory_format.a << 10;
   } else if (target.cls == Cls::kBytesMeta) {
     // No fields: no BUILD (Python >= 3.11) or an empty __dict__.
-    if (state.tag != Tag::kNone && !(state.tag == Tag::kDict && dicts_[state.a].role == Role::kFields))
-      return false;
+    const bool fields_dict = state.tag == Tag::kDict && dicts_[state.a].role == Role::kFields;
+    if (state.tag != Tag::kNone && !fields_dict) return false;
     built.tag = Tag::kBytesEntry;
   } else {
     if (state.tag != Tag::kDict || dicts_[state.a].role != Role::kFields) return false;
@@ -1372,7 +1374,9 @@ bool FastDecoder::AddRecord(const Value& key, const Value& value) {
       auto at = std::lower_bound(
           e.chunks.begin(), e.chunks.end(), offsets,
           [](const ChunkMeta& chunk, const Shape& o) { return LexLess(chunk.offsets, o); });
-      if (at != e.chunks.end() && at->offsets == offsets) c = static_cast<size_t>(at - e.chunks.begin());
+      if (at != e.chunks.end() && at->offsets == offsets) {
+        c = static_cast<size_t>(at - e.chunks.begin());
+      }
     } else {
       auto at = std::lower_bound(aux.order.begin(), aux.order.end(), offsets,
                                  [&](uint32_t k, const Shape& o) {

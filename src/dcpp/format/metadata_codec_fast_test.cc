@@ -516,12 +516,14 @@ TEST(MetadataFastTest, LargeEncodingIsWhatPythonPicklesByteForByte) {
   const fs::path dir = fs::temp_directory_path() / ("dcpp_fast_enc_" + std::to_string(getpid()));
   fs::create_directories(dir);
   std::ofstream(dir / "large.metadata", std::ios::binary) << bytes;
-  std::ofstream(dir / "repickle.py") << "import pickle, sys\n"
-                                        "import torch.distributed.checkpoint\n"
-                                        "data = open(sys.argv[1], 'rb').read()\n"
-                                        "md = pickle.loads(data)\n"
-                                        "assert sum(len(v.chunks) for v in md.state_dict_metadata.values()) == 16000\n"
-                                        "sys.exit(0 if pickle.dumps(md, protocol=2) == data else 3)\n";
+  std::ofstream(dir / "repickle.py")
+      << "import pickle, sys\n"
+         "import torch.distributed.checkpoint\n"
+         "data = open(sys.argv[1], 'rb').read()\n"
+         "md = pickle.loads(data)\n"
+         "chunks = sum(len(v.chunks) for v in md.state_dict_metadata.values())\n"
+         "assert chunks == 16000, chunks\n"
+         "sys.exit(0 if pickle.dumps(md, protocol=2) == data else 3)\n";
   const std::string cmd = "python3 " + (dir / "repickle.py").string() + " " +
                           (dir / "large.metadata").string();
   EXPECT_EQ(std::system(cmd.c_str()), 0) << "Python re-pickles " << cmd << " differently";
