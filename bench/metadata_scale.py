@@ -339,7 +339,8 @@ def write_docs(path, text):
     if BEGIN in doc and END in doc:
         head, rest = doc.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
-        doc = head + block + tail.lstrip("\n")
+        tail = tail.lstrip("\n")
+        doc = head + block + ("\n" + tail if tail else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + block
     with open(path, "w") as f:
