@@ -1,5 +1,7 @@
-// DecodeMetadata: a DCP .metadata pickle, parsed by the safe pickle VM,
-// walked into dcpp::Metadata (see metadata_codec.h for the contract).
+// DecodeMetadata: the fast path (metadata_codec_fast.cc), and where it
+// declines, the general path here: a DCP .metadata pickle parsed by the safe
+// pickle VM and walked into dcpp::Metadata (see metadata_codec.h for the
+// contract).
 #include "dcpp/format/metadata_codec.h"
 
 #include <algorithm>
@@ -562,7 +564,9 @@ Result<Metadata> Decoder::Run() {
 
 }  // namespace
 
-Result<Metadata> DecodeMetadata(std::span<const uint8_t> bytes) {
+namespace metadata_internal {
+
+Result<Metadata> DecodeMetadataGeneral(std::span<const uint8_t> bytes) {
   std::string rejected;
   pickle::ParseOptions options;
   options.allow_global = [&rejected](std::string_view module, std::string_view name) {
@@ -582,6 +586,17 @@ Result<Metadata> DecodeMetadata(std::span<const uint8_t> bytes) {
     return graph.status().WithContext("metadata");
   }
   return Decoder(*graph, bytes.size()).Run();
+}
+
+}  // namespace metadata_internal
+
+Result<Metadata> DecodeMetadata(std::span<const uint8_t> bytes) {
+  // The fast path decodes what DCP's writers produce; anything else, and
+  // every error, goes through the general path.
+  if (std::optional<Metadata> md = metadata_internal::DecodeMetadataFast(bytes)) {
+    return std::move(*md);
+  }
+  return metadata_internal::DecodeMetadataGeneral(bytes);
 }
 
 }  // namespace dcpp::format
