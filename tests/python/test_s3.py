@@ -300,7 +300,7 @@ def test_failed_torch_save_leaves_no_metadata(bucket):
     bad = {"w": torch.ones(1 << 20), "c": torch.zeros(3, dtype=torch.complex32)}
     with pytest.raises(CheckpointException):
         dcp.save(bad, storage_writer=dtorch.FileSystemWriter(path))
-    assert ".metadata" not in names(bucket, "failed") and not multipart_uploads(bucket, "failed")
+    assert not keys(bucket, "failed") and not multipart_uploads(bucket, "failed")
 
     # Data objects uploaded, then the save fails (as when another rank
     # fails): they are removed, the old checkpoint stays committed, the
