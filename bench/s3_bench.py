@@ -11,8 +11,9 @@ each row in its own process (so its peak RSS is its own):
   - raw boto3: the same tensors' bytes PUT and GET as objects in parallel
     (TransferConfig: 16 MiB parts, 16 threads per object, 8 objects at
     once), the bound any checkpoint writer over HTTP reaches on this server;
-  - torch.distributed.checkpoint through FsspecWriter/FsspecReader (s3fs),
-    when s3fs is installed.
+  - torch.distributed.checkpoint through dcpp.torch's FileSystemWriter /
+    FileSystemReader (torch's planners, dcpp's I/O) and through
+    FsspecWriter/FsspecReader (s3fs), when s3fs is installed.
 Prints the best time of --repeat runs per row, MiB/s, and the process's
 peak RSS minus the state dict's own size.
 """
@@ -29,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-ROWS = ["dcpp.save", "dcpp.load", "boto3 PUT", "boto3 GET", "torch+s3fs save", "torch+s3fs load"]
+ROWS = ["dcpp.save", "dcpp.load", "boto3 PUT", "boto3 GET", "torch+dcpp save", "torch+dcpp load",
+        "torch+s3fs save", "torch+s3fs load"]
 
 
 def env():
@@ -79,6 +81,18 @@ def run_row(row, bucket, mib, repeat):
                 list(ex.map(one, sd.keys()))
 
         fn = put if row == "boto3 PUT" else get
+    elif row.startswith("torch+dcpp"):
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        import dcpp.torch as dtorch
+        tsd = {k: torch.from_numpy(v) for k, v in sd.items()}
+        url = f"s3://{bucket}/torch_dcpp"
+        if row.endswith("save"):
+            fn = lambda: dcp.save(tsd, storage_writer=dtorch.FileSystemWriter(url))
+        else:
+            target = {k: torch.empty_like(v) for k, v in tsd.items()}
+            fn = lambda: dcp.load(target, storage_reader=dtorch.FileSystemReader(url))
     else:
         import torch
         import torch.distributed.checkpoint as dcp
@@ -122,7 +136,7 @@ def main():
     print(f"{total >> 20} MiB in {len(state(args.mib))} tensors, endpoint {endpoint}, "
           f"best of {args.repeat}; RSS = peak RSS of the row's process minus the state's size")
     for row in ROWS:
-        if row.startswith("torch") and not have_s3fs:
+        if row.startswith("torch+s3fs") and not have_s3fs:
             print(f"  {row:18s} s3fs not installed")
             continue
         out = subprocess.run([sys.executable, __file__, "--row", row, "--bucket", bucket,

@@ -24,6 +24,11 @@ replaced checkpoints and killed saves leave; the reader never unpickles
 ``.metadata`` (a hostile file cannot run code through it). :class:`ByteShuffle` and
 :func:`extension_registry` let stock torch read checkpoints written with
 dcpp's ``dcpp.byteshuffle/1`` transform.
+
+A path may also be an S3 location, ``s3://bucket/prefix`` (configured from
+the ``AWS_*`` variables, docs/s3.md): the same objects, the same commit
+(``.metadata`` written last, one PUT) and lock (a lock object), and torch's
+``FsspecReader``/``FsspecWriter`` read and write the same buckets.
 """
 
 from __future__ import annotations
@@ -203,16 +208,27 @@ class _Layout:
         return self.rank is None and name.startswith(_CHECKSUMS_PREFIX)
 
 
-def _new_tag(root: str) -> str:
-    """A random tag that no file in ``root`` carries yet."""
-    try:
-        names = os.listdir(root)
-    except FileNotFoundError:
-        names = []
+def _new_tag(names: Sequence[str]) -> str:
+    """A random tag that none of ``names`` (the location's entries) carries yet."""
     while True:
         tag = secrets.token_hex(4)
         if not any(f".{tag}." in name for name in names):
             return tag
+
+
+def _holder_line(tag: str) -> str:
+    """Who holds a lock: ``pid=<pid> host=<hostname> started=<UTC ISO-8601>
+    save=<tag>``, the C++ Save's line (an object store's lock parses the pid
+    and host to take over from a dead holder of this host)."""
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"pid={os.getpid()} host={socket.gethostname()} started={started} save={tag}"
+
+
+_LOCK_ADVICE = (
+    "Another save is writing this checkpoint: wait for it to finish, save elsewhere, "
+    "or set lock_timeout to wait for it. The lock is released when its holder exits, "
+    "so a holder that is gone never blocks a save"
+)
 
 
 class _DirectoryLock:
@@ -241,8 +257,7 @@ class _DirectoryLock:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise CorruptCheckpointError(f"{path} (the lock file) is not a regular file")
             self._wait(fd, path, timeout)
-            started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            line = f"pid={os.getpid()} host={socket.gethostname()} started={started} save={tag}\n"
+            line = _holder_line(tag) + "\n"
             os.ftruncate(fd, 0)
             os.pwrite(fd, line.encode(), 0)
         except BaseException:
@@ -280,9 +295,7 @@ class _DirectoryLock:
         waited = f"; still held after waiting {timeout:g} s" if timeout > 0 else ""
         raise AbortedError(
             f"{os.path.dirname(path)} is locked by another save ({path}: {holder}){waited}. "
-            "Another save is writing this checkpoint: wait for it to finish, save elsewhere, "
-            "or set lock_timeout to wait for it. The lock is released when its holder exits, "
-            "so a holder that is gone never blocks a save"
+            + _LOCK_ADVICE
         )
 
     @staticmethod
@@ -304,19 +317,178 @@ class _DirectoryLock:
         self._close()  # closes the descriptor once, however often called
 
 
-def _reclaim(root: str, layout: _Layout, referenced: set[str], sidecar: str | None = None) -> None:
+class _StorageLock:
+    """The lock of a location reached through dcpp's storage layer (an
+    object store): the C++ Save's protocol, ``Storage::TryLock`` (on S3 a
+    lock object created with a conditional PUT, holding the holder's line,
+    deleted on release; see docs/s3.md), retried until ``timeout``. Released
+    by :meth:`release` or when this object is collected; a process that dies
+    leaves an S3 lock object behind, which the next save on the same host
+    takes over and a save on another host reports, naming the object."""
+
+    def __init__(self, location: "_StorageLocation", name: str, tag: str, timeout: float) -> None:
+        line = _holder_line(tag)
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            try:
+                lock = location.storage.try_lock(name, line)
+                break
+            except AbortedError as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    waited = f"; still held after waiting {timeout:g} s" if timeout > 0 else ""
+                    raise AbortedError(f"{e}{waited}. {_LOCK_ADVICE} (on object storage, "
+                                       "only a holder on this host: see the lock object "
+                                       "named above)") from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.25)
+        self._close = weakref.finalize(self, lock.release)
+
+    def release(self) -> None:
+        self._close()
+
+
+class _LocalDirectory:
+    """A checkpoint directory through Python's own file functions: what the
+    writer and reader do besides the data files (which dcpp's C++ core
+    writes and reads for every location)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def describe(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def create(self) -> None:
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.root, name))
+
+    def names(self) -> list[str]:
+        """The entries; none when the directory is missing."""
+        try:
+            return os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+
+    def remove_quietly(self, name: str) -> None:
+        try:
+            os.remove(os.path.join(self.root, name))
+        except OSError:
+            pass
+
+    def read(self, name: str) -> bytes:
+        return _read_regular_file(os.path.join(self.root, name))
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        with open(os.path.join(self.root, name), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def lock(self, name: str, tag: str, timeout: float) -> "_DirectoryLock | _StorageLock":
+        return _DirectoryLock(os.path.join(self.root, name), tag, timeout)
+
+    def write_checksum_file(self, data: bytes, sync: bool) -> str | None:
+        return _dcpp._write_checksum_file(self.root, data, sync=sync)
+
+    def commit(self, name: str, tmp: str, data: bytes, sync: bool) -> None:
+        """Publishes ``data`` as ``name`` atomically: written to ``tmp``,
+        renamed over ``name`` (fsyncs first and after, with ``sync``)."""
+        tmp_path = os.path.join(self.root, tmp)
+        with open(tmp_path, "xb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp_path, os.path.join(self.root, name))
+        if sync:
+            _fsync_dir(self.root)
+
+
+class _StorageLocation:
+    """A checkpoint location given as a URL (``s3://bucket/prefix``,
+    ``file://dir``), reached through dcpp's storage layer
+    (``_dcpp._Storage``, what ``dcpp.save`` uses): the same operations as
+    :class:`_LocalDirectory`. On an object store entries appear whole when
+    written and there is no rename: ``.metadata`` is written directly, one
+    PUT, after every data object is complete."""
+
+    def __init__(self, location: str) -> None:
+        self.root = location
+        self.storage = _dcpp._Storage(location)
+
+    def describe(self, name: str) -> str:
+        return self.storage.describe(name)
+
+    def create(self) -> None:
+        self.storage.create_location()
+
+    def exists(self, name: str) -> bool:
+        return self.storage.exists(name)
+
+    def names(self) -> list[str]:
+        try:
+            return self.storage.list()
+        except FileNotFoundError:  # nothing under the prefix yet
+            return []
+
+    def remove_quietly(self, name: str) -> None:
+        try:
+            self.storage.remove(name)
+        except (OSError, _dcpp.DcppError):
+            pass
+
+    def read(self, name: str) -> bytes:
+        return self.storage.read(name)
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        return self.storage.read(name, offset, length)
+
+    def lock(self, name: str, tag: str, timeout: float) -> "_DirectoryLock | _StorageLock":
+        return _StorageLock(self, name, tag, timeout)
+
+    def write_checksum_file(self, data: bytes, sync: bool) -> str | None:
+        return _dcpp._write_checksum_file(self.root, data, sync=sync)
+
+    def commit(self, name: str, tmp: str, data: bytes, sync: bool) -> None:
+        if self.storage.publishes_on_close:
+            self.storage.write(name, data, sync=sync)  # whole or not at all
+            return
+        try:
+            self.storage.write(tmp, data, sync=sync)
+            self.storage.rename(tmp, name)
+        except BaseException:
+            self.remove_quietly(tmp)
+            raise
+        if sync:
+            self.storage.sync_directory()
+
+
+def _is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a location by URL (``s3://...``): reached
+    through dcpp's storage layer rather than Python's file functions."""
+    return isinstance(path, str) and "://" in path
+
+
+def _location(path: str | os.PathLike) -> "_LocalDirectory | _StorageLocation":
+    if _is_url(path):
+        return _StorageLocation(path)  # type: ignore[arg-type]
+    return _LocalDirectory(os.fspath(path))
+
+
+def _reclaim(location: "_LocalDirectory | _StorageLocation", layout: _Layout,
+             referenced: set[str], sidecar: str | None = None) -> None:
     """Removes the data files and temporary metadata in ``layout``'s scope
     that the committed metadata does not reference, and sidecar checksum
     files other than ``sidecar`` (the committed one's): the replaced
     checkpoint's and those of killed saves. Best effort: the checkpoint is
     committed, and whatever stays is reclaimed by the next save."""
-    for name in os.listdir(root):
+    for name in location.names():
         stale_sidecar = layout.is_checksum_file(name) and name != sidecar
         if (layout.reclaimable(name) and name not in referenced) or stale_sidecar:
-            try:
-                os.remove(os.path.join(root, name))
-            except OSError:
-                pass
+            location.remove_quietly(name)
 
 
 class _FileSystemPath:
@@ -328,8 +500,14 @@ class _FileSystemPath:
     def checkpoint_id(self) -> str | os.PathLike:
         return self.path
 
+    def _init_path(self, path: str | os.PathLike) -> str | os.PathLike:
+        # A URL stays a string (a Path would fold "s3://" into "s3:/").
+        return path if _is_url(path) else self.fs.init_path(path)
+
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
+        if _is_url(checkpoint_id):
+            return str(checkpoint_id).startswith(("s3://", "file://"))
         return FileSystem.validate_checkpoint_id(checkpoint_id)
 
 
@@ -354,8 +532,17 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
     (``dcp.save(..., use_collectives=False)``) each rank does all of this for
     its own files, ``__{rank}.metadata`` and the lock ``__{rank}.dcpp.lock``.
 
+    On an object store (``s3://bucket/prefix``) an object appears only when
+    it is complete, and there is no rename: ``.metadata`` is written
+    directly, one PUT, after every data object is published, which is the
+    same commit; a save that fails leaves no ``.metadata``. The lock is the
+    object ``.dcpp.lock``, created with a conditional PUT and deleted when
+    the save ends (a holder that died on another host leaves it: the error
+    names the object to delete).
+
     Args:
-        path: the checkpoint directory (created if needed).
+        path: the checkpoint directory (created if needed), or
+            ``s3://bucket/prefix`` (the bucket must exist).
         single_file_per_rank: True (default): ``thread_count`` data files per
             rank; False: one file per item. As torch's writer.
         sync_files: fsync every data file, the metadata and the directory.
@@ -425,7 +612,7 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
         if isinstance(transforms, str):
             raise TypeError("transforms must be a sequence of descriptors, e.g. ['stream.zstd/1']")
         self.fs = FileSystem()
-        self.path = self.fs.init_path(path)
+        self.path = self._init_path(path)
         self.single_file_per_rank = single_file_per_rank
         self.sync_files = sync_files
         self.thread_count = thread_count
@@ -449,7 +636,7 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         self._release_lock()
         if checkpoint_id:
-            self.path = self.fs.init_path(checkpoint_id)
+            self.path = self._init_path(checkpoint_id)
         self.save_id = str(uuid.uuid4())
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
@@ -468,24 +655,26 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
             self._lock = None
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        self.fs.mkdir(self.path)
+        location = _location(self.path)
+        location.create()
         # torch's early check, on every rank; the coordinator checks again
         # under the lock.
-        existing = Path(self.path) / _metadata_name(None if self.use_collectives else 0)
-        if existing.exists() and not self.overwrite:
+        existing = _metadata_name(None if self.use_collectives else 0)
+        if not self.overwrite and location.exists(existing):
             raise AlreadyExistsError(f"{self.path} already holds a checkpoint and overwrite=False")
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         """On the coordinator: locks the directory, picks this save's tag and
         tells every rank the names of its data files."""
-        root = os.fspath(self.path)
+        location = _location(self.path)
         layout = self._layout()
-        self._tag = _new_tag(root)
-        self._lock = _DirectoryLock(os.path.join(root, layout.lock), self._tag, self.lock_timeout)
+        self._tag = _new_tag(location.names())
+        self._lock = location.lock(layout.lock, self._tag, self.lock_timeout)
         try:
-            if not self.overwrite and os.path.exists(os.path.join(root, layout.metadata)):
-                raise AlreadyExistsError(f"{root} already holds a checkpoint and overwrite=False")
+            if not self.overwrite and location.exists(layout.metadata):
+                raise AlreadyExistsError(
+                    f"{location.root} already holds a checkpoint and overwrite=False")
         except BaseException:
             self._release_lock()
             raise
@@ -534,7 +723,7 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
             files.append((name, items))
             order.append(written)
 
-        root = os.fspath(self.path)
+        root = os.fspath(self.path)  # a directory or a URL: the C++ core opens either
         try:
             results = _dcpp._write_files(
                 root,
@@ -546,11 +735,9 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
                 threads=self.io_threads,
             )
         except BaseException:
+            location = _location(self.path)
             for name, _ in files:
-                try:
-                    os.remove(os.path.join(root, name))
-                except OSError:
-                    pass
+                location.remove_quietly(name)
             raise
         finally:
             # Release the BytesIO buffers.
@@ -586,26 +773,19 @@ class FileSystemWriter(_FileSystemPath, StorageWriter):
             metadata.version = _DCP_VERSION
             metadata.storage_data = {wr.index: wr.storage_data for rs in results for wr in rs}
             metadata.storage_meta = self.storage_meta()
-            root = os.fspath(self.path)
+            location = _location(self.path)
             layout = self._layout()
-            tmp = os.path.join(root, layout.metadata_tmp(self._tag))
             data = pickle.dumps(metadata)
             # The sidecar checksum file covers these exact bytes and the
             # pickled values; it goes first, named after this save, so a
-            # crash before the rename leaves it merely unreferenced.
+            # crash before the commit leaves it merely unreferenced.
             sidecar = None
             if layout.rank is None:
-                sidecar = _dcpp._write_checksum_file(root, data, sync=self.sync_files)
-            with open(tmp, "xb") as f:
-                f.write(data)
-                if self.sync_files:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(root, layout.metadata))
-            if self.sync_files:
-                _fsync_dir(root)
+                sidecar = location.write_checksum_file(data, self.sync_files)
+            location.commit(layout.metadata, layout.metadata_tmp(self._tag), data,
+                            self.sync_files)
             referenced = {info.relative_path for info in metadata.storage_data.values()}
-            _reclaim(root, layout, referenced, sidecar)
+            _reclaim(location, layout, referenced, sidecar)
         finally:
             self._release_lock()
 
@@ -622,7 +802,8 @@ class FileSystemReader(_FileSystemPath, StorageReader):
     tensors are filled in place (no torch.load), in parallel on
     ``thread_count`` threads (0: min(8, CPUs)) without the GIL. Items whose
     transforms dcpp does not know are read the way torch reads them,
-    through ``_extension_registry`` (as torch's reader's argument).
+    through ``_extension_registry`` (as torch's reader's argument). ``path``
+    is a checkpoint directory or ``s3://bucket/prefix``.
 
     Corrupt data raises :class:`dcpp.CorruptCheckpointError`; a missing or
     unreadable ``.metadata`` raises FileNotFoundError /
@@ -640,7 +821,7 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         if isinstance(thread_count, bool) or not isinstance(thread_count, int) or thread_count < 0:
             raise ValueError(f"thread_count must be an int >= 0, got {thread_count!r}")
         self.fs = FileSystem()
-        self.path = self.fs.init_path(path)
+        self.path = self._init_path(path)
         self.thread_count = thread_count or min(8, os.cpu_count() or 1)
         self.extension_registry = _extension_registry or extension_registry()
         self.storage_data: dict[MetadataIndex, Any] = {}
@@ -657,7 +838,7 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         self.storage_data = {}
         self.metadata = None
         if checkpoint_id:
-            self.path = self.fs.init_path(checkpoint_id)
+            self.path = self._init_path(checkpoint_id)
         self.load_id = str(uuid.uuid4())
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
@@ -668,8 +849,10 @@ class FileSystemReader(_FileSystemPath, StorageReader):
         metadata classes, or chunks of the wrong rank or outside their
         tensor, raises :class:`dcpp.CorruptCheckpointError`.
         """
-        path = os.path.join(os.fspath(self.path), _metadata_name(kwargs.get("rank")))
-        metadata, self._bad_tilings = _torch_metadata.decode(_read_regular_file(path), path)
+        location = _location(self.path)
+        name = _metadata_name(kwargs.get("rank"))
+        metadata, self._bad_tilings = _torch_metadata.decode(location.read(name),
+                                                             location.describe(name))
         self._decoded = metadata
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
@@ -758,7 +941,7 @@ class FileSystemReader(_FileSystemPath, StorageReader):
             job[5].append((dst, box, list(req.lengths)))
             committed.append((req, target))
 
-        root = os.fspath(self.path)
+        root = os.fspath(self.path)  # a directory or a URL: the C++ core opens either
         blobs = _dcpp._read(root, list(chunk_jobs.values()), byte_jobs, threads=self.thread_count)
         for target, dst in staged:
             target.copy_(dst)
@@ -776,9 +959,8 @@ class FileSystemReader(_FileSystemPath, StorageReader):
     def _read_with_extensions(self, req: ReadItem, planner: LoadPlanner) -> None:
         """torch's way, for items stored through transforms only Python knows."""
         sinfo = self.storage_data[req.storage_index]
-        with open(os.path.join(os.fspath(self.path), sinfo.relative_path), "rb") as f:
-            f.seek(sinfo.offset)
-            stream: IO[bytes] = io.BytesIO(f.read(sinfo.length))
+        data = _location(self.path).read_range(sinfo.relative_path, sinfo.offset, sinfo.length)
+        stream: IO[bytes] = io.BytesIO(data)
         for ex in self.extension_registry.from_descriptor_list(sinfo.transform_descriptors):
             if isinstance(ex, StreamTransformExtension):
                 stream = ex.transform_from(stream)

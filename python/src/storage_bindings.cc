@@ -1,15 +1,20 @@
 #include "storage_bindings.h"
 
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
 #include <atomic>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "convert.h"
@@ -237,6 +242,162 @@ nb::list Read(const std::string& dir, nb::handle chunk_jobs, nb::handle byte_job
   return out;
 }
 
+
+// Runs fn() (returning a Status or Result) without the GIL, exceptions
+// turned into a Status naming `operation`; raises its error with the GIL.
+template <typename Fn>
+auto Unlocked(const std::string& operation, Fn&& fn) {
+  decltype(fn()) r = [&] {
+    nb::gil_scoped_release release;
+    return CatchExceptions(operation, std::forward<Fn>(fn));
+  }();
+  if constexpr (std::is_same_v<decltype(fn()), Status>) {
+    ThrowIfError(r);
+  } else {
+    return ValueOrThrow(std::move(r));
+  }
+}
+
+// The most a single read() hands back at once: the cap dcpp applies to
+// .metadata (a hostile or mistaken object must not exhaust memory).
+constexpr uint64_t kMaxWholeRead = uint64_t{4} << 30;
+
+// A lock taken through _Storage.try_lock; keeps its storage alive (a
+// StorageLock must go before the Storage that gave it).
+class PyStorageLock {
+ public:
+  PyStorageLock(std::shared_ptr<storage::Storage> storage,
+                std::unique_ptr<storage::StorageLock> lock)
+      : storage_(std::move(storage)), lock_(std::move(lock)) {}
+  ~PyStorageLock() { Release(); }
+
+  // Drops the lock (an object store deletes its lock object: a request, so
+  // without the GIL). Releasing twice is OK.
+  void Release() {
+    if (!lock_) return;
+    std::unique_ptr<storage::StorageLock> closing = std::move(lock_);
+    if (PyGILState_Check()) {
+      nb::gil_scoped_release release;
+      closing.reset();
+    } else {
+      closing.reset();
+    }
+  }
+  bool held() const { return lock_ != nullptr; }
+
+ private:
+  std::shared_ptr<storage::Storage> storage_;
+  std::unique_ptr<storage::StorageLock> lock_;
+};
+
+// _Storage(location): one checkpoint location (a directory path, file://
+// path or s3://bucket/prefix, as storage::OpenStorage takes it), with the
+// few entry operations dcpp.torch's writer and reader need besides the data
+// files: whole small entries read and written, listing, removing, renaming
+// and the location's lock. Errors raise dcpp's exceptions naming the entry
+// (errors.h); every method that touches storage runs without the GIL.
+// Opening makes no request.
+class PyStorage {
+ public:
+  explicit PyStorage(const std::string& location)
+      : storage_(ValueOrThrow(storage::OpenStorage(location))) {}
+
+  std::string Describe(const std::string& name) const { return storage_->Describe(name); }
+  bool PublishesOnClose() const { return storage_->PublishesOnClose(); }
+
+  void CreateLocation() {
+    Unlocked("create " + Describe(""), [&] { return storage_->CreateLocation(); });
+  }
+
+  uint64_t Size(const std::string& name) {
+    return Unlocked("stat " + Describe(name), [&] { return storage_->Size(name); });
+  }
+
+  // Whether `name` exists; errors other than NotFound raise.
+  bool Exists(const std::string& name) {
+    return Unlocked("stat " + Describe(name), [&]() -> Result<bool> {
+      Result<uint64_t> r = storage_->Size(name);
+      if (r.ok()) return true;
+      if (r.status().code() == StatusCode::kNotFound) return false;
+      return r.status();
+    });
+  }
+
+  // The bytes [offset, offset + length) of `name`, or from `offset` to its
+  // end when `length` is None. DataLoss for a range past the end;
+  // ResourceExhausted for more than 4 GiB.
+  nb::bytes Read(const std::string& name, uint64_t offset, std::optional<uint64_t> length) {
+    std::unique_ptr<storage::ReadableFile> file;
+    const uint64_t n = Unlocked("read " + Describe(name), [&]() -> Result<uint64_t> {
+      DCPP_ASSIGN_OR_RETURN(file, storage_->OpenForRead(name));
+      if (length) return *length;
+      DCPP_ASSIGN_OR_RETURN(uint64_t size, file->Size());
+      if (offset > size)
+        return DataLossError(Describe(name) + ": offset " + std::to_string(offset) +
+                             " is past its end (" + std::to_string(size) + " bytes)");
+      return size - offset;
+    });
+    if (n > kMaxWholeRead)
+      ThrowStatus(ResourceExhaustedError("read " + Describe(name) + ": " + std::to_string(n) +
+                                         " bytes, more than the cap of " +
+                                         std::to_string(kMaxWholeRead)));
+    // Filled in place without the GIL: nothing else sees the object yet.
+    PyObject* out = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(n));
+    if (out == nullptr) throw nb::python_error();
+    nb::bytes bytes = nb::steal<nb::bytes>(out);
+    uint8_t* dst = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out));
+    Unlocked("read " + Describe(name),
+             [&] { return file->ReadAt(offset, std::span<uint8_t>(dst, static_cast<size_t>(n))); });
+    return bytes;
+  }
+
+  // Creates `name` holding `data` (any C-contiguous buffer), synced when
+  // `sync`, and closes it: on an object store it is published whole here,
+  // or not at all. On a directory a failure may leave a partial file.
+  void Write(const std::string& name, nb::handle data, bool sync) {
+    HeldBuffer held;
+    if (PyObject_GetBuffer(data.ptr(), &held.view, PyBUF_C_CONTIGUOUS) != 0)
+      throw nb::python_error();
+    held.held = true;
+    const std::span<const uint8_t> bytes(static_cast<const uint8_t*>(held.view.buf),
+                                         static_cast<size_t>(held.view.len));
+    Unlocked("write " + Describe(name), [&]() -> Status {
+      DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::WritableFile> f,
+                            storage_->CreateForWrite(name));
+      DCPP_RETURN_IF_ERROR(f->WriteAt(0, bytes));
+      if (sync) DCPP_RETURN_IF_ERROR(f->Sync());
+      return f->Close();
+    });
+  }
+
+  std::vector<std::string> List() {
+    return Unlocked("list " + Describe(""), [&] { return storage_->List(); });
+  }
+
+  void Remove(const std::string& name) {
+    Unlocked("remove " + Describe(name), [&] { return storage_->Remove(name); });
+  }
+
+  void Rename(const std::string& from, const std::string& to) {
+    Unlocked("rename " + Describe(from), [&] { return storage_->Rename(from, to); });
+  }
+
+  void SyncDirectory() {
+    Unlocked("sync " + Describe(""), [&] { return storage_->SyncDirectory(); });
+  }
+
+  // Takes the lock `name` without waiting, recording `holder`; AbortedError
+  // (quoting the holder's line) if someone else holds it.
+  std::unique_ptr<PyStorageLock> TryLock(const std::string& name, const std::string& holder) {
+    std::unique_ptr<storage::StorageLock> lock = Unlocked(
+        "lock " + Describe(name), [&] { return storage_->TryLock(name, holder); });
+    return std::make_unique<PyStorageLock>(storage_, std::move(lock));
+  }
+
+ private:
+  std::shared_ptr<storage::Storage> storage_;
+};
+
 }  // namespace
 
 void BindStorage(nb::module_& m) {
@@ -244,6 +405,25 @@ void BindStorage(nb::module_& m) {
         "compression_level"_a, "threads"_a);
   m.def("_read", &Read, "dir"_a, "chunk_jobs"_a, "byte_jobs"_a, "threads"_a,
         "buffer_limit"_a = storage::kReadScratchBytes);
+  nb::class_<PyStorageLock>(m, "_StorageLock",
+                            "A lock taken by _Storage.try_lock, held until released or collected.")
+      .def("release", &PyStorageLock::Release)
+      .def_prop_ro("held", &PyStorageLock::held);
+  nb::class_<PyStorage>(m, "_Storage",
+                        "A checkpoint location's entries (a directory or s3://bucket/prefix).")
+      .def(nb::init<const std::string&>(), "location"_a)
+      .def("describe", &PyStorage::Describe, "name"_a = "")
+      .def_prop_ro("publishes_on_close", &PyStorage::PublishesOnClose)
+      .def("create_location", &PyStorage::CreateLocation)
+      .def("size", &PyStorage::Size, "name"_a)
+      .def("exists", &PyStorage::Exists, "name"_a)
+      .def("read", &PyStorage::Read, "name"_a, "offset"_a = 0, "length"_a.none() = nb::none())
+      .def("write", &PyStorage::Write, "name"_a, "data"_a, "sync"_a = false)
+      .def("list", &PyStorage::List)
+      .def("remove", &PyStorage::Remove, "name"_a)
+      .def("rename", &PyStorage::Rename, "src"_a, "dst"_a)
+      .def("sync_directory", &PyStorage::SyncDirectory)
+      .def("try_lock", &PyStorage::TryLock, "name"_a, "holder"_a);
   m.def("_known_transforms", &transform::KnownDescriptors,
         "The stream transform descriptors this build reads and writes.");
 }
