@@ -43,8 +43,8 @@ void WriteFile(const std::string& path, const std::vector<FileTensor>& tensors,
   bytes.resize(base + enc->data_size);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i].t;
-    std::memcpy(bytes.data() + base + enc->ranges[i].first, t.data(),
-                static_cast<size_t>(t.numel()) * ElementSize(t.dtype()));
+    if (t.nbytes() == 0) continue;  // an empty tensor may have no memory
+    std::memcpy(bytes.data() + base + enc->ranges[i].first, t.data(), t.nbytes());
   }
   std::ofstream(path, std::ios::binary)
       .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
