@@ -119,7 +119,7 @@ def touch(sd, i):
 
 def run(args):
     root = tempfile.mkdtemp(prefix="dcpp-async-bench-", dir=args.dir)
-    sd = make_state(args.size_mib)
+    sd = make_state(args.size_mib, args.tensors)
     size = nbytes(sd)
     cores = os.cpu_count() or 1
     rows = []
@@ -232,7 +232,7 @@ def run(args):
          f"{res['stager_stall'] / res['memcpy1']:.2f}x"),
     ]
     lines = [
-        f"State: {gib:.2f} GiB in 64 float32 tensors; fsync {'on' if args.sync else 'off'}; "
+        f"State: {gib:.2f} GiB in {args.tensors} float32 tensors; fsync {'on' if args.sync else 'off'}; "
         f"{args.reps} repeats (median), after a warm-up save. {platform.machine()}, {cores} CPUs, "
         f"torch {torch.__version__}.",
         "",
@@ -275,6 +275,7 @@ def write_docs(path, text):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-mib", type=int, default=1024, help="state size (default 1024)")
+    p.add_argument("--tensors", type=int, default=64, help="tensors in the state (default 64)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--saves", type=int, default=100, help="saves in the RSS run (default 100)")
     p.add_argument("--rss-mib", type=int, default=64, help="state size of the RSS run (default 64)")
