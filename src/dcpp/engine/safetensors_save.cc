@@ -282,7 +282,9 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
   const int threads = o.io_threads > 0 ? o.io_threads : DefaultThreadCount();
   Status written = ParallelFor(tensors.size(), threads, [&](size_t i) -> Status {
     const SafetensorsSource& t = tensors[i];
-    const auto [f, base] = where[i];
+    // Not a structured binding: clang 14 cannot capture one in the lambda below.
+    const size_t f = where[i].first;
+    const auto base = where[i].second;
     storage::WritableFile& file = *planned[f].file;
     const std::string at = "writing " + Quoted(t.fqn) + " to " + storage.Describe(planned[f].name);
     DCPP_RETURN_IF_ERROR(t.produce([&](const Shape& offsets, const TensorView& view) -> Status {
