@@ -65,16 +65,12 @@ AsyncSaveHandle SaveImpl(PyAsyncCheckpointer& self, nb::handle state_dict, const
   ToValueConverter conv(helpers, ToValueConverter::Purpose::kSave);
   Value sd;
   SaveOptions o;
-  LocalStep step(group.get());
-  step.Run([&] {
-    sd = conv.ConvertStateDict(state_dict);
-    o = MakeSaveOptions({thread_count, io_threads, single_file_per_rank, sync_files, overwrite,
-                         checksums, std::move(transforms), compression_level,
-                         dedup_to_lowest_rank, lock_timeout_ms, std::move(format),
-                         max_shard_size, std::move(fqn_to_file_index)},
-                        std::move(progress));
-  });
-  step.Agree("save");
+  PrepareSave(state_dict,
+              {thread_count, io_threads, single_file_per_rank, sync_files, overwrite,
+               checksums, std::move(transforms), compression_level,
+               dedup_to_lowest_rank, lock_timeout_ms, std::move(format),
+               max_shard_size, std::move(fqn_to_file_index)},
+              std::move(progress), group.get(), conv, &sd, &o);
   nb::gil_scoped_release release;
   return c.Save(sd, path, std::move(o));
 }

@@ -1,5 +1,8 @@
 #include "options.h"
 
+#include "convert.h"
+#include "process_groups.h"
+
 #include <memory>
 #include <utility>
 
@@ -58,6 +61,16 @@ SaveOptions MakeSaveOptions(SaveKeywords k, nb::object progress) {
   o.fqn_to_file_index = std::move(k.fqn_to_file_index);
   o.progress = WrapProgress(std::move(progress));
   return o;
+}
+
+void PrepareSave(nb::handle state_dict, SaveKeywords k, nb::object progress, ProcessGroup* group,
+                 ToValueConverter& conv, Value* sd, SaveOptions* o) {
+  LocalStep step(group);
+  step.Run([&] {
+    *sd = conv.ConvertStateDict(state_dict);
+    *o = MakeSaveOptions(std::move(k), std::move(progress));
+  });
+  step.Agree("save");
 }
 
 }  // namespace dcpp::python

@@ -14,6 +14,8 @@
 
 namespace dcpp::python {
 
+class ToValueConverter;  // convert.h
+
 // A ProgressCallback calling `fn` (None = none) with the GIL held, from
 // whatever thread dcpp reports on; an exception it raises is reported as
 // unraisable. TypeError if `fn` is not callable.
@@ -36,6 +38,14 @@ struct SaveKeywords {
   std::map<std::string, int> fqn_to_file_index;
 };
 SaveOptions MakeSaveOptions(SaveKeywords k, nanobind::object progress);
+
+// What dcpp.save and AsyncCheckpointer.save do before the C++ call, with
+// the GIL held: convert `state_dict` (tensors borrowed; `conv` keeps them
+// alive) into *sd and the keywords into *o. With a group of several ranks,
+// a rank whose conversion raises meets the others in one collective over
+// `group` carrying the error, so every rank raises the same one (LocalStep).
+void PrepareSave(nanobind::handle state_dict, SaveKeywords k, nanobind::object progress,
+                 ProcessGroup* group, ToValueConverter& conv, Value* sd, SaveOptions* o);
 
 }  // namespace dcpp::python
 

@@ -444,23 +444,8 @@ static Result<AsyncDemoReport> RunAsyncDemoImpl(const AsyncDemoOptions& o) {
     const auto t0 = Clock::now();
     DCPP_RETURN_IF_ERROR(LoadAndVerify(*o.group, specs, last, o.thread_count, nullptr,
                                        r.verified_step, &verified_bytes, &verified_pieces));
-    DCPP_ASSIGN_OR_RETURN(auto counts, o.group->Gather(std::to_string(verified_bytes.load()) + " " +
-                                                           std::to_string(verified_pieces.load()),
-                                                       0));
+    DCPP_RETURN_IF_ERROR(SumVerifiedCounts(*o.group, &verified_bytes, &verified_pieces));
     r.load_seconds = Seconds(t0);
-    if (is_root) {
-      uint64_t bytes = 0;
-      size_t pieces = 0;
-      for (const auto& c : counts) {
-        unsigned long long b = 0;
-        size_t p = 0;
-        std::sscanf(c.c_str(), "%llu %zu", &b, &p);
-        bytes += b;
-        pieces += p;
-      }
-      verified_bytes = bytes;
-      verified_pieces = pieces;
-    }
   } else {
     r.ranks_kind = "threads";
     r.ranks = o.ranks;

@@ -179,6 +179,26 @@ Status LoadAndVerify(ProcessGroup& pg, const std::vector<Spec>& specs, const std
   return Status();
 }
 
+Status SumVerifiedCounts(ProcessGroup& pg, std::atomic<uint64_t>* verified_bytes,
+                         std::atomic<size_t>* verified_pieces) {
+  DCPP_ASSIGN_OR_RETURN(auto counts, pg.Gather(std::to_string(verified_bytes->load()) + " " +
+                                                   std::to_string(verified_pieces->load()),
+                                               0));
+  if (pg.rank() != 0) return Status();
+  uint64_t bytes = 0;
+  size_t pieces = 0;
+  for (const auto& c : counts) {
+    unsigned long long b = 0;
+    size_t p = 0;
+    std::sscanf(c.c_str(), "%llu %zu", &b, &p);
+    bytes += b;
+    pieces += p;
+  }
+  *verified_bytes = bytes;
+  *verified_pieces = pieces;
+  return Status();
+}
+
 Result<std::string> MakeDemoDir() {
   const char* tmp = std::getenv("TMPDIR");
   std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/dcpp-demo-XXXXXX";

@@ -82,6 +82,12 @@ Status LoadAndVerify(ProcessGroup& pg, const std::vector<Spec>& specs, const std
                      int io_threads, const ProgressCallback& progress, int64_t step,
                      std::atomic<uint64_t>* verified_bytes, std::atomic<size_t>* verified_pieces);
 
+// Under MPI, where each process counted its own share: replaces the
+// counters on rank 0 by the sums over every rank (a Gather; other ranks'
+// counters are left as they are).
+Status SumVerifiedCounts(ProcessGroup& pg, std::atomic<uint64_t>* verified_bytes,
+                         std::atomic<size_t>* verified_pieces);
+
 // A fresh directory under $TMPDIR (or /tmp).
 Result<std::string> MakeDemoDir();
 
