@@ -106,25 +106,33 @@ def test_error_in_the_background_surfaces_from_the_future_and_commits_nothing(tm
 
 
 def test_staging_releases_the_gil(tmp_path):
-    # A Python thread keeps running while a large state is being staged.
-    sd = {"w": np.ones(32 << 20, np.uint8)}
-    ticks = []
+    # A Python thread keeps counting while a large state is staged: with the
+    # GIL held through the copy it would stall for the whole call.
+    import time
+
+    sd = {"w": np.ones(256 << 20, np.uint8)}
+    count = [0]
     stop = threading.Event()
 
     def tick():
         while not stop.is_set():
-            ticks.append(1)
+            count[0] += 1
 
-    with dcpp.AsyncCheckpointer() as c:
+    with dcpp.AsyncCheckpointer(staging_threads=1) as c:
         c.save(sd, tmp_path / "warm", sync_files=False).result()  # pool mapped
         t = threading.Thread(target=tick)
         t.start()
-        before = len(ticks)
+        start, t0 = count[0], time.perf_counter()
+        time.sleep(0.1)  # the counter's free rate (sleep releases the GIL)
+        free_rate = (count[0] - start) / (time.perf_counter() - t0)
+        before, t0 = count[0], time.perf_counter()
         f = c.save(sd, tmp_path / "g", sync_files=False)
+        during, seconds = count[0] - before, time.perf_counter() - t0
         stop.set()
         t.join()
         f.result(timeout=60)
-    assert len(ticks) >= before
+    assert seconds > 0.01, "staging 256 MiB took too little time to tell"
+    assert during > 0.3 * free_rate * seconds, (during, free_rate, seconds)
 
 
 def test_closed_checkpointer_refuses_saves(tmp_path):
