@@ -149,7 +149,10 @@ class _PinnedCopies:
 
     def copy_device_tensors(self, state_dict: dict) -> dict:
         torch = sys.modules.get("torch")
-        if torch is None:
+        # Without CUDA there is nothing to pin: other devices' tensors are
+        # copied to the CPU by the converter. Skipping the walk saves ~1 us
+        # per leaf of the stall.
+        if torch is None or not torch.cuda.is_available():
             return state_dict
         copied: list = []
         out = self._walk(state_dict, (), copied, torch)
