@@ -72,10 +72,13 @@ struct Phase {
     wall0 = Wall();
     cpu0 = Cpu();
   }
-  // "name": {"wall_s", "cpu_s", "added"}
-  std::string Json(const char* name) const {
+  // "name": {"wall_s", "cpu_s", "added"}; `peak`, if given, is raised to
+  // the phase's peak RSS.
+  std::string Json(const char* name, long long* peak = nullptr) const {
     const double w = Wall() - wall0, c = Cpu() - cpu0;
-    const long long added = ProcStatus("VmHWM:") - rss0;
+    const long long hwm = ProcStatus("VmHWM:");
+    if (peak) *peak = std::max(*peak, hwm);
+    const long long added = hwm - rss0;
     char buf[256];
     std::snprintf(buf, sizeof buf, "\"%s\": {\"wall_s\": %.6f, \"cpu_s\": %.6f, \"added\": %lld}",
                   name, w, c, added);
@@ -234,15 +237,18 @@ int LoadPlan(const std::string& path, int load_ranks, int rank, bool old) {
   std::string json = "{\"load_ranks\": " + std::to_string(load_ranks) +
                      ", \"rank\": " + std::to_string(rank) + ", \"old\": " +
                      (old ? "true" : "false");
+  // The phases below each reset the peak; the whole's is the largest.
+  malloc_trim(0);
   const long long rss_start = ProcStatus("VmRSS:");
-  Phase all;
+  long long peak = rss_start;
+  const double wall0 = Phase::Wall(), cpu0 = Phase::Cpu();
   std::string bytes = ReadAll(path);
   size_t reads = 0, pieces = 0;
   if (old) {
     Phase p;
     auto md = dcpp::format::DecodeMetadata(bytes);
     if (!md.ok()) return Fail(md.status());
-    json += ", " + p.Json("decode");
+    json += ", " + p.Json("decode", &peak);
     bytes.clear();
     bytes.shrink_to_fit();
     Phase q;
@@ -251,7 +257,7 @@ int LoadPlan(const std::string& path, int load_ranks, int rank, bool old) {
       if (e.is_tensor()) requests.push_back({&e, ShardOf(e.size, load_ranks, rank)});
     auto plan = dcpp::plan::PlanTensorReads(requests);
     if (!plan.ok()) return Fail(plan.status());
-    json += ", " + q.Json("plan");
+    json += ", " + q.Json("plan", &peak);
     reads = plan->reads.size();
     for (const auto& r : plan->reads) pieces += r.pieces.size();
     malloc_trim(0);
@@ -262,7 +268,7 @@ int LoadPlan(const std::string& path, int load_ranks, int rank, bool old) {
       Phase p;
       auto md = dcpp::format::DecodeCompactMetadata(bytes);
       if (!md.ok()) return Fail(md.status());
-      json += ", " + p.Json("decode");
+      json += ", " + p.Json("decode", &peak);
       bytes.clear();
       bytes.shrink_to_fit();
       Phase q;
@@ -273,14 +279,17 @@ int LoadPlan(const std::string& path, int load_ranks, int rank, bool old) {
       auto planned = dcpp::plan::PlanLoad(*md, requests, {});
       if (!planned.ok()) return Fail(planned.status());
       pruned = std::move(*planned);
-      json += ", " + q.Json("plan");
+      json += ", " + q.Json("plan", &peak);
     }  // the compact form is freed here
     reads = pruned.plan.reads.size();
     for (const auto& r : pruned.plan.reads) pieces += r.pieces.size();
     malloc_trim(0);
     json += ", \"kept\": " + std::to_string(ProcStatus("VmRSS:") - rss_start);
   }
-  json += ", " + all.Json("total");
+  char buf[160];
+  std::snprintf(buf, sizeof buf, ", \"total\": {\"wall_s\": %.6f, \"cpu_s\": %.6f, \"added\": %lld}",
+                Phase::Wall() - wall0, Phase::Cpu() - cpu0, peak - rss_start);
+  json += buf;
   json += ", \"reads\": " + std::to_string(reads) + ", \"pieces\": " + std::to_string(pieces);
   std::printf("%s}\n", json.c_str());
   return 0;
