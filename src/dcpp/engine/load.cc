@@ -250,6 +250,7 @@ Result<format::CompactMetadata> DecodeAndCheckCompact(storage::Storage& storage,
   if (sidecar) DCPP_RETURN_IF_ERROR(storage::CheckMetadataBytes(storage, *sidecar, bytes));
   return md;
 }
+// The same, as a Metadata (LoadAll reads every entry).
 Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& bytes,
                                 bool verify) {
   DCPP_ASSIGN_OR_RETURN(Metadata md, storage::DecodeCheckpointMetadata(storage, bytes));
@@ -291,9 +292,9 @@ Result<LoadChecks> MakeLoadChecks(storage::Storage& storage, const Metadata& md,
 }
 
 // The metadata for a load: read from storage once per job, by rank 0,
-// which checks it and broadcasts the bytes (not the decoded form, ~2.5x
-// larger), so N ranks do not all read the same file from shared storage; a
-// missing or damaged file gives every rank rank 0's error.
+// which checks it and broadcasts its bytes (or its error), so N ranks do
+// not all read the same file from shared storage and a missing or damaged
+// file gives every rank rank 0's error; each rank decodes the bytes.
 Result<format::CompactMetadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage,
                                                bool verify) {
   if (pg.size() == 1) {
