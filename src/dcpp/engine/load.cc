@@ -233,12 +233,14 @@ Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& by
   return md;
 }
 
-// Whether `storage` holds safetensors files rather than a DCP checkpoint
+// Whether `storage` holds safetensors files or a torch.save file (metadata
+// synthesized from the files) rather than a DCP checkpoint
 // (errors, such as a missing location, leave that to the DCP path, whose
 // messages say what is missing).
 bool HoldsSafetensors(storage::Storage& storage) {
   auto format = storage::DetectCheckpointFormat(storage);
-  return format.ok() && *format == storage::CheckpointFormat::kSafetensors;
+  return format.ok() && (*format == storage::CheckpointFormat::kSafetensors ||
+                         *format == storage::CheckpointFormat::kTorchSave);
 }
 
 // What the coordinator shares instead of .metadata bytes when the location
@@ -248,7 +250,7 @@ bool HoldsSafetensors(storage::Storage& storage) {
 constexpr std::string_view kSafetensorsMarker = "dcpp:safetensors";
 
 Result<Metadata> ReadCheckedMetadata(storage::Storage& storage, bool verify) {
-  if (HoldsSafetensors(storage)) return storage::ReadSafetensorsMetadata(storage);
+  if (HoldsSafetensors(storage)) return storage::ReadAnyCheckpointMetadata(storage);
   DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
   return DecodeAndCheck(storage, bytes, verify);
 }
@@ -277,7 +279,7 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, boo
     const bool safetensors = detected.ok() && *detected;
     Result<std::string> bytes = std::string(kSafetensorsMarker);
     if (safetensors) {
-      mine = CatchExceptions(op, [&] { return storage::ReadSafetensorsMetadata(storage); });
+      mine = CatchExceptions(op, [&] { return storage::ReadAnyCheckpointMetadata(storage); });
     } else {
       bytes = CatchExceptions(op, [&] { return storage::ReadCheckpointMetadataBytes(storage); });
       mine = bytes.ok()
@@ -292,7 +294,7 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, boo
   std::string bytes;
   DCPP_RETURN_IF_ERROR(engine::DecodeSharedMetadata(msg, &status, &bytes));
   if (!status.ok()) return status;
-  if (bytes == kSafetensorsMarker) return storage::ReadSafetensorsMetadata(storage);
+  if (bytes == kSafetensorsMarker) return storage::ReadAnyCheckpointMetadata(storage);
   return storage::DecodeCheckpointMetadata(storage, bytes);
 }
 
