@@ -839,7 +839,10 @@ class ValueBuilder {
     }
     const bool mutated = !n.dict_items.empty() || !n.list_items.empty();
     if (module == "collections" && name == "OrderedDict") {
-      if (n.state != pk::kNoNode || !n.list_items.empty()) {
+      // A module's state_dict() carries a `_metadata` attribute (BUILD
+      // state), which DCP drops too: describing a state dict ignores it; a
+      // value keeps its bytes (Opaque) instead.
+      if ((n.state != pk::kNoNode && !refs_) || !n.list_items.empty()) {
         return Unrepresentable("an OrderedDict with attributes");
       }
       if (args->kind != pk::Kind::kTuple || args->items.size() > 1) {

@@ -178,6 +178,8 @@ struct DescribedObject {
 // _rebuild_parameter, storage classes, dtypes, torch.Size,
 // collections.OrderedDict, _codecs.encode, builtins bytes/bytearray);
 // any other global is InvalidArgument naming it (nothing is ever called).
+// An OrderedDict's attributes (nn.Module.state_dict()'s `_metadata`) are
+// dropped, as DCP's flattening drops them.
 // Checks as DescribeTensorArchive for each tensor: its storage record
 // exists, has the persistent id's size and holds every element the tensor
 // addresses (DataLoss otherwise). Unimplemented, naming what, for objects
