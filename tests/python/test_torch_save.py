@@ -106,7 +106,7 @@ def test_torch_save_to_dcp_loads_equal(tmp_path):
     assert_equal(load_dcp_as_torch(tmp_path / "dcp"), load_dcp_as_torch(tmp_path / "torch_dcp"))
     # And it opens as a checkpoint directly.
     md = dcpp.read_metadata(tmp_path / "model.pt")
-    assert "views.transposed" in md.state_dict_metadata
+    assert "views.transposed" in md.keys()
     loaded = dcpp.load(tmp_path / "model.pt", tensors="torch")
     assert_equal(loaded["tied"]["lm_head.weight"], state["tied"]["embed.weight"])
     assert_equal(loaded["views"]["slice"], state["views"]["slice"])
