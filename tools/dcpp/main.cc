@@ -99,15 +99,23 @@ examples:
 constexpr const char* kConvertHelp = R"(usage: dcpp convert SRC DST [options]
 
 Reads the checkpoint SRC (a DCP directory, a Hugging Face safetensors
-directory or a single .safetensors file: detected) and writes it to DST with
-dcpp's writer, as DCP (default) or as a safetensors model directory.
+directory, a single .safetensors file or a torch.save file such as model.pt:
+detected) and writes it to DST with dcpp's writer, as DCP (default), as a
+safetensors model directory or as one torch.save file.
 To DCP nothing is dropped or changed: pickled values are copied as their
 original bytes, tensor properties are kept; DST loads with
 torch.distributed.checkpoint.load. To safetensors every selected entry must
 be a tensor; tensors stream through bounded buffers (32 MiB per thread).
+To torch-save DST is one file holding the nested state dict torch's
+dcp_to_torch_save writes (torch.load reads it, also with weights_only=True);
+tensors stream through 32 MiB row bands per thread, and the file appears only
+when complete. A torch.save SRC is read with a safe unpickler: nothing in it
+runs, and a pickle naming anything beyond a plain state dict is refused.
 
 options:
-  --to dcp|safetensors     output format (default dcp)
+  --to dcp|safetensors|torch-save
+                           output format (default dcp; torch-save when DST
+                           ends in .pt, .pth or .bin and is not a directory)
   --keys GLOB              convert only entries whose FQN matches GLOB
                            (fnmatch; '*' crosses dots); repeatable
   --dtype bf16|f16|f32|f64 cast floating tensors to this dtype
@@ -124,6 +132,8 @@ options:
 examples:
   dcpp convert /ckpt/torch_step_1000 /ckpt/dcpp_step_1000 --thread-count 4
   dcpp convert /ckpt/step_1000 /export/model --to safetensors --keys 'model.*' --dtype bf16
+  dcpp convert /ckpt/step_1000 /export/model.pt --to torch-save
+  dcpp convert model.pt /ckpt/from_torch_save
 )";
 
 constexpr const char* kDemoHelp = R"(usage: dcpp demo [options]
@@ -346,8 +356,14 @@ int Convert(int argc, char** argv) {
     const std::string& to = args.flags["--to"];
     if (to == "safetensors")
       o.format = dcpp::SaveFormat::kSafetensors;
+    else if (to == "torch-save")
+      co.torch_save = true;
     else if (to != "dcp")
-      return Usage(kConvertHelp, "--to must be dcp or safetensors");
+      return Usage(kConvertHelp, "--to must be dcp, safetensors or torch-save");
+  } else if (dcpp::tools::LooksLikeTorchSavePath(args.positional[1])) {
+    co.torch_save = true;
+    std::fprintf(stderr, "dcpp: writing %s as a torch.save file (by its suffix; --to sets it)\n",
+                 args.positional[1].c_str());
   }
   for (const auto& [flag, value] : args.all)
     if (flag == "--keys") co.keys.push_back(value);

@@ -260,12 +260,14 @@ Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& by
   return md;
 }
 
-// Whether `storage` holds safetensors files rather than a DCP checkpoint
+// Whether `storage` holds safetensors files or a torch.save file (metadata
+// synthesized from the files) rather than a DCP checkpoint
 // (errors, such as a missing location, leave that to the DCP path, whose
 // messages say what is missing).
 bool HoldsSafetensors(storage::Storage& storage) {
   auto format = storage::DetectCheckpointFormat(storage);
-  return format.ok() && *format == storage::CheckpointFormat::kSafetensors;
+  return format.ok() && (*format == storage::CheckpointFormat::kSafetensors ||
+                         *format == storage::CheckpointFormat::kTorchSave);
 }
 
 // What the coordinator shares instead of .metadata bytes when the location
@@ -275,7 +277,7 @@ bool HoldsSafetensors(storage::Storage& storage) {
 constexpr std::string_view kSafetensorsMarker = "dcpp:safetensors";
 
 Result<Metadata> ReadCheckedMetadata(storage::Storage& storage, bool verify) {
-  if (HoldsSafetensors(storage)) return storage::ReadSafetensorsMetadata(storage);
+  if (HoldsSafetensors(storage)) return storage::ReadAnyCheckpointMetadata(storage);
   DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
   return DecodeAndCheck(storage, bytes, verify);
 }
@@ -299,7 +301,7 @@ Result<format::CompactMetadata> SharedMetadata(ProcessGroup& pg, storage::Storag
                                                bool verify) {
   if (pg.size() == 1) {
     if (HoldsSafetensors(storage)) {
-      DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadSafetensorsMetadata(storage));
+      DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadAnyCheckpointMetadata(storage));
       return format::Compact(std::move(md));
     }
     DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
@@ -317,7 +319,7 @@ Result<format::CompactMetadata> SharedMetadata(ProcessGroup& pg, storage::Storag
     Result<std::string> bytes = std::string(kSafetensorsMarker);
     if (safetensors) {
       mine = CatchExceptions(op, [&]() -> Result<format::CompactMetadata> {
-        DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadSafetensorsMetadata(storage));
+        DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadAnyCheckpointMetadata(storage));
         return format::Compact(std::move(md));
       });
     } else {
@@ -335,7 +337,7 @@ Result<format::CompactMetadata> SharedMetadata(ProcessGroup& pg, storage::Storag
   DCPP_RETURN_IF_ERROR(engine::DecodeSharedMetadata(msg, &status, &bytes));
   if (!status.ok()) return status;
   if (bytes == kSafetensorsMarker) {
-    DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadSafetensorsMetadata(storage));
+    DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadAnyCheckpointMetadata(storage));
     return format::Compact(std::move(md));
   }
   return DecodeCompact(storage, bytes);

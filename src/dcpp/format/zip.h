@@ -71,6 +71,12 @@ struct WriteOptions {
   // CRC-32 of each record, as torch writes by default. false writes 0, which
   // torch also accepts (its reader never checks CRCs).
   bool compute_crc32 = true;
+  // Empty, or one CRC-32 per record, used instead of computing them: for a
+  // writer that streams record data (checksumming it on the way) and then
+  // lays the archive out again to write the descriptors and the central
+  // directory. A record's data is then read only if it is copied (size <
+  // copy_threshold). Any other size is refused by CheckLayOut.
+  std::vector<uint32_t> record_crc32;
 };
 
 // Largest WriteOptions::alignment: the FB field's padding (< alignment) plus

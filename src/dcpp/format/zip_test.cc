@@ -1118,5 +1118,34 @@ TEST(ZipReader, ArgumentChecks) {
   EXPECT_EQ(classic->cd_offset, end->cd_offset);
 }
 
+
+TEST(ZipLayout, GivenCrcsAreUsedAndDataIsNotRead) {
+  const std::string big(100000, 'x');
+  std::vector<RecordSpec> records = {{"data.pkl", AsBytes("pkl")}, {"data/0", AsBytes(big)}};
+  WriteOptions o;
+  o.copy_threshold = 0;
+  o.compute_crc32 = false;
+  o.record_crc32 = {0x11111111u, 0x22222222u};
+  // The streamed record needs no data: only its size.
+  records[1].data = Bytes(static_cast<const uint8_t*>(nullptr), big.size());
+  ASSERT_TRUE(CheckLayOut(records, o).ok());
+  Layout layout = LayOut(records, o);
+  ASSERT_FALSE(layout.pieces.empty());
+  std::string archive;
+  for (const Piece& p : layout.pieces)
+    archive += p.is_borrowed && p.borrowed.data() == nullptr
+                   ? std::string(p.borrowed.size(), 'x')
+                   : (p.is_borrowed ? std::string(reinterpret_cast<const char*>(p.borrowed.data()),
+                                                  p.borrowed.size())
+                                    : p.owned);
+  auto reader = Reader::Open(AsBytes(archive));
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  EXPECT_EQ((*reader->Stat("data.pkl"))->crc32, 0x11111111u);
+  EXPECT_EQ((*reader->Stat("data/0"))->crc32, 0x22222222u);
+  // One CRC per record, or none.
+  o.record_crc32 = {1};
+  EXPECT_EQ(CheckLayOut(records, o).code(), StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace dcpp::format::zip
