@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -71,6 +72,11 @@ struct WriteOptions {
   // CRC-32 of each record, as torch writes by default. false writes 0, which
   // torch also accepts (its reader never checks CRCs).
   bool compute_crc32 = true;
+  // With compute_crc32: if set and it returns a value for a record's data,
+  // that value is the record's CRC-32 and its bytes are not read (a writer
+  // that checksummed them as they went to the file, while they were in the
+  // CPU cache). Must return the true CRC-32 of the bytes or nothing.
+  std::function<std::optional<uint32_t>(Bytes data)> known_crc32;
 };
 
 // Largest WriteOptions::alignment: the FB field's padding (< alignment) plus

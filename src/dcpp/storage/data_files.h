@@ -41,6 +41,11 @@ struct StoreItem {
 struct StoreOptions {
   bool checksums = true;                // CRC-32 in the tensor archives
   bool sync = true;                     // fsync the file before returning
+  // With sync: ask the storage to start writing each large tensor's bytes
+  // to the device as soon as they are in the file (WritableFile::
+  // StartWriteback), so the final fsync overlaps the copying instead of
+  // following it. Changes no byte and no guarantee.
+  bool start_writeback = true;
   std::vector<std::string> transforms;  // descriptors, in application order
   int compression_level = 1;
   // zstd threads per item (transform::EncodeOptions::zstd_workers): 0 picks
