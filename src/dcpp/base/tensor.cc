@@ -127,9 +127,11 @@ Result<Tensor> Tensor::Empty(DType dtype, Shape shape) {
   if (static_cast<uint64_t>(numel) > SIZE_MAX / elem)
     return ResourceExhaustedError("tensor shape " + ShapeToString(shape) + " is too large");
   const size_t bytes = static_cast<size_t>(numel) * elem;
-  if (bytes >= kHugeAllocationBytes && !std::getenv("DCPP_DEV_NO_THP")) {
-    if (std::shared_ptr<void> owner = MapHugePages(bytes))
-      return Adopt(MakeView(owner.get(), dtype, std::move(shape)), std::move(owner));
+  if (bytes >= kHugeAllocationBytes) {
+    if (std::shared_ptr<void> owner = MapHugePages(bytes)) {
+      void* data = owner.get();  // before owner is moved into the call
+      return Adopt(MakeView(data, dtype, std::move(shape)), std::move(owner));
+    }
     // No mapping (address space, or not Linux): the allocator below.
   }
   // 64-byte alignment: SIMD-friendly and what O_DIRECT-style I/O wants.

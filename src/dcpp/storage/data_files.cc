@@ -381,7 +381,7 @@ Status WriteUntransformed(WritableFile& file, const std::string& path,
       DCPP_RETURN_IF_ERROR(file.WriteAt(infos[i].offset + p.data_at + at, slice)
                                .WithContext(SavingWhere(item, path)));
     }
-    if (options.sync && options.start_writeback && !std::getenv("DCPP_DEV_NO_WB"))
+    if (options.sync && options.start_writeback)
       file.StartWriteback(infos[i].offset + p.data_at + begin, end - begin);
     p.range_crcs[tasks[t].range] = crc;
     if (p.ranges_left.fetch_sub(1) != 1) return Status();
