@@ -417,7 +417,8 @@ def render(measured, states, a):
                 notes.append(f"stall {stall:.3f} s")
             if row.torch:
                 notes.append(f"vs `{row.torch}`")
-            lines.append(f"| {row.group}: {row.label} | {s:.3f} | "
+            secs = f"{s:.3f}" if s >= 0.01 else f"{s:.2g}"
+            lines.append(f"| {row.group}: {row.label} | {secs} | "
                          f"{(t / s) if t else float('nan'):.2f}x | "
                          f"{(100 * ls / s) if ls else float('nan'):.0f}% | "
                          f"{(rss or 0) / MIB:.0f} | {'; '.join(notes)} |"
