@@ -188,7 +188,7 @@ examples:
 )";
 
 constexpr const char* kBenchHelp =
-    R"(usage: dcpp bench save|load --image F --index F.json --ckpt DIR [options]
+    R"(usage: dcpp bench save|load|loadall --image F --index F.json --ckpt DIR [options]
        dcpp bench compress --image F --index F.json [--dtype D] [options]
        dcpp bench memcpy --bytes N
 
@@ -202,6 +202,8 @@ state is read into memory (save) or allocated and touched (load) first.
   save     dcpp::Save of the image's tensors to DIR
   load     dcpp::Load from DIR into preallocated tensors, then compare every
            loaded byte with the image
+  loadall  dcpp::LoadAll from DIR (the library allocates every tensor, as
+           convert and dcpp.load(path) do), then compare with the image
   compress the stream transforms alone on one thread: every tensor of dtype D
            (default: all) through --transforms (default stream.zstd/1), then
            decoded and checked, and libzstd's one-shot compression of the
@@ -588,7 +590,7 @@ int Bench(int argc, char** argv) {
     if (text.empty() || *end != '\0' || bytes < 0)
       return Usage(kBenchHelp, "memcpy needs --bytes N with N >= 0");
     result = dcpp::tools::BenchMemcpy(static_cast<uint64_t>(bytes));
-  } else if (op == "save" || op == "load") {
+  } else if (op == "save" || op == "load" || op == "loadall") {
     dcpp::tools::BenchOptions o;
     for (const char* f : {"--image", "--index", "--ckpt"})
       if (args.flags[f].empty()) return Usage(kBenchHelp, std::string(op) + " needs " + f);
@@ -612,7 +614,9 @@ int Bench(int argc, char** argv) {
     o.sync_files = !args.flags.count("--no-fsync");
     o.verify = !args.flags.count("--no-verify");
     o.transforms = transforms;
-    result = op == "save" ? dcpp::tools::BenchSave(o) : dcpp::tools::BenchLoad(o);
+    result = op == "save"   ? dcpp::tools::BenchSave(o)
+             : op == "load" ? dcpp::tools::BenchLoad(o)
+                            : dcpp::tools::BenchLoadAll(o);
   } else {
     return Usage(kBenchHelp, "unknown bench operation '" + op + "'");
   }

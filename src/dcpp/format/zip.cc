@@ -1,6 +1,7 @@
 #include "dcpp/format/zip.h"
 
 #include <algorithm>
+#include <optional>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -233,9 +234,13 @@ Layout LayOut(const std::vector<RecordSpec>& records, const WriteOptions& option
     const uint64_t size = r.data.size();
     const RecordGeometry g = Geometry(cursor, full_name.size(), size, options.alignment);
     const uint16_t flags = size == 0 ? kFlagUtf8 : (kFlagUtf8 | kFlagDataDescriptor);
-    const uint32_t crc = !options.record_crc32.empty() ? options.record_crc32[index]
-                         : options.compute_crc32   ? Crc32(r.data)
-                                                   : 0;
+    std::optional<uint32_t> known;
+    if (!options.record_crc32.empty()) {
+      known = options.record_crc32[index];
+    } else if (options.compute_crc32 && options.known_crc32) {
+      known = options.known_crc32(r.data);
+    }
+    const uint32_t crc = known ? *known : options.compute_crc32 ? Crc32(r.data) : 0;
 
     // Local header: miniz writes zero CRC and sizes here (they follow in the
     // data descriptor), and version-needed 0 for stored entries.

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -77,6 +78,11 @@ struct WriteOptions {
   // directory. A record's data is then read only if it is copied (size <
   // copy_threshold). Any other size is refused by CheckLayOut.
   std::vector<uint32_t> record_crc32;
+  // With compute_crc32: if set and it returns a value for a record's data,
+  // that value is the record's CRC-32 and its bytes are not read (a writer
+  // that checksummed them as they went to the file, while they were in the
+  // CPU cache). Must return the true CRC-32 of the bytes or nothing.
+  std::function<std::optional<uint32_t>(Bytes data)> known_crc32;
 };
 
 // Largest WriteOptions::alignment: the FB field's padding (< alignment) plus

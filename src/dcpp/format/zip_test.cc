@@ -273,6 +273,38 @@ TEST(Crc32, CombineWithLargeLengthMatchesZlib) {
 
 // ---- Writer: byte-exact against torch.save ----
 
+// A CRC the caller already knows is written where LayOut would have put
+// the one it computes, and records the hook declines are computed as usual.
+TEST(ZipWriter, KnownCrcReplacesTheComputedOne) {
+  const std::string big(100000, 'b'), small = "small record";
+  const std::vector<RecordSpec> records = {{"data/0", AsBytes(big)}, {"x", AsBytes(small)}};
+  WriteOptions computed;
+  const std::string want = LayOut(records, computed).Flatten();
+  WriteOptions known = computed;
+  int asked = 0;
+  known.known_crc32 = [&](Bytes data) -> std::optional<uint32_t> {
+    ++asked;
+    if (data.data() == reinterpret_cast<const uint8_t*>(big.data())) return Crc32(AsBytes(big));
+    return std::nullopt;
+  };
+  EXPECT_EQ(LayOut(records, known).Flatten(), want);
+  EXPECT_EQ(asked, 2);
+  // A wrong value shows up in the archive: the hook's value is what is used.
+  known.known_crc32 = [&](Bytes data) -> std::optional<uint32_t> {
+    if (data.data() == reinterpret_cast<const uint8_t*>(big.data())) return 0x12345678u;
+    return std::nullopt;
+  };
+  EXPECT_NE(LayOut(records, known).Flatten(), want);
+  // With CRCs off the hook is not consulted.
+  known.compute_crc32 = false;
+  known.known_crc32 = [&](Bytes) -> std::optional<uint32_t> {
+    ADD_FAILURE() << "asked with compute_crc32 off";
+    return std::nullopt;
+  };
+  computed.compute_crc32 = false;
+  EXPECT_EQ(LayOut(records, known).Flatten(), LayOut(records, computed).Flatten());
+}
+
 TEST(ZipWriter, MatchesCommittedTorchArchives) {
   for (const char* name :
        {"zip_torch_4x4", "zip_torch_nocrc", "zip_torch_multi", "zip_torch_align100"}) {
