@@ -36,6 +36,7 @@ def main(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", default="/tmp/dcpp-reshard-bench")
     p.add_argument("--dcpp", default=os.path.join(rb.REPO, "build", "tools", "dcpp", "dcpp"))
+    p.add_argument("--baseline-dcpp", help="another build's dcpp (e.g. main's) to run as well")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--json", help="write every run here")
     a = p.parse_args(argv)
@@ -61,12 +62,17 @@ def main(argv):
         "dcpp, each rank reads for itself": ("dcpp", ["--no-share-reads"]),
         "torch DCP (gloo processes)": ("torch", []),
     }
+    if a.baseline_dcpp:
+        variants["dcpp, baseline build"] = ("baseline", [])
     runs = {v: [] for v in variants}
     for rep in range(a.reps):
         for name, (engine, extra) in variants.items():
-            rb.warm(ckpt[engine])
-            cmd = rb.command(engine, "load", save_cfg, a.load_ranks, image, index, ckpt[engine],
-                             a) + extra
+            path = ckpt["dcpp" if engine == "baseline" else engine]
+            rb.warm(path)
+            cmd = rb.command("torch" if engine == "torch" else "dcpp", "load", save_cfg,
+                             a.load_ranks, image, index, path, a) + extra
+            if engine == "baseline":
+                cmd[0] = a.baseline_dcpp
             run = rb.measure(cmd, a.timeout)
             runs[name].append(run)
             log(f"  {name} rep {rep + 1}: " +
