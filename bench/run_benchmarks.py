@@ -339,7 +339,8 @@ def run_case(case, image, index, a, log):
                 run["files"], run["stored_bytes"] = checkpoint_files(ckpts[e])
             runs[e].append(run)
             log(f"    {e} rep {rep + 1}: " +
-                (run["error"] if "error" in run else f"{run['seconds']:.3f} s"))
+                (run["error"] if "error" in run else f"{run['seconds']:.3f} s") +
+                (f", {run['bytes_read'] / MIB:.0f} MiB read" if "bytes_read" in run else ""))
     shutil.rmtree(ckpt_root, ignore_errors=True)
     return {e: summarize(runs[e]) for e in engines}
 
@@ -359,6 +360,8 @@ def summarize(runs):
     s["max_rss_bytes"], s["rss_before_bytes"] = worst["max_rss_bytes"], worst["rss_before_bytes"]
     s["verified"] = all(r.get("verified") for r in runs)
     s["ranks"] = runs[0].get("ranks", 1)
+    if "bytes_read" in runs[0]:  # dcpp loads: bytes read from storage, all ranks
+        s["bytes_read"] = statistics.median(r["bytes_read"] for r in runs)
     if "stored_bytes" in runs[0]:
         s["stored_bytes"] = statistics.median(r["stored_bytes"] for r in runs)
         s["files"] = runs[0]["files"]

@@ -49,7 +49,7 @@ stage "ThreadSanitizer"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDCPP_TSAN=ON \
   -DDCPP_BUILD_TOOLS=OFF -DDCPP_BUILD_BENCHMARKS=OFF -DDCPP_BUILD_PYTHON=OFF -DDCPP_WITH_MPI=OFF
 cmake --build build-tsan --target dcpp_tests
-tsan_filter='ThreadGroup*:SingleProcessGroup*:DistributedTest.*:CheckpointTest.*:ParallelFor*'
+tsan_filter='ThreadGroup*:SingleProcessGroup*:DistributedTest.*:SharedReadTest.*:CheckpointTest.*:ParallelFor*'
 tsan_filter+=':SplitWriterThreads*:*Storage*:ChunkStream*:DataFiles*:Transform*:FileTest.*:Async*:Staging*'
 # setarch -R (no address randomization) where the sandbox allows it:
 # ThreadSanitizer's fixed memory layout can fail ("unexpected memory

@@ -85,7 +85,9 @@ TEST_F(DistributedTest, ReshardsAcrossRankCounts) {
   const Tensor w = Global({10, 6}, 1);  // 10 rows: uneven over 3, 4, 8 ranks
   const Tensor v = Global({7}, 2);
   const Tensor bias = Global({6}, 3);
-  for (auto [n, m] : std::vector<std::pair<int, int>>{{1, 4}, {4, 1}, {4, 3}, {2, 5}, {8, 3}}) {
+  for (const auto& nm : std::vector<std::pair<int, int>>{{1, 4}, {4, 1}, {4, 3}, {2, 5}, {8, 3}}) {
+    // Not a structured binding: clang 14 refuses one captured by a lambda.
+    const int n = nm.first, m = nm.second;
     const std::string dir = Dir("r" + std::to_string(n) + "_" + std::to_string(m));
     ExpectAllOk(RunOnThreadRanks(n, [&](ProcessGroup& pg) -> Status {
       Value sd;

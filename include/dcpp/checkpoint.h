@@ -159,11 +159,47 @@ struct SaveOptions {
   ProgressCallback progress;
 };
 
+// What a load read from storage, for reports and tests.
+struct LoadStats {
+  // Bytes this rank read from storage during the load: .metadata (the
+  // coordinator), the sidecar checksum file, and the data it read.
+  uint64_t bytes_read = 0;
+  // The part of bytes_read spent on tensor chunks and pickled values.
+  uint64_t data_bytes_read = 0;
+  // Saved tensor chunks and pickled values this rank read (each once).
+  uint64_t chunks_read = 0;
+  uint64_t values_read = 0;
+  // Whether the ranks of one process shared their reads (share_reads with
+  // every rank in this process).
+  bool shared = false;
+};
+
 struct LoadOptions {
   // The ranks loading together (borrowed; null = this process alone). Each
   // rank asks for its own pieces (ShardedTensor leaves) in any layout: only
   // the overlapping parts of the saved chunks are read.
   ProcessGroup* process_group = nullptr;
+  // Read each saved byte once for all the ranks of one process (thread
+  // ranks): the ranks exchange what they need, every saved chunk and
+  // pickled value that any rank needs is read by one rank, chosen so the
+  // ranks read about equal bytes, which copies each part straight into the
+  // memory of every rank that asked for it (a replicated entry is read once,
+  // not once per rank; a column band of a row-sharded save is one pass over
+  // the file, not one per loading rank). The reading rank checks checksums
+  // (with its own verify_checksums) and reports progress (through its own
+  // callback); a failure reaches every rank as an error naming the reading
+  // rank and the file. Takes effect when every rank of the group passes
+  // true. Ranks in several processes (MPI) cannot write into each other's
+  // memory: there, an entry that several ranks load whole (a replicated
+  // tensor, a pickled value) is read by one of them and sent to the others
+  // through the group (AllGather rounds of at most 256 MiB), and every other
+  // read is each rank's own. Costs one AllGather before the reads and one
+  // after (threads), or one before and one per round (processes).
+  // false: every rank reads what it needs itself.
+  bool share_reads = true;
+  // Filled in when the load returns, successful or not (borrowed; may be
+  // null).
+  LoadStats* stats = nullptr;
   // Threads reading this rank's chunks in parallel; 0 picks min(8,
   // hardware threads). (dcpp.load calls it thread_count.)
   int io_threads = 0;
@@ -176,7 +212,9 @@ struct LoadOptions {
   // (every dcpp writer makes one), `.metadata` and each pickled value's
   // stored bytes. A mismatch is DataLoss naming the FQN, the file and the
   // item's offset. Not checkable, so not checked: the part of a large saved
-  // chunk read when only part of it is requested (resharding). Costs a CRC
+  // chunk read when only part of it is requested (resharding) and no rank
+  // of the process reads the rest with it (with share_reads, a chunk that
+  // several ranks' pieces cover is read whole, and checked). Costs a CRC
   // pass over the bytes read, spread over the reader threads.
   bool verify_checksums = true;
   ProgressCallback progress;
@@ -228,7 +266,10 @@ Result<Metadata> Save(const Value& state_dict, const std::string& checkpoint_dir
 // destination tensors: a few MiB per I/O thread (plus zstd's window, 2 MiB
 // at most for what dcpp and torch write); only a compressed chunk that
 // torch stored in a permuted layout (a transposed tensor saved as is) is
-// decoded whole in memory, stored and decoded.
+// decoded whole in memory, stored and decoded. With share_reads (the
+// default) and ranks in several processes, up to 256 MiB of replicated
+// entries travel per round: each rank holds a round's bytes (plus its own
+// packed copy of what it sends) at once, beyond its destinations.
 Status Load(Value& state_dict, const std::string& checkpoint_dir, const LoadOptions& options = {});
 
 // Loads the whole checkpoint (or the entries selected by options.keys) into

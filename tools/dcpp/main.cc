@@ -196,7 +196,9 @@ Times one operation on a state given as an image file (every tensor's bytes)
 and its JSON index ({"tensors": [{"fqn", "dtype", "shape", "offset"}]}), as
 bench/run_benchmarks.py writes them, and prints one JSON line: op, seconds,
 bytes, tensors, ranks, threads, transforms, compression_level,
-rss_before_bytes, max_rss_bytes, verified. Only the operation is timed: the
+rss_before_bytes, max_rss_bytes, verified (load also: bytes_read, the bytes
+read from storage by all ranks, bytes_read_by_rank and shared_reads). Only
+the operation is timed: the
 state is read into memory (save) or allocated and touched (load) first.
 
   save     dcpp::Save of the image's tensors to DIR
@@ -223,6 +225,8 @@ options:
                        or dcpp.byteshuffle/1,stream.zstd/1
   --level L            zstd level (default 1)
   --no-verify          load without comparing with the image
+  --no-share-reads     load: every rank reads what it needs itself
+                       (LoadOptions::share_reads off)
   --bytes N            memcpy size
   --dtype D            compress: only tensors of this torch dtype (bfloat16 ...)
   --repeats R          compress: timed passes, the best is reported (default 3)
@@ -546,6 +550,7 @@ int Bench(int argc, char** argv) {
               {"--transforms", true},
               {"--level", true},
               {"--no-verify", false},
+              {"--no-share-reads", false},
               {"--bytes", true},
               {"--dtype", true},
               {"--repeats", true}},
@@ -613,6 +618,7 @@ int Bench(int argc, char** argv) {
     o.compression_level = static_cast<int>(level);
     o.sync_files = !args.flags.count("--no-fsync");
     o.verify = !args.flags.count("--no-verify");
+    o.share_reads = !args.flags.count("--no-share-reads");
     o.transforms = transforms;
     result = op == "save"   ? dcpp::tools::BenchSave(o)
              : op == "load" ? dcpp::tools::BenchLoad(o)

@@ -97,6 +97,9 @@ class BoxReader {
     return format::CheckRecordCrc(*crc_entry_, crc_, src_.storage_record_offset);
   }
 
+  // Where the storage record starts in the file.
+  uint64_t base() const { return base_; }
+
   // `lo`/`sz`: the box in chunk-local coordinates; `dst` has shape `sz`.
   Status Read(Shape lo, Shape sz, TensorView dst) {
     const size_t nd = sz.size();
@@ -147,9 +150,9 @@ class BoxReader {
     return CopyTensor(from, dst);
   }
 
- private:
   // True if the source box (strides of the stored tensor) and `dst` are both
   // row-major contiguous over `sz` (dimensions of size 1 do not matter).
+  // (Public, as ReadRange is, for ReadOnceForAll.)
   bool SameContiguousLayout(const Shape& sz, const TensorView& dst) const {
     int64_t expect = 1;
     for (size_t d = sz.size(); d-- > 0;) {
@@ -181,6 +184,7 @@ class BoxReader {
     return Status();
   }
 
+ private:
   const ReadableFile& file_;
   const uint64_t base_;
   const format::DecodedTensor& src_;
@@ -192,6 +196,98 @@ class BoxReader {
   std::unique_ptr<uint8_t[]> scratch_;
   uint64_t scratch_size_ = 0;
 };
+
+// Several targets of one large untransformed chunk (ranks of one process
+// sharing a read): reads the chunk's bytes once for all of them when reading
+// target by target would read some bytes more than once (column bands of a
+// row-major chunk each span nearly all of it). Either one target holds the
+// whole chunk in the stored layout (a replicated entry) and is read straight
+// into, the others copied from it; or the rows of a row-major record pass
+// through `limit` bytes of scratch, slab by slab, and every target takes its
+// part of each slab. Sets *handled to false (nothing read) when neither
+// applies or reading target by target reads no byte twice.
+Status ReadOnceForAll(BoxReader& reader, const format::DecodedTensor& src, const ChunkMeta& chunk,
+                      std::span<const ChunkTarget> targets, uint64_t limit, bool* handled) {
+  *handled = false;
+  const size_t nd = chunk.sizes.size();
+  const size_t esize = ElementSize(src.dtype);
+  if (targets.size() < 2 || nd == 0) return Status();
+  const int64_t numel = NumElements(chunk.sizes);
+  if (numel <= 0) return Status();
+  auto local_lo = [&](const ChunkTarget& t) {
+    Shape lo(nd);
+    for (size_t d = 0; d < nd; ++d) lo[d] = t.box_offsets[d] - chunk.offsets[d];
+    return lo;
+  };
+  // A target holding the whole chunk in the stored order: one read, then
+  // copies from memory.
+  for (size_t w = 0; w < targets.size(); ++w) {
+    const ChunkTarget& whole = targets[w];
+    if (whole.box_sizes != chunk.sizes || whole.box_offsets != chunk.offsets) continue;
+    if (!reader.SameContiguousLayout(chunk.sizes, whole.dst)) continue;
+    DCPP_RETURN_IF_ERROR(reader.Read(Shape(nd, 0), chunk.sizes, whole.dst));
+    for (size_t i = 0; i < targets.size(); ++i) {
+      if (i == w) continue;
+      TensorView from = whole.dst;
+      from.shape = targets[i].box_sizes;
+      auto* p = static_cast<uint8_t*>(whole.dst.data);
+      const Shape lo = local_lo(targets[i]);
+      for (size_t d = 0; d < nd; ++d) p += lo[d] * whole.dst.strides[d] * int64_t(esize);
+      from.data = p;
+      DCPP_RETURN_IF_ERROR(CopyTensor(from, targets[i].dst));
+    }
+    *handled = true;
+    return Status();
+  }
+  // Slabs of rows: only for a row-major record, and only when per-target
+  // reads would cover more bytes than the record holds.
+  if (src.strides != ContiguousStrides(chunk.sizes)) return Status();
+  uint64_t spans = 0;
+  for (const ChunkTarget& t : targets) {
+    int64_t extent = 0, n = 1;
+    for (size_t d = 0; d < nd; ++d) {
+      n *= t.box_sizes[d];
+      extent += (t.box_sizes[d] - 1) * src.strides[d];
+    }
+    if (n > 0) spans += static_cast<uint64_t>(extent + 1) * esize;
+  }
+  const uint64_t record = static_cast<uint64_t>(numel) * esize;
+  const uint64_t row = record / static_cast<uint64_t>(chunk.sizes[0]);
+  // A row far above the scratch limit would need scratch that large.
+  if (spans <= record || row > std::max<uint64_t>(limit, 1) * 16) return Status();
+  const int64_t rows_per = static_cast<int64_t>(std::max<uint64_t>(1, limit / row));
+  std::unique_ptr<uint8_t[]> scratch(new (std::nothrow) uint8_t[rows_per * row]);
+  if (!scratch) return ResourceExhaustedError("cannot allocate a read buffer");
+  const uint64_t base = reader.base() + static_cast<uint64_t>(src.storage_offset) * esize;
+  for (int64_t r0 = 0; r0 < chunk.sizes[0]; r0 += rows_per) {
+    const int64_t n = std::min(rows_per, chunk.sizes[0] - r0);
+    const std::span<uint8_t> slab(scratch.get(), static_cast<size_t>(n) * row);
+    DCPP_RETURN_IF_ERROR(reader.ReadRange(base + static_cast<uint64_t>(r0) * row, slab));
+    for (const ChunkTarget& t : targets) {
+      const Shape lo = local_lo(t);
+      const int64_t first = std::max(lo[0], r0);
+      const int64_t last = std::min(lo[0] + t.box_sizes[0], r0 + n);
+      if (first >= last) continue;
+      bool empty = false;
+      for (size_t d = 1; d < nd; ++d) empty |= t.box_sizes[d] == 0;
+      if (empty) continue;
+      TensorView from;
+      from.dtype = src.dtype;
+      from.shape = t.box_sizes;
+      from.shape[0] = last - first;
+      from.strides = src.strides;
+      int64_t at = (first - r0) * src.strides[0];
+      for (size_t d = 1; d < nd; ++d) at += lo[d] * src.strides[d];
+      from.data = scratch.get() + at * int64_t(esize);
+      TensorView to = t.dst;
+      to.shape = from.shape;
+      to.data = static_cast<uint8_t*>(t.dst.data) + (first - lo[0]) * t.dst.strides[0] * int64_t(esize);
+      DCPP_RETURN_IF_ERROR(CopyTensor(from, to));
+    }
+  }
+  *handled = true;
+  return Status();
+}
 
 // Decodes a transformed chunk as it is read, block by block, and lets a
 // ChunkStream copy the tensor's bytes into the targets as they pass: a few
@@ -701,6 +797,11 @@ Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const Chu
   DCPP_ASSIGN_OR_RETURN(LargeChunk c, OpenLargeChunk(storage, name, dtype, chunk, where, verify));
   BoxReader box_reader(*c.file, chunk.storage.offset + c.described.storage_record_offset,
                        c.described, std::max<uint64_t>(buffer_limit, 1), c.storage_entry());
+  bool handled = false;
+  DCPP_RETURN_IF_ERROR(ReadOnceForAll(box_reader, c.described, chunk, targets, buffer_limit,
+                                      &handled)
+                           .WithContext(where));
+  if (handled) return box_reader.CheckCrc().WithContext(c.checked_at);
   for (const ChunkTarget& t : targets) {
     Shape lo(nd);
     for (size_t d = 0; d < nd; ++d) lo[d] = t.box_offsets[d] - chunk.offsets[d];

@@ -139,6 +139,12 @@ inline constexpr uint64_t kReadScratchBytes = uint64_t{1} << 20;
 //    bytes of scratch (a column band reads the rows it crosses and copies
 //    its part out). The default, 1 MiB, keeps the scratch in the CPU cache,
 //    so the rows cost one pass over memory, not a write and a read-back.
+//    With several targets (ranks of one process sharing the read) whose
+//    one-by-one reads would read some bytes twice (column bands; a
+//    replicated entry), the chunk is read once for all of them instead:
+//    straight into a target that holds it whole, the others copied from
+//    that, or row slab by row slab through the scratch, each target taking
+//    its part; such a pass over the whole record checks its CRC-32.
 //  - Transformed chunks above 1 MiB are decoded as they are read, their
 //    tensor bytes copied into the targets as they pass (ChunkStream): a few
 //    MiB whatever the chunk's size. One not stored row-major from element 0

@@ -431,6 +431,7 @@ static Result<BenchResult> BenchLoadImpl(const BenchOptions& o) {
   BenchResult r = MakeResult("load", o, in);
   std::vector<double> seconds(static_cast<size_t>(o.ranks), 0.0);
   std::vector<uint64_t> peak(static_cast<size_t>(o.ranks), 0);
+  std::vector<LoadStats> stats(static_cast<size_t>(o.ranks));
   // Every rank's destination is allocated here, before any rank starts: a
   // rank failing to allocate inside the group would leave the others
   // waiting at the barrier until the group's timeout.
@@ -466,6 +467,8 @@ static Result<BenchResult> BenchLoadImpl(const BenchOptions& o) {
     LoadOptions lo;
     lo.process_group = pg;
     lo.io_threads = o.thread_count;
+    lo.share_reads = o.share_reads;
+    lo.stats = &stats[static_cast<size_t>(rank)];
     if (pg) DCPP_RETURN_IF_ERROR(pg->Barrier());
     if (rank == 0) r.rss_before_bytes = CurrentRss();
     const auto t0 = Clock::now();
@@ -484,6 +487,11 @@ static Result<BenchResult> BenchLoadImpl(const BenchOptions& o) {
   r.max_rss_bytes = *std::max_element(peak.begin(), peak.end());
   r.seconds = *std::max_element(seconds.begin(), seconds.end());
   r.verified = o.verify;
+  for (const LoadStats& s : stats) {
+    r.bytes_read_by_rank.push_back(s.bytes_read);
+    r.bytes_read += s.bytes_read;
+    r.shared_reads = s.shared;
+  }
   return r;
 }
 
@@ -681,6 +689,13 @@ std::string BenchResultJson(const BenchResult& r) {
   o.Set("rss_before_bytes", r.rss_before_bytes);
   o.Set("max_rss_bytes", r.max_rss_bytes);
   o.Set("verified", r.verified);
+  if (r.op == "load") {
+    json::Array by_rank;
+    for (uint64_t b : r.bytes_read_by_rank) by_rank.push_back(json::Json(b));
+    o.Set("bytes_read", r.bytes_read);
+    o.Set("bytes_read_by_rank", json::Json(std::move(by_rank)));
+    o.Set("shared_reads", r.shared_reads);
+  }
   return json::Serialize(json::Json(std::move(o)));
 }
 

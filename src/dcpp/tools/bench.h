@@ -62,6 +62,7 @@ struct BenchOptions {
   std::vector<std::string> transforms;  // save only: SaveOptions::transforms
   int compression_level = 1;            // save only
   bool verify = true;                   // load only: compare with the image
+  bool share_reads = true;              // load only: LoadOptions::share_reads
 };
 
 struct BenchResult {
@@ -76,6 +77,11 @@ struct BenchResult {
   uint64_t rss_before_bytes = 0;  // resident set size just before timing
   uint64_t max_rss_bytes = 0;     // peak resident set size (VmHWM) when timing ended
   bool verified = false;          // every loaded byte equal to the image's
+  // Load only: bytes each rank read from storage (LoadStats::bytes_read),
+  // by rank, and their sum; whether the ranks shared their reads.
+  std::vector<uint64_t> bytes_read_by_rank;
+  uint64_t bytes_read = 0;
+  bool shared_reads = false;
 };
 
 // Reads the image and index, then times dcpp::Save of the state to
