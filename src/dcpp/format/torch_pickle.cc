@@ -1009,6 +1009,23 @@ zip::Layout EncodeTensorArchive(const TensorView& view, const zip::WriteOptions&
   return zip::LayOut(ArchiveRecords(data_pkl, pickler.storages(), alignment), effective);
 }
 
+zip::Layout EncodeStreamedTensorArchive(const TensorView& view, uint32_t storage_crc32,
+                                        const zip::WriteOptions& options) {
+  assert(view.is_dense() && "EncodeStreamedTensorArchive needs a dense view");
+  TorchPickler pickler;
+  pickler.SaveDenseTensor(view);
+  const std::string data_pkl = pickler.Finish();
+  const std::string alignment = std::to_string(options.alignment);
+  zip::WriteOptions effective = options;
+  effective.copy_threshold =
+      std::max({options.copy_threshold, data_pkl.size() + 1, alignment.size() + 1});
+  std::vector<zip::RecordSpec> records =
+      ArchiveRecords(data_pkl, pickler.storages(), alignment);
+  for (zip::RecordSpec& r : records)
+    if (r.name.rfind("data/", 0) == 0) r.crc32 = storage_crc32;
+  return zip::LayOut(records, effective);
+}
+
 Result<std::string> EncodeValueArchive(const Value& value) {
   TorchPickler pickler;
   DCPP_RETURN_IF_ERROR(pickler.Save(value, 0));

@@ -186,7 +186,8 @@ Status CheckLayOut(const std::vector<RecordSpec>& records, const WriteOptions& o
       return InvalidArgumentError("zip record " + Quote(r.name) +
                                   " ends in '/' (a directory) but has data");
     }
-    const bool reads_data = options.compute_crc32 || r.data.size() < options.copy_threshold;
+    const bool reads_data =
+        (options.compute_crc32 && !r.crc32) || r.data.size() < options.copy_threshold;
     if (r.data.data() == nullptr && !r.data.empty() && reads_data) {
       return InvalidArgumentError("zip record " + Quote(r.name) + " has a null data pointer with " +
                                   Str(r.data.size()) + " bytes, and LayOut would read them");
@@ -227,7 +228,7 @@ Layout LayOut(const std::vector<RecordSpec>& records, const WriteOptions& option
     const uint64_t size = r.data.size();
     const RecordGeometry g = Geometry(cursor, full_name.size(), size, options.alignment);
     const uint16_t flags = size == 0 ? kFlagUtf8 : (kFlagUtf8 | kFlagDataDescriptor);
-    const uint32_t crc = options.compute_crc32 ? Crc32(r.data) : 0;
+    const uint32_t crc = !options.compute_crc32 ? 0 : r.crc32 ? *r.crc32 : Crc32(r.data);
 
     // Local header: miniz writes zero CRC and sizes here (they follow in the
     // data descriptor), and version-needed 0 for stored entries.

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -39,6 +40,10 @@ struct RecordSpec {
   // checksum them (compute_crc32); otherwise only data.size() is used, so a
   // span with a null pointer is accepted then (CheckLayOut says when).
   Bytes data;
+  // The record's CRC-32 when the caller already knows it (computed while
+  // the bytes streamed past): LayOut then writes it with compute_crc32 on
+  // instead of reading `data`, which may then be null when borrowed.
+  std::optional<uint32_t> crc32 = std::nullopt;
 };
 
 // A piece of the output: either bytes the layout owns, or a borrowed span of
