@@ -6,6 +6,7 @@
 #ifndef DCPP_ENGINE_COMMIT_H_
 #define DCPP_ENGINE_COMMIT_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>

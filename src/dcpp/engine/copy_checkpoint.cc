@@ -210,7 +210,9 @@ class FileWriter {
     const uint64_t band = std::max<uint64_t>(s_.o.band_bytes, 1);
     format::zip::WriteOptions zo;
     zo.compute_crc32 = s_.o.save.checksums;
-    const bool whole = std::max(in_bytes, out_bytes) <= band || numel == 0 ||
+    // Banded only where the storage record is a borrowed piece of the
+    // archive's layout (at least copy_threshold bytes).
+    const bool whole = std::max(in_bytes, out_bytes) <= band || out_bytes < zo.copy_threshold ||
                        c.sizes.empty() || !c.storage.transform_descriptors.empty();
     if (whole) {
       // One read (a transformed chunk decodes once), one archive.

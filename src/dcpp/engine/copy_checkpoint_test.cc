@@ -24,13 +24,13 @@ Tensor Floats(Shape shape, float first) {
   return t;
 }
 
-// Tensors (one 2-D of 3,000 x 5, one [2, 4000] whose rows exceed small bands,
+// Tensors (one 2-D of 4,000 x 5, one [2, 20000] whose rows exceed small bands,
 // a 0-d, an empty one), a tensor saved as two chunks, an int tensor (never
 // cast), a plain value and a list.
 Value State(float seed) {
   Value sd;
-  sd["model"]["w"] = Floats({3000, 5}, seed);
-  sd["model"]["wide"] = Floats({2, 4000}, seed + 1);
+  sd["model"]["w"] = Floats({4000, 5}, seed);
+  sd["model"]["wide"] = Floats({2, 20000}, seed + 1);
   sd["model"]["scalar"] = Floats({}, seed + 2);
   sd["model"]["empty"] = Floats({0, 3}, 0);
   Tensor full = Floats({6, 4}, seed + 3);
@@ -104,13 +104,15 @@ TEST(CopyCheckpointTest, CopiesStoredBytesAndKeepsEveryEntry) {
       EXPECT_EQ(Stored(*c.src, a.chunks[k].storage), Stored(*c.dst, b.chunks[k].storage)) << a.fqn;
       files.insert(b.chunks[k].storage.relative_path);
     }
-    if (!a.is_tensor()) EXPECT_EQ(Stored(*c.src, a.storage), Stored(*c.dst, b.storage)) << a.fqn;
+    if (!a.is_tensor()) {
+      EXPECT_EQ(Stored(*c.src, a.storage), Stored(*c.dst, b.storage)) << a.fqn;
+    }
   }
   EXPECT_EQ(files.size(), 3u);  // one file per thread
   auto a = LoadAll(*c.src, {}), b = LoadAll(*c.dst, {});
   ASSERT_TRUE(a.ok() && b.ok()) << b.status().ToString();
   EXPECT_TRUE(a->Equals(*b));
-  EXPECT_EQ((*b)["optim"]["groups"].list().size(), 3u);
+  EXPECT_EQ((*b)["optim"]["groups"].items().size(), 3u);
 }
 
 // Output transforms and casts re-encode, in bands far smaller than the
@@ -161,8 +163,9 @@ TEST(CopyCheckpointTest, CastsFloatingTensorsOnly) {
   }
   EXPECT_TRUE((*b)["model"]["ints"].tensor().BitwiseEquals((*a)["model"]["ints"].tensor()));
   EXPECT_EQ((*b)["step"].as_int(), 42);
-  EXPECT_FALSE(CopyCheckpoint(*c.src, All(c.src_md), *c.dst, {.save = {}, .cast = DType::kInt32})
-                   .ok());
+  CopyOptions to_int;
+  to_int.cast = DType::kInt32;
+  EXPECT_FALSE(CopyCheckpoint(*c.src, All(c.src_md), *c.dst, to_int).ok());
 }
 
 // A failure at any write, sync, close or rename leaves the checkpoint that
@@ -212,10 +215,12 @@ TEST(CopyCheckpointTest, FailureLeavesDestinationIntact) {
         }
         auto after = mem->List();
         ASSERT_TRUE(after.ok());
-        for (const std::string& n : *after)
-          if (io::IsDataFileName(n) || io::IsTempMetadataName(n))
+        for (const std::string& n : *after) {
+          if (io::IsDataFileName(n) || io::IsTempMetadataName(n)) {
             EXPECT_NE(std::find(before->begin(), before->end(), n), before->end())
                 << n << " left behind";
+          }
+        }
       }
     }
   }
@@ -242,8 +247,11 @@ TEST(CopyCheckpointTest, CopyIntoItsOwnLocationReplacesIt) {
   }
   auto names = mem->List();
   ASSERT_TRUE(names.ok());
-  for (const std::string& n : *names)
-    if (io::IsDataFileName(n)) EXPECT_TRUE(used.count(n)) << n;
+  for (const std::string& n : *names) {
+    if (io::IsDataFileName(n)) {
+      EXPECT_TRUE(used.count(n)) << n;
+    }
+  }
 }
 
 }  // namespace
