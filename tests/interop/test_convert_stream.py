@@ -9,24 +9,31 @@ import subprocess
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-
-import dcpp
-
-HERE = os.path.dirname(__file__)
+from conftest import _find
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 
 def _cli():
-    cli = os.environ.get("DCPP_CLI") or os.path.join(HERE, "..", "..", "build", "tools", "dcpp",
-                                                     "dcpp")
-    if not os.path.exists(cli):
-        pytest.skip("dcpp CLI not built")
-    return cli
+    return _find("DCPP_CLI", "dcpp")
 
 
 def convert(*args):
     out = subprocess.run([_cli(), "convert", *map(str, args)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return out
+
+
+def read_metadata(path):
+    return dcp.FileSystemReader(str(path)).read_metadata()
+
+
+def load_tensors(path):
+    """Every tensor of the checkpoint at `path`, loaded by torch."""
+    md = read_metadata(path)
+    state = {k: torch.empty(v.size, dtype=v.properties.dtype)
+             for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))
+    return state
 
 
 def training_state():
@@ -72,15 +79,35 @@ def g_dtype(t):
     return t.dtype if isinstance(t, torch.Tensor) else type(t)
 
 
-def test_torch_checkpoint_with_pickled_lists_converts_and_loads_equal(tmp_path):
+def _save_v2_3(state, path):
+    """dcp.save with torch's 2.3 traversal (what torch <= 2.3 wrote): a list
+    or dict without tensors inside is pickled whole, as one entry."""
+    from torch.distributed.checkpoint import _version
+
+    old = _version._derived_version
+    _version._derived_version = "2_3"
+    try:
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(path)))
+    finally:
+        _version._derived_version = old
+
+
+@pytest.mark.parametrize("traversal", ["2.13", "2.3"])
+def test_torch_checkpoint_with_pickled_lists_converts_and_loads_equal(tmp_path, traversal):
     state, _, _ = training_state()
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp_path / "src")))
+    if traversal == "2.3":
+        _save_v2_3(state, tmp_path / "src")
+    else:
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp_path / "src")))
     out = convert(tmp_path / "src", tmp_path / "dst", "--thread-count", "2")
     assert "wrote" in out.stderr  # the summary, even without a terminal
     assert "\r" not in out.stderr  # no progress bar without a terminal
-    src_md = dcpp.read_metadata(tmp_path / "src")
-    dst_md = dcpp.read_metadata(tmp_path / "dst")
-    assert [e.fqn for e in dst_md.entries] == [e.fqn for e in src_md.entries]
+    src_md, dst_md = read_metadata(tmp_path / "src"), read_metadata(tmp_path / "dst")
+    assert list(dst_md.state_dict_metadata) == list(src_md.state_dict_metadata)
+    assert dst_md.planner_data == src_md.planner_data
+    if traversal == "2.3":  # whole lists stayed one pickled value each
+        assert "optim.param_groups" in dst_md.state_dict_metadata
+        assert "sched" in dst_md.state_dict_metadata
     target = empty_like(state)
     dcp.load(target, storage_reader=dcp.FileSystemReader(str(tmp_path / "dst")))
     assert_equal(target, state)
@@ -97,8 +124,9 @@ def test_compression_changes_are_bit_exact(tmp_path, direction):
     dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp_path / "src"), _extensions=ext))
     args = [] if direction == "zstd->raw" else ["--transforms", "stream.zstd/1"]
     convert(tmp_path / "src", tmp_path / "dst", *args)
-    md = dcpp.read_metadata(tmp_path / "dst")
-    descriptors = {tuple(c.storage.transform_descriptors) for c in md["big"].chunks}
+    md = read_metadata(tmp_path / "dst")
+    descriptors = {tuple(v.transform_descriptors or ()) for k, v in md.storage_data.items()
+                   if k.fqn == "big"}
     assert descriptors == ({()} if direction == "zstd->raw" else {("stream.zstd/1",)})
     target = empty_like(state)
     dcp.load(target, storage_reader=dcp.FileSystemReader(str(tmp_path / "dst")))
@@ -114,10 +142,10 @@ def test_keys_and_dtype(tmp_path):
     dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp_path / "src")))
     convert(tmp_path / "src", tmp_path / "dst", "--keys", "model.*", "--keys", "half",
             "--dtype", "bf16")
-    md = dcpp.read_metadata(tmp_path / "dst")
-    assert sorted(e.fqn for e in md.entries) == sorted(
+    md = read_metadata(tmp_path / "dst")
+    assert sorted(md.state_dict_metadata) == sorted(
         ["half"] + [f"model.{k}" for k in state["model"]])
-    got = dcpp.load(tmp_path / "dst", tensors="torch")
+    got = load_tensors(tmp_path / "dst")
     for k, v in state["model"].items():
         assert got[f"model.{k}"].dtype == torch.bfloat16
         assert torch.equal(got[f"model.{k}"], v.bfloat16())
@@ -146,7 +174,7 @@ def test_safetensors_to_dcp_streams_in_bounded_memory(tmp_path):
     assert p.returncode == 0, p.stderr.read()
     peak_mib = usage.ru_maxrss / 1024
     assert peak_mib < 200, f"convert's peak RSS {peak_mib:.0f} MiB for a 384 MiB checkpoint"
-    got = dcpp.load(tmp_path / "dcp", tensors="torch")
+    got = load_tensors(tmp_path / "dcp")
     assert torch.equal(got["big"], torch.arange(64 << 20, dtype=torch.float32).reshape(16384, 4096))
     for i in range(8):
         assert torch.equal(got[f"layer.{i}"], torch.full((4096, 1024), float(i)))
