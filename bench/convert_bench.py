@@ -135,7 +135,8 @@ def limit(src, scratch):
 
 
 def bench_case(name, src, a, scratch):
-    res = {"bytes": dir_bytes(src), "files": len(os.listdir(src))}
+    res = {"bytes": dir_bytes(src),
+           "files": sum(f.endswith(".distcp") for f in os.listdir(src))}
     best = {}
     binaries = [("dcpp", a.dcpp)] + ([("before", a.baseline_dcpp)] if a.baseline_dcpp else [])
     for rep in range(a.reps):
@@ -176,7 +177,7 @@ def table(results, a):
     for name, r in results.items():
         d, t, l = r["dcpp"], r["torch"], r["limit"]
         lines.append(
-            f"| {name} | {gib(r['bytes']):.2f} GiB, {r['files']} files | {d[0]:.2f} s | {t[0]:.2f} s "
+            f"| {name} | {gib(r['bytes']):.2f} GiB, {r['files']} data file{'s' if r['files'] != 1 else ''} | {d[0]:.2f} s | {t[0]:.2f} s "
             f"| **{t[0] / d[0]:.2f}x** | {l[0]:.2f} s ({l[3]:.2f} + {l[2]:.2f}) | {d[0] / l[0]:.2f}x "
             f"| {d[1]:.0f} / {t[1]:.0f} MiB |")
     if a.baseline_dcpp:

@@ -426,7 +426,9 @@ def convert(
     To safetensors every selected entry must be a tensor
     (:class:`InvalidArgumentError` lists the others); tensors stream through
     32 MiB buffers per thread, so memory does not grow with the checkpoint.
-    To DCP every entry is kept as it was (pickled values as their bytes).
+    To DCP every entry is kept as it was (pickled values as their bytes),
+    streamed item by item: stored bytes that need no change are copied,
+    the rest re-encoded in bands; one commit.
     Returns the :class:`Metadata` written.
     """
     return _dcpp.convert(
