@@ -67,6 +67,12 @@ class File {
   // storage (fdatasync).
   Status Sync();
 
+  // Starts write-back of [offset, offset + length) without waiting for it
+  // (Linux: sync_file_range(SYNC_FILE_RANGE_WRITE)), so that a later Sync()
+  // has less left to wait for. A hint: durability still needs Sync(), and
+  // where the OS has no such call, or the call fails, nothing happens.
+  void StartWriteback(uint64_t offset, uint64_t length);
+
   // Closes the descriptor and reports a failing close (on some file systems
   // the first sign of a lost write). The File is closed afterwards even on
   // error. Closing a closed File is OK.

@@ -63,6 +63,9 @@ class PosixWritable final : public WritableFile {
     return file_.WriteVAt(offset, pieces);
   }
   Status Sync() override { return file_.Sync(); }
+  void StartWriteback(uint64_t offset, uint64_t length) override {
+    file_.StartWriteback(offset, length);
+  }
   Status Close() override { return file_.Close(); }
 
  private:

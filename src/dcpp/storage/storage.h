@@ -61,6 +61,15 @@ class WritableFile {
   virtual Status WriteVAt(uint64_t offset, std::span<const std::span<const uint8_t>> pieces) = 0;
   // Makes the bytes written so far durable.
   virtual Status Sync() = 0;
+  // A hint that [offset, offset + length) is written and will be synced:
+  // the storage may start sending it to the device now, so that the Sync()
+  // at the end waits for less. Never makes anything durable by itself, and
+  // a storage that cannot act on it ignores it (the default). Thread-safe
+  // as WriteAt is.
+  virtual void StartWriteback(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+  }
   // Ends writing; reports a failing close. Closing twice is OK.
   virtual Status Close() = 0;
 };
