@@ -229,6 +229,26 @@ Status ProduceRowBands(storage::Storage& src, const EntryMeta& e, DType to,
 
 Result<Metadata> ToTorchSave(storage::Storage& src, const std::vector<const EntryMeta*>& entries,
                              const std::string& dst, const ConvertOptions& o) {
+  // Progress as bands pass: bytes of the written tensors' elements.
+  struct Counter {
+    std::mutex mu;
+    Progress p;
+  };
+  auto counter = std::make_shared<Counter>();
+  counter->p.phase = "convert";
+  for (const EntryMeta* e : entries) {
+    if (!e->is_tensor()) continue;
+    const DType to = o.dtype && IsFloat(e->properties.dtype) ? *o.dtype : e->properties.dtype;
+    counter->p.items_total += 1;
+    counter->p.bytes_total += static_cast<uint64_t>(NumElements(e->size)) * ElementSize(to);
+  }
+  auto report = [counter, &o](uint64_t bytes, size_t items) {
+    if (!o.progress) return;
+    std::lock_guard<std::mutex> lock(counter->mu);
+    counter->p.bytes_done += bytes;
+    counter->p.items_done += items;
+    o.progress(counter->p);
+  };
   std::vector<engine::TorchSaveEntry> out;
   out.reserve(entries.size());
   for (const EntryMeta* e : entries) {
@@ -244,8 +264,15 @@ Result<Metadata> ToTorchSave(storage::Storage& src, const std::vector<const Entr
       t.is_tensor = true;
       t.dtype = to;
       t.shape = e->size;
-      t.produce = [&src, e, to](const engine::BandSink& put) {
-        return ProduceRowBands(src, *e, to, put);
+      t.produce = [&src, e, to, report](const engine::BandSink& put) -> Status {
+        DCPP_RETURN_IF_ERROR(
+            ProduceRowBands(src, *e, to, [&](std::span<const uint8_t> bytes) -> Status {
+              DCPP_RETURN_IF_ERROR(put(bytes));
+              report(bytes.size(), 0);
+              return Status();
+            }));
+        report(0, 1);
+        return Status();
       };
     } else {
       const uint64_t cap =
