@@ -426,7 +426,9 @@ def convert(
     To safetensors every selected entry must be a tensor
     (:class:`InvalidArgumentError` lists the others); tensors stream through
     32 MiB buffers per thread, so memory does not grow with the checkpoint.
-    To DCP every entry is kept as it was (pickled values as their bytes).
+    To DCP every entry is kept as it was (pickled values as their bytes),
+    streamed item by item: stored bytes that need no change are copied,
+    the rest re-encoded in bands; one commit.
     ``to="torch-save"`` writes ``dst`` as one torch.save file holding the
     nested state dict torch's ``dcp_to_torch_save`` writes, streamed
     through 32 MiB row bands per thread.

@@ -1,4 +1,8 @@
 // The dcpp command-line tool: parses arguments, calls src/dcpp/tools, prints.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -121,13 +125,19 @@ options:
   --dtype bf16|f16|f32|f64 cast floating tensors to this dtype
   --max-shard-size BYTES   safetensors: start a new file past BYTES of tensor
                            data (suffixes K, M, G, KiB, MiB, GiB)
-  --thread-count N         writer threads; with single-file-per-rank also the
-                           number of data files (default 1, like DCP)
+  --thread-count N         at least N writer threads and, to DCP, N data
+                           files (default: one per core, at most 8; each
+                           file is written by one thread)
   --file-per-item          one data file per entry instead of per thread
   --no-sync                skip fsync (faster; not crash-safe)
   --no-overwrite           fail if DST already holds a checkpoint
   --no-checksums           write CRC-32 = 0 in the archives (torch accepts it)
-  --quiet                  no progress on stderr
+  --transforms A,B         to DCP: stream transforms of the output, e.g.
+                           stream.zstd/1 ('' = none, the default); items
+                           stored with these already are copied as they are
+  --level N                zstd level for stream.zstd/1 (default 1)
+  --quiet                  no progress bar (one is drawn on stderr when it is
+                           a terminal; the summary line is always printed)
 
 examples:
   dcpp convert /ckpt/torch_step_1000 /ckpt/dcpp_step_1000 --thread-count 4
@@ -346,6 +356,8 @@ int Convert(int argc, char** argv) {
               {"--no-sync", false},
               {"--no-overwrite", false},
               {"--no-checksums", false},
+              {"--transforms", true},
+              {"--level", true},
               {"--quiet", false}},
              args, error))
     return Usage(kConvertHelp, error);
@@ -406,11 +418,39 @@ int Convert(int argc, char** argv) {
   o.sync_files = !args.flags.count("--no-sync");
   o.overwrite = !args.flags.count("--no-overwrite");
   o.checksums = !args.flags.count("--no-checksums");
-  if (!args.flags.count("--quiet")) o.progress = dcpp::tools::MakeProgressPrinter(stderr);
+  if (args.flags.count("--transforms")) {
+    const std::string& list = args.flags["--transforms"];
+    for (size_t start = 0; start <= list.size();) {
+      size_t comma = list.find(',', start);
+      if (comma == std::string::npos) comma = list.size();
+      if (comma > start) o.transforms.push_back(list.substr(start, comma - start));
+      start = comma + 1;
+    }
+  }
+  if (args.flags.count("--level")) {
+    long level;
+    if (!ParseInt(args.flags["--level"], -131072, 22, level))
+      return Usage(kConvertHelp, "--level must be an integer in [-131072, 22]");
+    o.compression_level = static_cast<int>(level);
+  }
+  // A progress bar on a terminal only: a log or a pipe gets the summary.
+  dcpp::ProgressCallback bar;
+  if (!args.flags.count("--quiet") && isatty(fileno(stderr)))
+    bar = dcpp::tools::MakeProgressPrinter(stderr);
+  uint64_t bytes = 0;
+  co.progress = [&bar, &bytes](const dcpp::Progress& p) {
+    bytes = p.bytes_total;
+    if (bar) bar(p);
+  };
+  const auto start = std::chrono::steady_clock::now();
   auto md = dcpp::tools::Convert(args.positional[0], args.positional[1], co);
   if (!md.ok()) return Fail(md.status());
-  std::fprintf(stderr, "dcpp: wrote %zu entries to %s\n", md->entries.size(),
-               args.positional[1].c_str());
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "dcpp: wrote %zu entries (%.1f MiB) to %s in %.2f s (%.0f MiB/s)\n",
+               md->entries.size(), static_cast<double>(bytes) / (1 << 20),
+               args.positional[1].c_str(), secs,
+               static_cast<double>(bytes) / (1 << 20) / std::max(secs, 1e-9));
   return kExitOk;
 }
 

@@ -16,6 +16,7 @@
 #include "dcpp/base/exception_barrier.h"
 #include "dcpp/base/thread_pool.h"
 #include "dcpp/checkpoint.h"
+#include "dcpp/engine/commit.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/safetensors_save.h"
 #include "dcpp/engine/items.h"
@@ -467,35 +468,12 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
     }
     Status status = engine::CombineRankFailures("writing", statuses);
     bool committed = false;
-    if (status.ok()) {
-      md.storage_meta = StorageMeta{dir, Uuid4(), std::nullopt, {}};
-      md.version = kDcpVersion;
-      if (before_commit) status = before_commit(md).WithContext("before the commit");
-    }
     // Encoded once: the sidecar covers these bytes, the commit writes them
     // and every rank receives them.
     std::string encoded;
-    if (status.ok()) {
-      encoded = format::EncodeMetadata(md);
-      // The sidecar goes first, named after this save, so a crash before the
-      // rename below leaves it merely unreferenced (format/checksums.h).
-      status = storage::WriteChecksumFile(
-          storage,
-          storage::MakeChecksumFile(*md.storage_meta->save_id, encoded, std::move(sidecar_items)),
-          o.sync_files);
-    }
-    if (status.ok()) {
-      bool published = false;
-      status = storage::CommitEncodedMetadata(storage, encoded, o.sync_files, assignment.tag,
-                                              &published);
-      // A failure after the rename (say, the directory fsync) leaves our
-      // .metadata published: then the data files must stay.
-      committed = status.ok() || published;
-      if (!status.ok() && committed) status = status.WithContext("committed, but not durably");
-    }
-    // Still under the lock: reclaim what the new checkpoint does not use,
-    // before any rank returns.
-    if (status.ok()) RemoveUnreferencedFiles(storage, md);
+    if (status.ok())
+      status = engine::CommitSave(storage, md, std::move(sidecar_items), o, assignment.tag,
+                                  before_commit, &committed, &encoded);
     // The committed metadata goes to every rank with the verdict, so no
     // rank reads storage again (and all return the same thing).
     fin = engine::EncodeCommitOutcome(status, committed, status.ok() ? encoded : std::string());
@@ -532,6 +510,42 @@ Result<Metadata> SaveImpl(const Value& state_dict, storage::Storage& storage, co
 }  // namespace
 
 namespace engine {
+
+std::string NewSaveTag() { return RandomHex(8); }
+
+std::string NewSaveId() { return Uuid4(); }
+
+Status PrepareSaveLocation(storage::Storage& storage, const SaveOptions& options,
+                           const std::string& tag, std::unique_ptr<storage::StorageLock>* lock) {
+  return PrepareDirectory(storage, options, tag, lock);
+}
+
+Status CommitSave(storage::Storage& storage, Metadata& md,
+                  std::vector<format::ItemChecksum> sidecar_items, const SaveOptions& o,
+                  const std::string& tag, const std::function<Status(Metadata&)>& before_commit,
+                  bool* committed, std::string* encoded_out) {
+  *committed = false;
+  md.storage_meta = StorageMeta{storage.Describe(""), Uuid4(), std::nullopt, {}};
+  md.version = kDcpVersion;
+  if (before_commit) DCPP_RETURN_IF_ERROR(before_commit(md).WithContext("before the commit"));
+  std::string encoded = format::EncodeMetadata(md);
+  // The sidecar goes first, named after this save, so a crash before the
+  // rename below leaves it merely unreferenced (format/checksums.h).
+  DCPP_RETURN_IF_ERROR(storage::WriteChecksumFile(
+      storage,
+      storage::MakeChecksumFile(*md.storage_meta->save_id, encoded, std::move(sidecar_items)),
+      o.sync_files));
+  bool published = false;
+  Status status = storage::CommitEncodedMetadata(storage, encoded, o.sync_files, tag, &published);
+  // A failure after the rename (say, the directory fsync) leaves our
+  // .metadata published: then the data files must stay.
+  *committed = status.ok() || published;
+  if (!status.ok() && *committed) status = status.WithContext("committed, but not durably");
+  // Still under the lock: reclaim what the new checkpoint does not use.
+  if (status.ok()) RemoveUnreferencedFiles(storage, md);
+  if (encoded_out) *encoded_out = std::move(encoded);
+  return status;
+}
 
 Result<Metadata> Save(const Value& state_dict, storage::Storage& storage, const SaveOptions& o,
                       const BeforeCommit& before_commit, const Status& local_failure) {

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "dcpp/base/crc32.h"
 #include "dcpp/base/utf8.h"
 #include "dcpp/format/pickle.h"
 
@@ -1079,6 +1080,27 @@ zip::Layout EncodeTensorArchive(const TensorView& view, const zip::WriteOptions&
   effective.copy_threshold =
       std::max({options.copy_threshold, data_pkl.size() + 1, alignment.size() + 1});
   return zip::LayOut(ArchiveRecords(data_pkl, pickler.storages(), alignment), effective);
+}
+
+zip::Layout EncodeStreamedTensorArchive(const TensorView& view, uint32_t storage_crc32,
+                                        const zip::WriteOptions& options) {
+  assert(view.is_dense() && "EncodeStreamedTensorArchive needs a dense view");
+  TorchPickler pickler;
+  pickler.SaveDenseTensor(view);
+  const std::string data_pkl = pickler.Finish();
+  const std::string alignment = std::to_string(options.alignment);
+  zip::WriteOptions effective = options;
+  effective.copy_threshold =
+      std::max({options.copy_threshold, data_pkl.size() + 1, alignment.size() + 1});
+  std::vector<zip::RecordSpec> records =
+      ArchiveRecords(data_pkl, pickler.storages(), alignment);
+  if (effective.compute_crc32) {
+    // The small records are in memory; the storage record's CRC is given.
+    for (const zip::RecordSpec& r : records)
+      effective.record_crc32.push_back(r.name.rfind("data/", 0) == 0 ? storage_crc32
+                                                                     : Crc32(r.data));
+  }
+  return zip::LayOut(records, effective);
 }
 
 Result<std::string> EncodeValueArchive(const Value& value) {

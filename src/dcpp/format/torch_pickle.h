@@ -45,6 +45,17 @@ namespace dcpp::format {
 // Thread-safe (no shared state).
 zip::Layout EncodeTensorArchive(const TensorView& view, const zip::WriteOptions& options = {});
 
+// The same archive for tensor bytes that are not in memory at once (they
+// stream through a writer in bands): the storage record's CRC-32 is
+// `storage_crc32` (used when options.compute_crc32) and its bytes are never
+// read, so view.data may be null. REQUIRES as above, and view.nbytes() at
+// least options.copy_threshold and greater than data.pkl's size, so the
+// storage record is a borrowed piece: the layout is then (owned headers,
+// borrowed storage record, owned tail) and the headers before the record do
+// not depend on the CRC. Thread-safe.
+zip::Layout EncodeStreamedTensorArchive(const TensorView& view, uint32_t storage_crc32,
+                                        const zip::WriteOptions& options = {});
+
 // One tensor read from a tensor archive, pointing into the archive bytes.
 struct DecodedTensor {
   DType dtype = DType::kFloat32;

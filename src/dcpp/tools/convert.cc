@@ -4,10 +4,13 @@
 
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <unordered_map>
 
 #include "dcpp/base/exception_barrier.h"
+#include "dcpp/base/float_cast.h"
+#include "dcpp/engine/copy_checkpoint.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/safetensors_save.h"
 #include "dcpp/engine/torch_save_write.h"
@@ -32,125 +35,7 @@ bool IsFloat(DType d) {
          d == DType::kFloat64;
 }
 
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, x;
-  if (exp == 0) {
-    if (mant == 0) {
-      x = sign;
-    } else {  // subnormal: normalize
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while (!(mant & 0x400));
-      x = sign | (static_cast<uint32_t>(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 0x1f) {
-    x = sign | 0x7f800000 | (mant << 13);
-  } else {
-    x = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-
-// Round to nearest even, as torch's .half() does.
-uint16_t FloatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000;
-  uint32_t mant = x & 0x7fffff;
-  const int32_t exp = static_cast<int32_t>((x >> 23) & 0xff);
-  if (exp == 0xff) return static_cast<uint16_t>(sign | 0x7c00 | (mant ? 0x200 : 0));
-  const int32_t e = exp - 127 + 15;
-  if (e >= 0x1f) return static_cast<uint16_t>(sign | 0x7c00);
-  if (e <= 0) {
-    if (e < -10) return static_cast<uint16_t>(sign);
-    mant |= 0x800000;
-    const uint32_t shift = static_cast<uint32_t>(14 - e);
-    uint32_t half = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) ++half;
-    return static_cast<uint16_t>(sign | half);
-  }
-  uint32_t half = (static_cast<uint32_t>(e) << 10) | (mant >> 13);
-  const uint32_t rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) ++half;  // a carry rounds up to inf
-  return static_cast<uint16_t>(sign | half);
-}
-
-float BF16ToFloat(uint16_t b) {
-  const uint32_t x = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-
-uint16_t FloatToBF16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((x >> 16) | 0x40);  // NaN
-  x += 0x7fff + ((x >> 16) & 1);
-  return static_cast<uint16_t>(x >> 16);
-}
-
-// Casts the contiguous floating tensor `src` into `dst` (same shape).
-void CastFloats(const TensorView& src, const TensorView& dst) {
-  const int64_t n = NumElements(src.shape);
-  const auto* s = static_cast<const uint8_t*>(src.data);
-  auto* d = static_cast<uint8_t*>(dst.data);
-  for (int64_t i = 0; i < n; ++i) {
-    double v = 0;
-    switch (src.dtype) {
-      case DType::kFloat16: {
-        uint16_t h;
-        std::memcpy(&h, s + 2 * i, 2);
-        v = HalfToFloat(h);
-        break;
-      }
-      case DType::kBFloat16: {
-        uint16_t h;
-        std::memcpy(&h, s + 2 * i, 2);
-        v = BF16ToFloat(h);
-        break;
-      }
-      case DType::kFloat32: {
-        float f;
-        std::memcpy(&f, s + 4 * i, 4);
-        v = f;
-        break;
-      }
-      default: {
-        std::memcpy(&v, s + 8 * i, 8);
-        break;
-      }
-    }
-    switch (dst.dtype) {
-      case DType::kFloat16: {
-        const uint16_t h = FloatToHalf(static_cast<float>(v));
-        std::memcpy(d + 2 * i, &h, 2);
-        break;
-      }
-      case DType::kBFloat16: {
-        const uint16_t h = FloatToBF16(static_cast<float>(v));
-        std::memcpy(d + 2 * i, &h, 2);
-        break;
-      }
-      case DType::kFloat32: {
-        const float f = static_cast<float>(v);
-        std::memcpy(d + 4 * i, &f, 4);
-        break;
-      }
-      default:
-        std::memcpy(d + 8 * i, &v, 8);
-        break;
-    }
-  }
-}
-
-Result<Tensor> CastTensor(const Tensor& t, DType to) {
+[[maybe_unused]] Result<Tensor> CastTensor(const Tensor& t, DType to) {
   DCPP_ASSIGN_OR_RETURN(Tensor src, Tensor::Empty(t.dtype(), t.shape()));
   DCPP_RETURN_IF_ERROR(CopyTensor(t.view(), src.view()));  // contiguous
   DCPP_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(to, t.shape()));
@@ -208,6 +93,27 @@ Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const En
                                 (others.size() == 1 ? "y is not one: " : "ies are not: ") + list +
                                 "; select the tensors with --keys (e.g. --keys 'model.*')");
   }
+  // Progress as bands pass (a large tensor would otherwise report only
+  // when it is done): bytes of the source's elements.
+  struct Counter {
+    std::mutex mu;
+    Progress p;
+  };
+  auto counter = std::make_shared<Counter>();
+  counter->p.phase = "convert";
+  for (const EntryMeta* e : entries) {
+    counter->p.items_total += e->chunks.size();
+    for (const ChunkMeta& c : e->chunks)
+      counter->p.bytes_total +=
+          static_cast<uint64_t>(NumElements(c.sizes)) * ElementSize(e->properties.dtype);
+  }
+  auto report = [counter, &o](uint64_t bytes, size_t items) {
+    if (!o.progress) return;
+    std::lock_guard<std::mutex> lock(counter->mu);
+    counter->p.bytes_done += bytes;
+    counter->p.items_done += items;
+    o.progress(counter->p);
+  };
   std::vector<engine::SafetensorsSource> sources;
   for (const EntryMeta* e : entries) {
     std::vector<plan::Box> boxes;
@@ -216,7 +122,7 @@ Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const En
     const DType from = e->properties.dtype;
     const DType to = o.dtype && IsFloat(from) ? *o.dtype : from;
     sources.push_back(
-        {e->fqn, to, e->size, [&src, e, from, to](const engine::PieceSink& put) -> Status {
+        {e->fqn, to, e->size, [&src, e, from, to, report](const engine::PieceSink& put) -> Status {
            for (const ChunkMeta& c : e->chunks) {
              const size_t nd = c.sizes.size();
              const uint64_t row_bytes = (nd == 0 ? 1
@@ -251,73 +157,29 @@ Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const En
                  CastFloats(band, cast);
                  DCPP_RETURN_IF_ERROR(put(offsets, cast));
                }
+               report(static_cast<uint64_t>(band.nbytes()), 0);
              }
+             report(0, 1);
            }
            return Status();
          }});
   }
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> out, storage::OpenStorage(dst));
-  return engine::WriteSafetensors(sources, *out, o.save);
+  SaveOptions so = o.save;
+  so.progress = nullptr;  // reported above, band by band
+  return engine::WriteSafetensors(sources, *out, so);
 }
 
-Result<Metadata> ToDcp(storage::Storage& src, const Metadata& src_md,
-                       const std::vector<const EntryMeta*>& entries, const std::string& dst,
-                       const ConvertOptions& o) {
-  // Tensors through LoadAll (exact FQNs); values copied as their stored
-  // archives, so each stays the one value it was, whatever is inside it.
-  LoadAllOptions load_options;
-  load_options.io_threads = o.save.io_threads;
-  for (const EntryMeta* e : entries)
-    if (e->is_tensor()) load_options.keys.push_back(e->fqn);
-  Value state = Value::EmptyDict();
-  if (!load_options.keys.empty()) {
-    DCPP_ASSIGN_OR_RETURN(state, engine::LoadAll(src, load_options));
-  }
-  for (const EntryMeta* e : entries) {
-    if (e->is_tensor()) continue;
-    const uint64_t cap =
-        std::min<uint64_t>(e->storage.length, uint64_t{1} << 32) * 64 + (uint64_t{64} << 20);
-    DCPP_ASSIGN_OR_RETURN(std::string blob, storage::ReadItem(src, e->storage, e->fqn, cap));
-    const ObjectPath path = e->path.empty() ? ObjectPath{e->fqn} : e->path;
-    DCPP_RETURN_IF_ERROR(plan::SetElement(state, path, Value(Opaque{std::move(blob), "copied"}))
-                             .WithContext("rebuilding " + Quoted(e->fqn)));
-  }
-  if (o.dtype) {
-    DCPP_ASSIGN_OR_RETURN(auto flat, plan::FlattenMutable(state));
-    for (auto& f : flat) {
-      if (!f.value->is_tensor() || !IsFloat(f.value->tensor().dtype())) continue;
-      if (f.value->tensor().dtype() == *o.dtype) continue;
-      DCPP_ASSIGN_OR_RETURN(Tensor cast, CastTensor(f.value->tensor(), *o.dtype));
-      *f.value = Value(std::move(cast));
-    }
-  }
-  // Save records what a tensor's memory says (dtype); the source's extra
-  // tensor properties are metadata only, so they are copied into the
-  // metadata before it is committed (in the same locked commit).
-  std::unordered_map<std::string_view, const EntryMeta*> by_fqn;
-  for (const EntryMeta* e : entries) by_fqn.emplace(e->fqn, e);
-  auto copy_properties = [&](Metadata& md) -> Status {
-    size_t matched = 0;
-    for (auto& e : md.entries) {
-      auto it = by_fqn.find(e.fqn);
-      if (it == by_fqn.end()) continue;
-      ++matched;
-      if (e.is_tensor() && it->second->is_tensor()) {
-        const DType written = e.properties.dtype;
-        e.properties = it->second->properties;
-        e.properties.dtype = written;  // a cast changes it
-      }
-    }
-    if (matched != entries.size() || md.entries.size() != entries.size())
-      return InternalError("converting " + src.Describe("") + " changed its set of keys (" +
-                           std::to_string(entries.size()) + " in, " +
-                           std::to_string(md.entries.size()) + " out, " + std::to_string(matched) +
-                           " matched); " + dst + " would not be a faithful copy");
-    return Status();
-  };
-  (void)src_md;
+Result<Metadata> ToDcp(storage::Storage& src, const std::vector<const EntryMeta*>& entries,
+                       const std::string& dst, const ConvertOptions& o) {
+  // Streams item by item (engine/copy_checkpoint.h): stored bytes copied as
+  // they are where nothing changes, so every entry stays what it was.
+  engine::CopyOptions co;
+  co.save = o.save;
+  co.cast = o.dtype;
+  co.progress = o.progress;
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> out, storage::OpenStorage(dst));
-  return engine::Save(state, *out, o.save, copy_properties);
+  return engine::CopyCheckpoint(src, entries, *out, co);
 }
 
 // Hands `put` the elements of tensor `e` of `src` in row-major order, in row
@@ -367,6 +229,26 @@ Status ProduceRowBands(storage::Storage& src, const EntryMeta& e, DType to,
 
 Result<Metadata> ToTorchSave(storage::Storage& src, const std::vector<const EntryMeta*>& entries,
                              const std::string& dst, const ConvertOptions& o) {
+  // Progress as bands pass: bytes of the written tensors' elements.
+  struct Counter {
+    std::mutex mu;
+    Progress p;
+  };
+  auto counter = std::make_shared<Counter>();
+  counter->p.phase = "convert";
+  for (const EntryMeta* e : entries) {
+    if (!e->is_tensor()) continue;
+    const DType to = o.dtype && IsFloat(e->properties.dtype) ? *o.dtype : e->properties.dtype;
+    counter->p.items_total += 1;
+    counter->p.bytes_total += static_cast<uint64_t>(NumElements(e->size)) * ElementSize(to);
+  }
+  auto report = [counter, &o](uint64_t bytes, size_t items) {
+    if (!o.progress) return;
+    std::lock_guard<std::mutex> lock(counter->mu);
+    counter->p.bytes_done += bytes;
+    counter->p.items_done += items;
+    o.progress(counter->p);
+  };
   std::vector<engine::TorchSaveEntry> out;
   out.reserve(entries.size());
   for (const EntryMeta* e : entries) {
@@ -382,8 +264,15 @@ Result<Metadata> ToTorchSave(storage::Storage& src, const std::vector<const Entr
       t.is_tensor = true;
       t.dtype = to;
       t.shape = e->size;
-      t.produce = [&src, e, to](const engine::BandSink& put) {
-        return ProduceRowBands(src, *e, to, put);
+      t.produce = [&src, e, to, report](const engine::BandSink& put) -> Status {
+        DCPP_RETURN_IF_ERROR(
+            ProduceRowBands(src, *e, to, [&](std::span<const uint8_t> bytes) -> Status {
+              DCPP_RETURN_IF_ERROR(put(bytes));
+              report(bytes.size(), 0);
+              return Status();
+            }));
+        report(0, 1);
+        return Status();
       };
     } else {
       const uint64_t cap =
@@ -426,7 +315,9 @@ Result<Metadata> ToTorchSave(storage::Storage& src, const std::vector<const Entr
 }
 
 Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
-                             const ConvertOptions& o) {
+                             const ConvertOptions& options) {
+  ConvertOptions o = options;
+  if (!o.progress) o.progress = o.save.progress;  // where earlier callers set it
   if (o.dtype && !IsFloat(*o.dtype))
     return InvalidArgumentError("the cast dtype must be a floating dtype, not " +
                                 std::string(TorchName(*o.dtype)));
@@ -435,7 +326,7 @@ Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
   DCPP_ASSIGN_OR_RETURN(std::vector<const EntryMeta*> entries, Select(md, o.keys));
   if (o.torch_save) return ToTorchSave(*in, entries, dst, o);
   if (o.save.format == SaveFormat::kSafetensors) return ToSafetensors(*in, entries, dst, o);
-  return ToDcp(*in, md, entries, dst, o);
+  return ToDcp(*in, entries, dst, o);
 }
 
 }  // namespace

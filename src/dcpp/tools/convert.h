@@ -23,6 +23,15 @@ struct ConvertOptions {
   // Cast floating tensors (float16, bfloat16, float32, float64) to this
   // floating dtype (rounding to nearest even); others are kept.
   std::optional<DType> dtype;
+  // Called as the conversion advances, in every direction: phase
+  // "convert", bytes_done/bytes_total counted on the source side (the
+  // selected entries' tensor elements, or a copied item's stored bytes),
+  // items = saved chunks and values. Called from the writer threads, one
+  // call at a time (keep it cheap; do not call back into dcpp); the last
+  // call has items_done == items_total. Unset: save.progress is used. A new
+  // output format reports through the same callback, so one printer
+  // (tools/progress_printer.h) serves every direction.
+  ProgressCallback progress;
   // Write one torch.save file at `dst` (what torch's dcp_to_torch_save
   // writes) instead of save.format; see Convert.
   bool torch_save = false;
@@ -35,7 +44,11 @@ struct ConvertOptions {
 //  - To DCP: every selected entry as it is: pickled values are copied as
 //    their original bytes (a whole list or dict that an older torch pickled
 //    as one value stays one value), tensor properties (requires_grad, memory
-//    format, pin_memory) are carried over. Memory: the selected entries.
+//    format, pin_memory) are carried over, chunks stay the chunks saved.
+//    Streams (engine::CopyCheckpoint): the source's .metadata is read once,
+//    stored bytes that need no change are copied as they are, the rest is
+//    decoded and re-encoded in bands; one commit. Memory: bounded buffers
+//    per thread, whatever the checkpoint's size.
 //  - To safetensors: every selected entry must be a tensor (InvalidArgument
 //    lists the others and suggests --keys). Streams: each saved chunk is
 //    read in row bands of at most 32 MiB per writer thread (a compressed

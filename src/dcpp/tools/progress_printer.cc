@@ -33,11 +33,17 @@ ProgressCallback MakeProgressPrinter(std::FILE* out, std::chrono::milliseconds q
     const double pct = p.bytes_total ? 100.0 * static_cast<double>(p.bytes_done) /
                                            static_cast<double>(p.bytes_total)
                                      : 100.0;
-    std::fprintf(out, "%s%-5.*s %5.1f%%  %s / %s  %zu/%zu items  %.0f MiB/s%s",
+    const double rate = static_cast<double>(p.bytes_done) / std::max(secs, 1e-9);
+    char eta[32] = "";
+    if (!done && rate > 0 && p.bytes_total > p.bytes_done) {
+      const long left = static_cast<long>(static_cast<double>(p.bytes_total - p.bytes_done) / rate);
+      std::snprintf(eta, sizeof eta, "  ETA %ld:%02ld", left / 60, left % 60);
+    }
+    std::fprintf(out, "%s%-5.*s %5.1f%%  %s / %s  %zu/%zu items  %.0f MiB/s%s%s",
                  state->tty ? "\r" : "", static_cast<int>(p.phase.size()), p.phase.data(), pct,
                  Mib(p.bytes_done).c_str(), Mib(p.bytes_total).c_str(), p.items_done,
-                 p.items_total, static_cast<double>(p.bytes_done) / (1 << 20) / std::max(secs, 1e-9),
-                 state->tty && !done ? "" : "\n");
+                 p.items_total, rate / (1 << 20), eta,
+                 state->tty && !done ? "\x1b[K" : "\n");
     std::fflush(out);
   };
 }

@@ -11,7 +11,7 @@
 
 namespace dcpp::tools {
 
-// Returns a callback printing "write  42% 1.2 GiB / 2.9 GiB  350 MiB/s" lines
+// Returns a callback printing "write  42% 1.2 GiB / 2.9 GiB  350 MiB/s  ETA 0:05" lines
 // to `out`, redrawn in place when `out` is a terminal. Nothing is printed for
 // operations that finish within `quiet_for` (short runs stay silent). The
 // callback is safe to call from several threads one at a time, as dcpp does.
