@@ -45,15 +45,31 @@ struct SafetensorsSource {
   DType dtype = DType::kFloat32;
   Shape shape;
   std::function<Status(const PieceSink& put)> produce;
+  // Optional, when the tensor's bytes are saved chunks of this dtype that
+  // tile it (a checkpoint's entry, unchanged): `chunks` in `chunk_storage`
+  // (borrowed; must outlive the call). The writer then copies them itself
+  // and `produce` is called only for chunks it cannot copy (stream
+  // transforms): row bands go to their place with one positional write (or
+  // copy_file_range for safetensors pieces, no copy through user memory);
+  // tensors cut by columns are gathered in output row bands of a few MiB
+  // and written with one write per band. Large tensors are split into
+  // several pieces of work, so one tensor is written by several threads.
+  storage::Storage* chunk_storage = nullptr;
+  std::vector<ChunkMeta> chunks{};
 };
 
 // The writer under SaveSafetensors: lays out the files for `tensors` (in
 // this order, split by options.max_shard_size), writes each header, then
-// runs the producers in parallel (options.io_threads), each piece going to
-// its place by positional writes; then the index, the renames, and the
-// metadata read back. Memory: whatever the producers hold. Same file
-// protocol and errors as SaveSafetensors; a producer's error fails the save
-// (with the FQN and file added).
+// runs the pieces of work in parallel (options.io_threads; files
+// interleaved so that threads write different files where there are
+// several), each piece going to its place by positional writes; then the
+// index, the renames, and the metadata read back. With
+// options.sync_files, writeback of each written range starts as soon as it
+// is written and each file is fdatasync'ed as soon as its last piece is
+// done, overlapping the wait with the writing of the rest. Memory: what the
+// producers hold plus one 8 MiB band per thread for copied chunks. Same
+// file protocol and errors as SaveSafetensors; a producer's or a chunk's
+// error fails the save (with the FQN and file added).
 Result<Metadata> WriteSafetensors(std::span<const SafetensorsSource> tensors,
                                   storage::Storage& storage, const SaveOptions& options);
 

@@ -67,6 +67,21 @@ class File {
   // storage (fdatasync).
   Status Sync();
 
+  // Copies up to `length` bytes at `src_offset` of `src` to `offset` of this
+  // file inside the kernel (copy_file_range: one copy through the page
+  // cache, none through user memory), retrying short copies and EINTR.
+  // Returns the bytes copied: fewer than `length` (possibly 0) when the
+  // kernel cannot copy between these files (no copy_file_range, different
+  // file systems, a special file), which the caller then copies itself from
+  // there on. DataLoss if `src` ends before `src_offset + length`.
+  Result<uint64_t> CopyFrom(const File& src, uint64_t src_offset, uint64_t offset,
+                            uint64_t length);
+
+  // Starts writing back the dirty pages of [offset, offset + length) without
+  // waiting (Linux sync_file_range(SYNC_FILE_RANGE_WRITE); elsewhere
+  // nothing), so that a later Sync() finds less to do. A hint: no errors.
+  void StartWriteback(uint64_t offset, uint64_t length);
+
   // Closes the descriptor and reports a failing close (on some file systems
   // the first sign of a lost write). The File is closed afterwards even on
   // error. Closing a closed File is OK.

@@ -61,6 +61,20 @@ class WritableFile {
   virtual Status WriteVAt(uint64_t offset, std::span<const std::span<const uint8_t>> pieces) = 0;
   // Makes the bytes written so far durable.
   virtual Status Sync() = 0;
+  // Optional: copies `length` bytes at `src_offset` of `src` to `offset`
+  // without passing them through the caller's memory, where both files
+  // allow it (a POSIX file from a POSIX file on a Linux file system with
+  // copy_file_range). Returns the bytes copied; fewer than `length` (the
+  // default: 0) means the caller copies the rest itself. Errors as WriteAt's
+  // and src's ReadAt's.
+  virtual Result<uint64_t> CopyFrom(const ReadableFile& src, uint64_t src_offset,
+                                    uint64_t offset, uint64_t length) {
+    (void)src, (void)src_offset, (void)offset, (void)length;
+    return uint64_t{0};
+  }
+  // Optional hint: begin making [offset, offset + length) durable now, so
+  // that Sync() later waits less (the default does nothing). No errors.
+  virtual void StartWriteback(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
   // Ends writing; reports a failing close. Closing twice is OK.
   virtual Status Close() = 0;
 };
