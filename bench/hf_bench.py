@@ -294,12 +294,14 @@ def main():
             clear(name)
             return timed([cli, "convert", "--quiet", src, out(name), "--to", "safetensors"] +
                          ([] if sync else ["--no-sync"]))
+        f.out_name = name
         return f
 
     def run_py(code, name):
         def f():
             clear(name)
             return timed([sys.executable, "-c", code])
+        f.out_name = name
         return f
 
     rows = []  # (label, input, (secs, mib), all runs)
@@ -327,14 +329,14 @@ def main():
     for label, src, fn in methods:
         b, runs = best(fn, a.reps)
         rows.append((label, src, b, runs))
+        # Each output against torch's consolidation, then removed (disk space).
+        name = fn.out_name
+        if name != "torch_cons":
+            assert same_tensors(out("torch_cons"), out(name)), f"{name} differs from torch's"
+            clear(name)
         print(f"{label} [{src}]: {b[0]:.2f} s, {b[1]:.0f} MiB, call {b[2]:.2f} s (runs: "
               f"{', '.join(f'{r[0]:.2f}' for r in runs)})", flush=True)
-    for name in ("dcpp_cons", "dcpp_cons_ns", "dcpp_dcp", "torch_save"):
-        assert same_tensors(out("torch_cons"), out(name)), f"{name} differs from torch's output"
     print("all outputs hold identical tensors", flush=True)
-    for name in ("dcpp_cons_ns", "dcpp_dcp", "dcpp_dcp_ns", "torch_save", "before_cons",
-                 "before_cons_ns"):
-        clear(name)
 
     # (b) and (c) read torch's consolidated output.
     src_dir = out("torch_cons")
@@ -368,6 +370,12 @@ def main():
             h.write(text)
 
 
+def _dcpp_location():
+    import dcpp
+
+    return os.path.dirname(dcpp.__file__)
+
+
 def render(a, rows, loads, singles, t_cons, t_save, torch_version):
     size = sum((4 if dt == "float32" else 2) * r * c for _, dt, (r, c), _ in layout(a.mib))
     lines = ["<!-- hfbench:begin -->",
@@ -380,6 +388,7 @@ def render(a, rows, loads, singles, t_cons, t_save, torch_version):
              f"{torch_version} on 4 gloo processes both as `HuggingFaceStorageWriter("
              "save_distributed=True)` shards and as a plain DCP checkpoint. "
              f"{os.cpu_count()} CPUs ({platform.machine()}), shared with other work; "
+             f"dcpp Python package from `{_dcpp_location()}`; "
              "page cache warm; best of "
              f"{a.reps} (all runs listed). The issue asks for 4 GiB: 2 GiB here because "
              "the machine is shared. Wall clock and peak RSS from `/usr/bin/time`, whole "
@@ -415,7 +424,9 @@ def render(a, rows, loads, singles, t_cons, t_save, torch_version):
                          ("dcpp", "`dcpp.torch.HuggingFaceStorageReader`")):
         b, runs = loads[which]
         lines.append(f"| {label} | {b:.2f} s | {', '.join(f'{r:.2f}' for r in runs)} |")
-    lines += ["", f"Ratio: dcpp {loads['torch'][0] / loads['dcpp'][0]:.1f}x faster.", "",
+    r = loads['torch'][0] / loads['dcpp'][0]
+    lines += ["", (f"Ratio: dcpp {r:.1f}x faster." if r >= 1 else
+                   f"Ratio: dcpp slower, {1 / r:.1f}x torch's time."), "",
               "**One process** (time inside the process, from before the load to every "
               "tensor in memory; peak RSS of the process):", "",
               "| method | time | peak RSS | vs load_file |", "|---|---:|---:|---:|"]

@@ -343,7 +343,7 @@ Status GatherRows(const Work& item, const SafetensorsSource& t, uint64_t base,
   const int64_t lo = item.row, hi = item.row + item.rows;
   for (const ChunkMeta& c : t.chunks) {
     const int64_t from = std::max(lo, c.offsets[0]), to = std::min(hi, c.offsets[0] + c.sizes[0]);
-    if (from >= to) continue;
+    if (from >= to || NumElements(c.sizes) == 0) continue;
     Shape offsets = c.offsets, sizes = c.sizes;
     offsets[0] = from;
     sizes[0] = to - from;
