@@ -27,8 +27,10 @@ namespace dcpp::engine {
 // of several ranks (collective: every rank calls it): each rank writes its
 // pieces to `.pieces-<rank>.<tag>.tmp` (plain tensors only on rank 0), rank
 // 0 gathers their descriptions, checks that they tile each tensor and
-// consolidates them through 32 MiB bands per thread, then removes the
-// temporaries; every rank returns the same status (failures name ranks).
+// consolidates them as WriteSafetensors copies saved chunks (row pieces in
+// the kernel where it can, column pieces through 4 MiB bands per thread),
+// then removes the temporaries; every rank returns the same status
+// (failures name ranks).
 Result<Metadata> SaveSafetensors(const Value& state_dict, storage::Storage& storage,
                                  const SaveOptions& options);
 
@@ -67,7 +69,9 @@ struct SafetensorsSource {
 // options.sync_files, writeback of each written range starts as soon as it
 // is written and each file is fdatasync'ed as soon as its last piece is
 // done, overlapping the wait with the writing of the rest. Memory: what the
-// producers hold plus one 8 MiB band per thread for copied chunks. Same
+// producers hold plus one band buffer per thread for copied chunks (up to
+// 32 MiB for DCP chunks, 4 MiB for gathered column bands, none for
+// safetensors pieces the kernel copies). Same
 // file protocol and errors as SaveSafetensors; a producer's or a chunk's
 // error fails the save (with the FQN and file added).
 Result<Metadata> WriteSafetensors(std::span<const SafetensorsSource> tensors,
