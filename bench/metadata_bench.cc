@@ -3,7 +3,9 @@
 //
 //   metadata_bench decode FILE [--general]   DecodeMetadata of the file's bytes
 //                                            (--general: the general pickle VM
-//                                            only, the fast path's fallback)
+//                                            only, the fast path's fallback;
+//                                            --compact: DecodeCompactMetadata,
+//                                            what a load plans over)
 //   metadata_bench encode FILE [--repeat N]  EncodeMetadata of the decoded file
 //                                            (best of N)
 //   metadata_bench compare FILE              fast path == general path?
@@ -23,6 +25,7 @@
 #include <fstream>
 #include <string>
 
+#include "dcpp/format/compact_metadata.h"
 #include "dcpp/format/metadata_codec.h"
 #include "dcpp/format/metadata_codec_internal.h"
 
@@ -97,10 +100,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string mode = argv[1];
-  bool general = false;
+  bool general = false, compact = false;
   int repeat = 3;
   for (int i = 3; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--general")) general = true;
+    if (!std::strcmp(argv[i], "--compact")) compact = true;
     if (mode == "reencode") break;
     if (!std::strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = std::atoi(argv[++i]);
   }
@@ -111,6 +115,27 @@ int main(int argc, char** argv) {
   const long long rss_after_read = Status("VmRSS:");
 
   bool fast = false;
+  if (mode == "decode" && compact) {
+    t0 = Now();
+    const double c0 = CpuNow();
+    auto md = dcpp::format::DecodeCompactMetadata(bytes);
+    const double dt = Now() - t0;
+    const double cpu = CpuNow() - c0;
+    const long long peak = Status("VmHWM:");
+    if (!md.ok()) {
+      std::fprintf(stderr, "%s\n", md.status().ToString().c_str());
+      return 1;
+    }
+    size_t chunks = 0;
+    for (const auto& e : md->entries) chunks += e.num_chunks();
+    std::printf(
+        "{\"time_s\": %.6f, \"cpu_s\": %.6f, \"read_s\": %.6f, \"compact\": true, "
+        "\"bytes\": %zu, \"entries\": %zu, \"chunks\": %zu, \"rss_before\": %lld, "
+        "\"rss_after_read\": %lld, \"peak\": %lld, \"added\": %lld, \"held\": %zu}\n",
+        dt, cpu, read_s, bytes.size(), md->entries.size(), chunks, rss_before, rss_after_read, peak,
+        peak - rss_after_read, md->MemoryBytes());
+    return 0;
+  }
   if (mode == "decode") {
     t0 = Now();
     const double c0 = CpuNow();

@@ -306,8 +306,8 @@ def render(results, command, note):
         "torch's `pickle.dumps` of the loaded Metadata (what finish() runs) vs dcpp's "
         "`EncodeMetadata` of the decoded Metadata (protocol 2, as torch.save's).",
         "",
-        "| ranks | chunks | `.metadata` | torch `pickle.load` (wall / cpu; added RSS) | dcpp decode (wall / cpu; added RSS, x file) | speedup (wall, cpu) | dcpp general pickle VM (wall / cpu; added RSS) | torch `pickle.dumps` (wall / cpu) | dcpp encode (wall / cpu; bytes) | speedup (wall, cpu) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ranks | chunks | `.metadata` | torch `pickle.load` (wall / cpu; added RSS) | dcpp decode (wall / cpu; added RSS, x file) | speedup (wall, cpu) | dcpp compact decode, what loads plan over (wall / cpu; added RSS, x file) | dcpp general pickle VM (wall / cpu; added RSS) | torch `pickle.dumps` (wall / cpu) | dcpp encode (wall / cpu; bytes) | speedup (wall, cpu) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         size = row["size"]
@@ -319,9 +319,14 @@ def render(results, command, note):
         else:
             gen_s = timing(gen) + (f"; +{mib(gen['added'])}" if "error" not in gen else "")
         de_s = timing(de) + (f"; {mib(de['bytes'])}" if "error" not in de else "")
+        dc = row.get("dcpp_compact")
+        if dc is None:
+            dc_s = "not run"
+        else:
+            dc_s = timing(dc) + (f"; +{mib(dc['added'])}, {(dc['added'] + size) / size:.2f}x" if "error" not in dc else "")
         lines.append(
             f"| {row['ranks']:,} | {row['chunks']:,} | {mib(size)} | {tl_s} | {dd_s} | "
-            f"{ratio(tl, dd, 'time_s')}, {ratio(tl, dd, 'cpu_s')} | {gen_s} | {timing(td)} | {de_s} | "
+            f"{ratio(tl, dd, 'time_s')}, {ratio(tl, dd, 'cpu_s')} | {dc_s} | {gen_s} | {timing(td)} | {de_s} | "
             f"{ratio(td, de, 'time_s')}, {ratio(td, de, 'cpu_s')} |"
         )
     if note:
@@ -424,6 +429,8 @@ def main():
         reps = range(args.reps)
         row["torch_load"] = best([measure_torch("torch-load", path, args.timeout) for _ in reps])
         row["dcpp_decode"] = best([measure_dcpp(args.bench, "decode", path, args.timeout) for _ in reps])
+        row["dcpp_compact"] = best([measure_dcpp(args.bench, "decode", path, args.timeout, ["--compact"])
+                                    for _ in reps])
         if ranks <= args.general_max_ranks:
             row["dcpp_general"] = best([measure_dcpp(args.bench, "decode", path, args.timeout, ["--general"])
                                         for _ in range(1)])

@@ -27,6 +27,10 @@ grows it in a work directory during campaigns (scripts/fuzz.sh).
   safetensors/   files written by the safetensors package (every dtype it
                  has, 0-d and empty tensors, metadata, torch's DCP sharding
                  info); `make_corpus.py safetensors` rewrites only these
+  torch_save/    whole torch.save files of state dicts (nested model and
+                 optimizer, tied and transposed tensors, a strided slice,
+                 dtypes, 0-d and empty tensors); `make_corpus.py torch_save`
+                 rewrites only these
 """
 
 import hashlib
@@ -51,7 +55,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 TESTDATA = os.path.join(REPO, "src", "dcpp", "format", "testdata")
 TARGETS = ["metadata", "pickle", "zip", "torch_pickle", "chunk_stream", "transform", "json",
-           "safetensors"]
+           "safetensors", "torch_save"]
 # Fixed checkpoint paths keep StorageMeta.checkpoint_id stable across runs.
 ROOT = "/tmp/dcpp_fuzz_corpus"
 # The transform chains of transform_fuzz.cc, as recorded in .metadata.
@@ -198,7 +202,29 @@ def safetensors_seeds():
                 metadata={"DCP_SHARDING_INFO": json.dumps(info)}))
 
 
+def torch_save_seeds():
+    """Seeds of the torch_save target: torch.save files of state dicts."""
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    model = {"embed.weight": w, "head.weight": w,  # tied
+             "proj": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3).t(),
+             "slice": torch.arange(16, dtype=torch.int32).reshape(4, 4)[:, ::2],
+             "half": torch.ones(3, dtype=torch.float16), "mask": torch.tensor([True, False]),
+             "bytes": torch.arange(5, dtype=torch.uint8), "scalar": torch.tensor(7),
+             "empty": torch.zeros(0, 3)}
+    optim = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(3, 4)}},
+             "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0],
+                               "name": "g0"}]}
+    put("torch_save", "state_dict.pt", torch_save({"model": model, "optim": optim, "step": 3}))
+    put("torch_save", "flat.pt", torch_save({"a": torch.ones(2), "b": 1.5, "c": None}))
+    put("torch_save", "empty_dict.pt", torch_save({}))
+
+
 def main():
+    if sys.argv[1:] == ["torch_save"]:
+        shutil.rmtree(os.path.join(HERE, "torch_save"), ignore_errors=True)
+        os.makedirs(os.path.join(HERE, "torch_save"))
+        torch_save_seeds()
+        return
     if sys.argv[1:] == ["safetensors"]:
         shutil.rmtree(os.path.join(HERE, "safetensors"), ignore_errors=True)
         os.makedirs(os.path.join(HERE, "safetensors"))
@@ -224,6 +250,7 @@ def main():
         print("dcpp.torch not importable: no byteshuffle seeds", file=sys.stderr)
 
     safetensors_seeds()
+    torch_save_seeds()
 
     # .metadata: the metadata target and (being pickles) the pickle target.
     for name, path in saves.items():

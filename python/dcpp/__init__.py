@@ -407,7 +407,7 @@ def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    to: Literal["dcp", "safetensors"] = "dcp",
+    to: Literal["dcp", "safetensors", "torch-save"] = "dcp",
     keys: Iterable[str] | None = None,
     dtype: str | None = None,
     max_shard_size: int | str = 0,
@@ -417,8 +417,8 @@ def convert(
     progress: ProgressCallback | None = None,
 ) -> Metadata:
     """Rewrites the checkpoint ``src`` (a DCP directory, a safetensors
-    directory or a single ``.safetensors`` file: detected) as ``to`` in
-    ``dst``, as ``dcpp convert`` does.
+    directory, a single ``.safetensors`` file or a torch.save file:
+    detected) as ``to`` in ``dst``, as ``dcpp convert`` does.
 
     ``keys``: shell globs over FQNs (``"model.*"``); only matching entries are
     written (a pattern matching nothing raises :class:`InvalidArgumentError`).
@@ -427,6 +427,9 @@ def convert(
     (:class:`InvalidArgumentError` lists the others); tensors stream through
     32 MiB buffers per thread, so memory does not grow with the checkpoint.
     To DCP every entry is kept as it was (pickled values as their bytes).
+    ``to="torch-save"`` writes ``dst`` as one torch.save file holding the
+    nested state dict torch's ``dcp_to_torch_save`` writes, streamed
+    through 32 MiB row bands per thread.
     Returns the :class:`Metadata` written.
     """
     return _dcpp.convert(

@@ -194,8 +194,11 @@ Metadata ConvertImpl(const std::string& src, const std::string& dst, const std::
   tools::ConvertOptions o;
   if (to == "safetensors")
     o.save.format = SaveFormat::kSafetensors;
+  else if (to == "torch-save" || to == "torch_save")
+    o.torch_save = true;
   else if (to != "dcp")
-    throw nb::value_error(("to must be 'dcp' or 'safetensors', got '" + to + "'").c_str());
+    throw nb::value_error(
+        ("to must be 'dcp', 'safetensors' or 'torch-save', got '" + to + "'").c_str());
   if (!dtype.empty()) {
     o.dtype = tools::ParseFloatDType(dtype);
     if (!o.dtype)

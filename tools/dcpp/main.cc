@@ -99,15 +99,23 @@ examples:
 constexpr const char* kConvertHelp = R"(usage: dcpp convert SRC DST [options]
 
 Reads the checkpoint SRC (a DCP directory, a Hugging Face safetensors
-directory or a single .safetensors file: detected) and writes it to DST with
-dcpp's writer, as DCP (default) or as a safetensors model directory.
+directory, a single .safetensors file or a torch.save file such as model.pt:
+detected) and writes it to DST with dcpp's writer, as DCP (default), as a
+safetensors model directory or as one torch.save file.
 To DCP nothing is dropped or changed: pickled values are copied as their
 original bytes, tensor properties are kept; DST loads with
 torch.distributed.checkpoint.load. To safetensors every selected entry must
 be a tensor; tensors stream through bounded buffers (32 MiB per thread).
+To torch-save DST is one file holding the nested state dict torch's
+dcp_to_torch_save writes (torch.load reads it, also with weights_only=True);
+tensors stream through 32 MiB row bands per thread, and the file appears only
+when complete. A torch.save SRC is read with a safe unpickler: nothing in it
+runs, and a pickle naming anything beyond a plain state dict is refused.
 
 options:
-  --to dcp|safetensors     output format (default dcp)
+  --to dcp|safetensors|torch-save
+                           output format (default dcp; torch-save when DST
+                           ends in .pt, .pth or .bin and is not a directory)
   --keys GLOB              convert only entries whose FQN matches GLOB
                            (fnmatch; '*' crosses dots); repeatable
   --dtype bf16|f16|f32|f64 cast floating tensors to this dtype
@@ -124,6 +132,8 @@ options:
 examples:
   dcpp convert /ckpt/torch_step_1000 /ckpt/dcpp_step_1000 --thread-count 4
   dcpp convert /ckpt/step_1000 /export/model --to safetensors --keys 'model.*' --dtype bf16
+  dcpp convert /ckpt/step_1000 /export/model.pt --to torch-save
+  dcpp convert model.pt /ckpt/from_torch_save
 )";
 
 constexpr const char* kDemoHelp = R"(usage: dcpp demo [options]
@@ -178,7 +188,7 @@ examples:
 )";
 
 constexpr const char* kBenchHelp =
-    R"(usage: dcpp bench save|load --image F --index F.json --ckpt DIR [options]
+    R"(usage: dcpp bench save|load|loadall --image F --index F.json --ckpt DIR [options]
        dcpp bench compress --image F --index F.json [--dtype D] [options]
        dcpp bench memcpy --bytes N
 
@@ -192,6 +202,8 @@ state is read into memory (save) or allocated and touched (load) first.
   save     dcpp::Save of the image's tensors to DIR
   load     dcpp::Load from DIR into preallocated tensors, then compare every
            loaded byte with the image
+  loadall  dcpp::LoadAll from DIR (the library allocates every tensor, as
+           convert and dcpp.load(path) do), then compare with the image
   compress the stream transforms alone on one thread: every tensor of dtype D
            (default: all) through --transforms (default stream.zstd/1), then
            decoded and checked, and libzstd's one-shot compression of the
@@ -346,8 +358,14 @@ int Convert(int argc, char** argv) {
     const std::string& to = args.flags["--to"];
     if (to == "safetensors")
       o.format = dcpp::SaveFormat::kSafetensors;
+    else if (to == "torch-save")
+      co.torch_save = true;
     else if (to != "dcp")
-      return Usage(kConvertHelp, "--to must be dcp or safetensors");
+      return Usage(kConvertHelp, "--to must be dcp, safetensors or torch-save");
+  } else if (dcpp::tools::LooksLikeTorchSavePath(args.positional[1])) {
+    co.torch_save = true;
+    std::fprintf(stderr, "dcpp: writing %s as a torch.save file (by its suffix; --to sets it)\n",
+                 args.positional[1].c_str());
   }
   for (const auto& [flag, value] : args.all)
     if (flag == "--keys") co.keys.push_back(value);
@@ -572,7 +590,7 @@ int Bench(int argc, char** argv) {
     if (text.empty() || *end != '\0' || bytes < 0)
       return Usage(kBenchHelp, "memcpy needs --bytes N with N >= 0");
     result = dcpp::tools::BenchMemcpy(static_cast<uint64_t>(bytes));
-  } else if (op == "save" || op == "load") {
+  } else if (op == "save" || op == "load" || op == "loadall") {
     dcpp::tools::BenchOptions o;
     for (const char* f : {"--image", "--index", "--ckpt"})
       if (args.flags[f].empty()) return Usage(kBenchHelp, std::string(op) + " needs " + f);
@@ -596,7 +614,9 @@ int Bench(int argc, char** argv) {
     o.sync_files = !args.flags.count("--no-fsync");
     o.verify = !args.flags.count("--no-verify");
     o.transforms = transforms;
-    result = op == "save" ? dcpp::tools::BenchSave(o) : dcpp::tools::BenchLoad(o);
+    result = op == "save"   ? dcpp::tools::BenchSave(o)
+             : op == "load" ? dcpp::tools::BenchLoad(o)
+                            : dcpp::tools::BenchLoadAll(o);
   } else {
     return Usage(kBenchHelp, "unknown bench operation '" + op + "'");
   }

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 
@@ -102,6 +103,33 @@ TEST(TensorEmptyTest, AllocatesLikeZerosWithoutFilling) {
   Result<Tensor> c = t->Clone();
   ASSERT_TRUE(c.ok());
   EXPECT_TRUE(c->BitwiseEquals(*t));
+}
+
+// Large tensors come from their own 2 MiB aligned mapping (huge pages):
+// every byte writable, released with the last owner, Clone and views intact.
+TEST(TensorEmptyTest, LargeTensorsAreMappedAlignedAndUsable) {
+  const int64_t n = (int64_t{5} << 20) / 4 + 3;  // above the threshold, not a page multiple
+  Result<Tensor> t = Tensor::Empty(DType::kInt32, {n});
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(t->nbytes(), static_cast<size_t>(n) * 4);
+  EXPECT_TRUE(t->owns_data());
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t->data()) % 64, 0u);
+  auto* p = static_cast<int32_t*>(t->data());
+  for (int64_t i = 0; i < n; ++i) p[i] = static_cast<int32_t>(i * 7);
+  Result<Tensor> c = t->Clone();
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->BitwiseEquals(*t));
+  EXPECT_EQ(static_cast<const int32_t*>(c->data())[n - 1], static_cast<int32_t>((n - 1) * 7));
+  // Many in a row: each mapping is returned when its tensor goes.
+  for (int i = 0; i < 64; ++i) {
+    Result<Tensor> u = Tensor::Empty(DType::kUInt8, {int64_t{8} << 20});
+    ASSERT_TRUE(u.ok());
+    static_cast<uint8_t*>(u->data())[(size_t{8} << 20) - 1] = 1;
+  }
+  Result<Tensor> z = Tensor::Zeros(DType::kFloat32, {n});
+  ASSERT_TRUE(z.ok());
+  const auto* zp = static_cast<const uint8_t*>(z->data());
+  EXPECT_TRUE(std::all_of(zp, zp + z->nbytes(), [](uint8_t b) { return b == 0; }));
 }
 
 }  // namespace

@@ -12,12 +12,15 @@
 #include "dcpp/checkpoint.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/wire.h"
+#include "dcpp/format/compact_metadata.h"
 #include "dcpp/format/metadata_codec.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/storage/checksum_file.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/dcp_layout.h"
 #include "dcpp/storage/safetensors_layout.h"
+#include "dcpp/io/dcp_layout.h"
+#include "dcpp/plan/compact_load_planner.h"
 #include "dcpp/plan/flatten.h"
 #include "dcpp/plan/load_planner.h"
 #include "dcpp/plan/reshard.h"
@@ -205,25 +208,49 @@ Status PrepareReads(storage::Storage& storage, const plan::TensorReadPlan& plann
   return Status();
 }
 
-Status CheckDType(const EntryMeta& e, const Tensor& t) {
+Status CheckDType(const format::CompactEntry& e, const Tensor& t) {
   if (t.dtype() == e.properties.dtype) return Status();
   return InvalidArgumentError(Quoted(e.fqn) + ": dtype mismatch: the checkpoint holds " +
                               std::string(TorchName(e.properties.dtype)) + ", the state dict has " +
                               std::string(TorchName(t.dtype())));
 }
 
-std::unordered_map<std::string_view, const EntryMeta*> IndexEntries(const Metadata& md) {
-  std::unordered_map<std::string_view, const EntryMeta*> index;
+std::unordered_map<std::string_view, size_t> IndexEntries(const format::CompactMetadata& md) {
+  std::unordered_map<std::string_view, size_t> index;
   index.reserve(md.entries.size());
-  for (const auto& e : md.entries) index.emplace(e.fqn, &e);
+  for (size_t k = 0; k < md.entries.size(); ++k) index.emplace(md.entries[k].fqn, k);
   return index;
 }
 
-// The metadata for a load: read and decoded once by rank 0, whose bytes
-// are shared, so N ranks do not all read the same file from shared
-// storage; a bad file gives every rank rank 0's error.
+// What ReadChecksumFile needs of the metadata (its save id).
+Metadata HeaderOf(const format::CompactMetadata& md) {
+  Metadata header;
+  header.storage_meta = md.storage_meta;
+  header.version = md.version;
+  return header;
+}
+
+// A load plans over the compact form of .metadata: every rank holds all of
+// the checkpoint's chunks only until its plan is made (LoadLocal), in ~0.4x
+// the file's bytes instead of the ~1.25x a Metadata takes.
+Result<format::CompactMetadata> DecodeCompact(const storage::Storage& storage,
+                                              std::string_view bytes) {
+  auto md = format::DecodeCompactMetadata(bytes);
+  if (!md.ok()) return md.status().WithContext(storage.Describe(io::kMetadataFileName));
+  return md;
+}
+
 // The metadata decoded from `bytes`, checked against the sidecar checksum
 // file when `verify` and there is one.
+Result<format::CompactMetadata> DecodeAndCheckCompact(storage::Storage& storage,
+                                                      const std::string& bytes, bool verify) {
+  DCPP_ASSIGN_OR_RETURN(format::CompactMetadata md, DecodeCompact(storage, bytes));
+  if (!verify) return md;
+  DCPP_ASSIGN_OR_RETURN(auto sidecar, storage::ReadChecksumFile(storage, HeaderOf(md)));
+  if (sidecar) DCPP_RETURN_IF_ERROR(storage::CheckMetadataBytes(storage, *sidecar, bytes));
+  return md;
+}
+// The same, as a Metadata (LoadAll reads every entry).
 Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& bytes,
                                 bool verify) {
   DCPP_ASSIGN_OR_RETURN(Metadata md, storage::DecodeCheckpointMetadata(storage, bytes));
@@ -233,12 +260,14 @@ Result<Metadata> DecodeAndCheck(storage::Storage& storage, const std::string& by
   return md;
 }
 
-// Whether `storage` holds safetensors files rather than a DCP checkpoint
+// Whether `storage` holds safetensors files or a torch.save file (metadata
+// synthesized from the files) rather than a DCP checkpoint
 // (errors, such as a missing location, leave that to the DCP path, whose
 // messages say what is missing).
 bool HoldsSafetensors(storage::Storage& storage) {
   auto format = storage::DetectCheckpointFormat(storage);
-  return format.ok() && *format == storage::CheckpointFormat::kSafetensors;
+  return format.ok() && (*format == storage::CheckpointFormat::kSafetensors ||
+                         *format == storage::CheckpointFormat::kTorchSave);
 }
 
 // What the coordinator shares instead of .metadata bytes when the location
@@ -248,7 +277,7 @@ bool HoldsSafetensors(storage::Storage& storage) {
 constexpr std::string_view kSafetensorsMarker = "dcpp:safetensors";
 
 Result<Metadata> ReadCheckedMetadata(storage::Storage& storage, bool verify) {
-  if (HoldsSafetensors(storage)) return storage::ReadSafetensorsMetadata(storage);
+  if (HoldsSafetensors(storage)) return storage::ReadAnyCheckpointMetadata(storage);
   DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
   return DecodeAndCheck(storage, bytes, verify);
 }
@@ -264,11 +293,23 @@ Result<LoadChecks> MakeLoadChecks(storage::Storage& storage, const Metadata& md,
   return checks;
 }
 
-Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, bool verify) {
-  if (pg.size() == 1) return ReadCheckedMetadata(storage, verify);
+// The metadata for a load: read from storage once per job, by rank 0,
+// which checks it and broadcasts its bytes (or its error), so N ranks do
+// not all read the same file from shared storage and a missing or damaged
+// file gives every rank rank 0's error; each rank decodes the bytes.
+Result<format::CompactMetadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage,
+                                               bool verify) {
+  if (pg.size() == 1) {
+    if (HoldsSafetensors(storage)) {
+      DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadAnyCheckpointMetadata(storage));
+      return format::Compact(std::move(md));
+    }
+    DCPP_ASSIGN_OR_RETURN(std::string bytes, storage::ReadCheckpointMetadataBytes(storage));
+    return DecodeAndCheckCompact(storage, bytes, verify);
+  }
   constexpr int kCoordinator = 0;
   std::string shared;
-  std::optional<Result<Metadata>> mine;
+  std::optional<Result<format::CompactMetadata>> mine;
   if (pg.rank() == kCoordinator) {
     // An exception here would leave the other ranks waiting in Broadcast.
     const std::string op = "reading the metadata of " + storage.Describe("");
@@ -277,12 +318,15 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, boo
     const bool safetensors = detected.ok() && *detected;
     Result<std::string> bytes = std::string(kSafetensorsMarker);
     if (safetensors) {
-      mine = CatchExceptions(op, [&] { return storage::ReadSafetensorsMetadata(storage); });
+      mine = CatchExceptions(op, [&]() -> Result<format::CompactMetadata> {
+        DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadAnyCheckpointMetadata(storage));
+        return format::Compact(std::move(md));
+      });
     } else {
       bytes = CatchExceptions(op, [&] { return storage::ReadCheckpointMetadataBytes(storage); });
-      mine = bytes.ok()
-                 ? CatchExceptions(op, [&] { return DecodeAndCheck(storage, *bytes, verify); })
-                 : bytes.status();
+      mine = bytes.ok() ? CatchExceptions(
+                              op, [&] { return DecodeAndCheckCompact(storage, *bytes, verify); })
+                        : Result<format::CompactMetadata>(bytes.status());
     }
     shared = engine::EncodeSharedMetadata(mine->status(), mine->ok() ? *bytes : std::string());
   }
@@ -292,13 +336,18 @@ Result<Metadata> SharedMetadata(ProcessGroup& pg, storage::Storage& storage, boo
   std::string bytes;
   DCPP_RETURN_IF_ERROR(engine::DecodeSharedMetadata(msg, &status, &bytes));
   if (!status.ok()) return status;
-  if (bytes == kSafetensorsMarker) return storage::ReadSafetensorsMetadata(storage);
-  return storage::DecodeCheckpointMetadata(storage, bytes);
+  if (bytes == kSafetensorsMarker) {
+    DCPP_ASSIGN_OR_RETURN(Metadata md, storage::ReadAnyCheckpointMetadata(storage));
+    return format::Compact(std::move(md));
+  }
+  return DecodeCompact(storage, bytes);
 }
 
 // Plans and runs this rank's reads into `state_dict` (Stateful already
-// resolved).
-Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storage,
+// resolved). Plans over the compact metadata `md`, which it frees once the
+// plan is made: the reads run over a Metadata holding only the entries this
+// rank loads, each with only the chunks it reads.
+Status LoadLocal(Value& state_dict, format::CompactMetadata&& md, storage::Storage& storage,
                  const LoadOptions& o) {
   const std::string dir = storage.Describe("");
   const auto index = IndexEntries(md);
@@ -314,23 +363,28 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
     if (legacy.ok() && count_missing(*legacy) == 0) flat = std::move(*legacy);
   }
   std::vector<std::string> missing;
-  DCPP_ASSIGN_OR_RETURN(LoadChecks checks, MakeLoadChecks(storage, md, o.verify_checksums));
-  ReadPlan reads(storage, o.progress, std::move(checks));
-  Destinations dest;
+  // Request i goes to views[i], or into a tensor allocated for slots[i].
+  std::vector<plan::CompactRequest> requests;
+  std::vector<TensorView> views;
+  std::vector<Value*> slots;
+  std::vector<size_t> values;
+  std::vector<Value*> value_slots;
   for (auto& f : flat) {
     auto it = index.find(f.fqn);
     if (it == index.end()) {
       missing.push_back(f.fqn);
       continue;
     }
-    const EntryMeta& e = *it->second;
+    const size_t k = it->second;
+    const format::CompactEntry& e = md.entries[k];
     Value& leaf = *f.value;
     if (leaf.kind() == Value::Kind::kStateful)
       return InvalidArgumentError(Quoted(e.fqn) +
                                   ": Stateful objects are supported only at the top level of a "
                                   "state dict (as in DCP)");
     if (!e.is_tensor()) {
-      reads.AddBytes(e, &leaf);
+      values.push_back(k);
+      value_slots.push_back(&leaf);
       continue;
     }
     if (leaf.is_sharded()) {
@@ -341,12 +395,16 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
             ", the sharded tensor's global shape is " + ShapeToString(st.global_shape));
       for (const auto& shard : st.shards) {
         DCPP_RETURN_IF_ERROR(CheckDType(e, shard.local));
-        dest.AddView(e, shard.local.view(), {shard.offsets, shard.local.shape()});
+        requests.push_back({k, {shard.offsets, shard.local.shape()}});
+        views.push_back(shard.local.view());
+        slots.push_back(nullptr);
       }
       continue;
     }
     if (!leaf.is_tensor()) {
-      dest.AddAllocated(e, &leaf);
+      requests.push_back({k, {Shape(e.size.size(), 0), e.size}});
+      views.emplace_back();
+      slots.push_back(&leaf);
       continue;
     }
     const Tensor& t = leaf.tensor();
@@ -355,9 +413,11 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
       return InvalidArgumentError(Quoted(e.fqn) + ": shape mismatch: the checkpoint holds " +
                                   ShapeToString(e.size) + ", the state dict has " +
                                   ShapeToString(t.shape()));
-    dest.AddView(e, t.view(), {Shape(e.size.size(), 0), e.size});
+    requests.push_back({k, {Shape(e.size.size(), 0), e.size}});
+    views.push_back(t.view());
+    slots.push_back(nullptr);
   }
-  DCPP_ASSIGN_OR_RETURN(plan::TensorReadPlan planned, plan::PlanTensorReads(dest.requests));
+  DCPP_ASSIGN_OR_RETURN(plan::PrunedLoad pruned, plan::PlanLoad(md, requests, values));
   if (!missing.empty() && !o.allow_partial_load) {
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 5; ++i)
@@ -367,7 +427,16 @@ Status LoadLocal(Value& state_dict, const Metadata& md, storage::Storage& storag
                          " key(s) of the state dict: " + list +
                          " (allow_partial_load skips missing keys)");
   }
-  DCPP_RETURN_IF_ERROR(PrepareReads(storage, planned, dest, reads).WithContext("loading " + dir));
+  md = format::CompactMetadata();  // a rank keeps only what its plan needs
+  DCPP_ASSIGN_OR_RETURN(LoadChecks checks,
+                        MakeLoadChecks(storage, *pruned.metadata, o.verify_checksums));
+  ReadPlan reads(storage, o.progress, std::move(checks));
+  for (size_t i = 0; i < pruned.values.size(); ++i) reads.AddBytes(*pruned.values[i], value_slots[i]);
+  Destinations dest;
+  dest.requests = std::move(pruned.requests);
+  dest.views = std::move(views);
+  dest.allocate = std::move(slots);
+  DCPP_RETURN_IF_ERROR(PrepareReads(storage, pruned.plan, dest, reads).WithContext("loading " + dir));
   return reads.Run(o.io_threads).WithContext("loading " + dir);
 }
 
@@ -378,7 +447,8 @@ Status LoadImpl(Value& state_dict, storage::Storage& storage, const LoadOptions&
   const std::string dir = storage.Describe("");
   std::unique_ptr<ProcessGroup> single;
   ProcessGroup& pg = o.process_group ? *o.process_group : *(single = MakeSingleProcessGroup());
-  DCPP_ASSIGN_OR_RETURN(Metadata md, SharedMetadata(pg, storage, o.verify_checksums));
+  DCPP_ASSIGN_OR_RETURN(format::CompactMetadata md,
+                        SharedMetadata(pg, storage, o.verify_checksums));
 
   // Top-level Stateful values load through their StateDict() and are then
   // handed the result, as DCP does.
@@ -405,7 +475,8 @@ Status LoadImpl(Value& state_dict, storage::Storage& storage, const LoadOptions&
     }
   }
   if (local.ok())
-    local = CatchExceptions("load from " + dir, [&] { return LoadLocal(*target, md, storage, o); });
+    local = CatchExceptions("load from " + dir,
+                            [&] { return LoadLocal(*target, std::move(md), storage, o); });
   if (local.ok() && !stateful.empty()) {
     for (auto& [i, obj] : stateful) {
       local = obj->LoadStateDict(working.dict().values()[i]);

@@ -55,7 +55,9 @@ namespace dcpp::format {
 // Python's pickle.load of it. Anything else, and every error, goes through
 // the general pickle VM (~40x the file in memory, capped at 64x), so the
 // errors above are always the general path's. Files beyond the VM's caps
-// (more than ~500,000 chunks) decode only through the fast path.
+// (more than ~500,000 chunks) decode only through the fast path. A load
+// decodes with DecodeCompactMetadata (compact_metadata.h) instead: the same
+// decoder into a form ~0.4x the file (1.4x with the input, vs ~2.25x here).
 Result<Metadata> DecodeMetadata(std::span<const uint8_t> bytes);
 inline Result<Metadata> DecodeMetadata(std::string_view bytes) {
   return DecodeMetadata(

@@ -1,6 +1,7 @@
 // DecodeMetadataFast: the `.metadata` pickles DCP's writers produce, read in
-// one streaming pass straight into dcpp::Metadata (see
-// metadata_codec_internal.h for the contract).
+// one streaming pass straight into the compact form (format/compact_metadata.h;
+// DecodeMetadataFast expands that into a dcpp::Metadata). See
+// metadata_codec_internal.h for the contract.
 //
 // Why. The general path (metadata_codec_decode.cc) parses any pickle into a
 // graph of nodes and then walks it. A 256-rank x 2,000-tensor save has
@@ -228,7 +229,11 @@ struct Dict {
 
 struct List {
   Role role = Role::kUnknown;  // kChunks or kValues once items arrive
-  std::vector<ChunkMeta> chunks;
+  // kChunks: each chunk's offsets then its sizes, `dims` of each (the
+  // CompactEntry::coords layout), `count` chunks.
+  std::vector<int64_t> coords;
+  uint32_t count = 0;
+  int32_t dims = -1;          // set by the first chunk
   std::vector<Value> values;  // strs and ints
 };
 
@@ -250,7 +255,7 @@ struct InfoRecord {
 };
 
 struct PendingEntry {
-  EntryMeta entry;
+  CompactEntry entry;
   std::vector<uint32_t> order;  // chunk positions by offsets, when not already sorted
 };
 
@@ -433,7 +438,7 @@ constexpr std::array<uint8_t, 256> kFixedOperand = [] {
 }();
 
 // a == b, inline (a library memcmp call for a few dims costs more).
-bool SameShape(const Shape& a, const Shape& b) {
+bool SameShape(std::span<const int64_t> a, const Shape& b) {
   if (a.size() != b.size()) return false;
   for (size_t k = 0; k < a.size(); ++k) {
     if (a[k] != b[k]) return false;
@@ -441,7 +446,7 @@ bool SameShape(const Shape& a, const Shape& b) {
   return true;
 }
 
-bool LexLess(const Shape& a, const Shape& b) {
+bool LexLess(std::span<const int64_t> a, std::span<const int64_t> b) {
   return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
 }
 
@@ -450,7 +455,7 @@ class FastDecoder {
   explicit FastDecoder(std::span<const uint8_t> data)
       : data_(data), budget_(data.size() * 64 + (size_t{1} << 20)) {}
 
-  std::optional<Metadata> Run() {
+  std::optional<CompactMetadata> Run() {
     if (!FindReferencedMemo() || !Decode()) return std::nullopt;
     return std::move(md_);
   }
@@ -620,7 +625,9 @@ class FastDecoder {
       }
       case Tag::kList: {
         List& l = lists_[v.a];
-        l.chunks.clear();
+        l.coords.clear();
+        l.count = 0;
+        l.dims = -1;
         l.values.clear();
         l.role = Role::kUnknown;
         lists_.Give(v.a);
@@ -800,10 +807,29 @@ class FastDecoder {
   uint32_t storage_dict_ = kNoDict;
   uint32_t planner_dict_ = kNoDict;
 
-  Metadata md_;
+  // Interns a storage record's strings into md_.
+  uint32_t InternFile(std::string_view path) {
+    auto [it, fresh] = file_of_.try_emplace(path, static_cast<uint32_t>(md_.files.size()));
+    if (fresh) md_.files.emplace_back(path);
+    return it->second;
+  }
+  uint32_t InternTransforms(const std::vector<std::string_view>& t) {
+    if (t.empty()) return 0;
+    // Few distinct lists exist (usually one): a linear search is enough.
+    size_t k = 1;
+    for (; k < md_.transform_sets.size(); ++k) {
+      const std::vector<std::string>& have = md_.transform_sets[k];
+      if (have.size() == t.size() && std::equal(have.begin(), have.end(), t.begin())) break;
+    }
+    if (k == md_.transform_sets.size()) md_.transform_sets.emplace_back(t.begin(), t.end());
+    return static_cast<uint32_t>(k);
+  }
+
+  CompactMetadata md_;
   bool done_ = false;
-  const ChunkMeta* prefetched_ = nullptr;  // see BuildIndex
+  const void* prefetched_ = nullptr;  // see BuildIndex
   std::unordered_map<std::string_view, uint32_t> entry_of_;  // fqn -> md_.entries index
+  std::unordered_map<std::string_view, uint32_t> file_of_;   // relative_path -> md_.files
   std::vector<EntryAux> aux_;                                // per md_.entries
   std::vector<uint8_t> chunk_has_storage_;
 };
@@ -1172,17 +1198,18 @@ bool FastDecoder::BuildIndex(Dict& f, Value* out) {
   if (auto it = entry_of_.find(r.fqn); it != entry_of_.end()) {
     IndexRecord& rec = indices_[out->a];
     rec.entry = it->second;
-    const std::vector<ChunkMeta>& cs = md_.entries[rec.entry].chunks;
-    if (r.has_offsets && r.hint >= 0 && static_cast<uint64_t>(r.hint) < cs.size()) {
-      prefetched_ = &cs[static_cast<size_t>(r.hint)];
-      __builtin_prefetch(prefetched_);
+    const CompactEntry& e = md_.entries[rec.entry];
+    if (r.has_offsets && r.hint >= 0 && static_cast<uint64_t>(r.hint) < e.num_chunks()) {
+      const size_t k = static_cast<size_t>(r.hint);
+      if (e.dims() > 0) __builtin_prefetch(e.offsets(k).data());
+      prefetched_ = &e.chunks[k];
     }
   }
   return true;
 }
 
 bool FastDecoder::BuildInfo(Dict& f, Value* out) {
-  if (prefetched_ != nullptr) __builtin_prefetch(prefetched_->offsets.data());
+  if (prefetched_ != nullptr) __builtin_prefetch(prefetched_, 1);
   out->a = infos_.Take();
   InfoRecord& r = infos_[out->a];
   r.transforms.clear();
@@ -1208,42 +1235,55 @@ bool FastDecoder::BuildTensorMeta(Dict& f, Value* out) {
   for (int64_t dim : size) {
     if (dim < 0) return false;
   }
-  std::vector<ChunkMeta>& cs = lists_[chunks->a].chunks;
-  for (const ChunkMeta& c : cs) {
-    if (c.offsets.size() != size.size() || c.sizes.size() != size.size()) return false;
-    for (size_t k = 0; k < size.size(); ++k) {
+  List& l = lists_[chunks->a];
+  const size_t d = size.size();
+  if (l.count > 0 && static_cast<size_t>(l.dims) != d) return false;
+  const size_t n = l.count;
+  const int64_t* cs = l.coords.data();
+  for (size_t c = 0; c < n; ++c) {
+    const int64_t* offsets = cs + 2 * d * c;
+    const int64_t* sizes = offsets + d;
+    for (size_t k = 0; k < d; ++k) {
       int64_t end = 0;
-      if (c.offsets[k] < 0 || c.sizes[k] < 0 ||
-          __builtin_add_overflow(c.offsets[k], c.sizes[k], &end) || end > size[k])
+      if (offsets[k] < 0 || sizes[k] < 0 || __builtin_add_overflow(offsets[k], sizes[k], &end) ||
+          end > size[k])
         return false;
     }
   }
+  auto offsets_of = [&](size_t c) { return std::span<const int64_t>(cs + 2 * d * c, d); };
   // Storage records find their chunk by offsets: they must be unique.
   std::vector<uint32_t> order;
   bool sorted = true;
-  for (size_t k = 1; k < cs.size() && sorted; ++k) {
-    sorted = LexLess(cs[k - 1].offsets, cs[k].offsets);
+  for (size_t k = 1; k < n && sorted; ++k) {
+    sorted = LexLess(offsets_of(k - 1), offsets_of(k));
   }
   if (!sorted) {
-    order.resize(cs.size());
+    order.resize(n);
     for (uint32_t k = 0; k < order.size(); ++k) order[k] = k;
     std::sort(order.begin(), order.end(),
-              [&](uint32_t x, uint32_t y) { return LexLess(cs[x].offsets, cs[y].offsets); });
+              [&](uint32_t x, uint32_t y) { return LexLess(offsets_of(x), offsets_of(y)); });
     for (size_t k = 1; k < order.size(); ++k) {
-      if (!LexLess(cs[order[k - 1]].offsets, cs[order[k]].offsets)) return false;
+      if (!LexLess(offsets_of(order[k - 1]), offsets_of(order[k]))) return false;
     }
   }
   out->tag = Tag::kEntry;
   out->a = pending_.Take();
   PendingEntry& p = pending_[out->a];
-  p.entry = EntryMeta();
+  p.entry = CompactEntry();
   p.entry.kind = EntryMeta::Kind::kTensor;
   p.entry.properties.dtype = static_cast<DType>(props->a & 0xFF);
   p.entry.properties.requires_grad = (props->a >> 8) & 1;
   p.entry.properties.pin_memory = (props->a >> 9) & 1;
   p.entry.properties.memory_format = static_cast<MemoryFormat>(props->a >> 10);
   p.entry.size = std::move(shapes_[size_slot]);
-  p.entry.chunks = std::move(cs);
+  // The list grew by batches; what it kept beyond its chunks would stay
+  // allocated for the life of the metadata.
+  if (l.coords.capacity() > l.coords.size() + l.coords.size() / 8) l.coords.shrink_to_fit();
+  p.entry.coords = std::move(l.coords);
+  l.coords = {};
+  p.entry.chunks.resize(n);
+  l.count = 0;
+  l.dims = -1;
   p.order = std::move(order);
   return true;
 }
@@ -1333,7 +1373,7 @@ bool FastDecoder::AddEntry(const Value& key, const Value& value) {
     aux.first_flag = chunk_has_storage_.size();
     aux.sorted = p.order.empty();
     aux.order = std::move(p.order);
-    chunk_has_storage_.resize(chunk_has_storage_.size() + md_.entries.back().chunks.size(), 0);
+    chunk_has_storage_.resize(chunk_has_storage_.size() + md_.entries.back().num_chunks(), 0);
   } else {
     md_.entries.emplace_back().kind = EntryMeta::Kind::kBytes;
   }
@@ -1356,9 +1396,9 @@ bool FastDecoder::AddRecord(const Value& key, const Value& value) {
     if (it == entry_of_.end()) return true;  // a record no entry uses
     entry = it->second;
   }
-  EntryMeta& e = md_.entries[entry];
+  CompactEntry& e = md_.entries[entry];
   EntryAux& aux = aux_[entry];
-  StorageInfo* dest = nullptr;
+  CompactStorage* dest = nullptr;
   if (!index.has_offsets) {
     if (e.is_tensor()) return true;
     dest = &e.storage;
@@ -1366,33 +1406,40 @@ bool FastDecoder::AddRecord(const Value& key, const Value& value) {
   } else {
     if (!e.is_tensor()) return true;
     const Shape& offsets = shapes_[index.offsets];
-    size_t c = e.chunks.size();
-    if (index.hint >= 0 && static_cast<uint64_t>(index.hint) < e.chunks.size() &&
-        SameShape(e.chunks[static_cast<size_t>(index.hint)].offsets, offsets)) {
+    const size_t n = e.num_chunks();
+    size_t c = n;
+    if (offsets.size() != e.dims()) {
+      // no chunk has offsets of this rank
+    } else if (index.hint >= 0 && static_cast<uint64_t>(index.hint) < n &&
+               SameShape(e.offsets(static_cast<size_t>(index.hint)), offsets)) {
       c = static_cast<size_t>(index.hint);
     } else if (aux.sorted) {
-      auto at = std::lower_bound(
-          e.chunks.begin(), e.chunks.end(), offsets,
-          [](const ChunkMeta& chunk, const Shape& o) { return LexLess(chunk.offsets, o); });
-      if (at != e.chunks.end() && at->offsets == offsets) {
-        c = static_cast<size_t>(at - e.chunks.begin());
+      size_t lo = 0, hi = n;
+      while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (LexLess(e.offsets(mid), offsets)) {
+          lo = mid + 1;
+        } else {
+          hi = mid;
+        }
       }
+      if (lo < n && SameShape(e.offsets(lo), offsets)) c = lo;
     } else {
       auto at = std::lower_bound(aux.order.begin(), aux.order.end(), offsets,
                                  [&](uint32_t k, const Shape& o) {
-                                   return LexLess(e.chunks[k].offsets, o);
+                                   return LexLess(e.offsets(k), o);
                                  });
-      if (at != aux.order.end() && e.chunks[*at].offsets == offsets) c = *at;
+      if (at != aux.order.end() && SameShape(e.offsets(*at), offsets)) c = *at;
     }
-    if (c == e.chunks.size()) return true;  // no chunk at these offsets
-    dest = &e.chunks[c].storage;
+    if (c == n) return true;  // no chunk at these offsets
+    dest = &e.chunks[c];
     chunk_has_storage_[aux.first_flag + c] = 1;
   }
   if (!Charge(sizeof(StorageInfo) + info.relative_path.size())) return false;
-  dest->relative_path.assign(info.relative_path);
+  dest->file = InternFile(info.relative_path);
   dest->offset = info.offset;
   dest->length = info.length;
-  dest->transform_descriptors.assign(info.transforms.begin(), info.transforms.end());
+  dest->transforms = InternTransforms(info.transforms);
   return true;
 }
 
@@ -1434,8 +1481,9 @@ bool FastDecoder::Appends(size_t target, size_t first) {
   List& l = lists_[stack_[target].a];
   if (stack_[first].tag == Tag::kChunk) {
     // A chunk list comes in batches of up to 1,000: grow once per batch.
-    const size_t want = l.chunks.size() + (stack_.size() - first);
-    if (want > l.chunks.capacity()) l.chunks.reserve(std::max(want, 2 * l.chunks.capacity()));
+    const size_t per_chunk = 2 * chunks_[stack_[first].a].offsets.size();
+    const size_t want = l.coords.size() + (stack_.size() - first) * per_chunk;
+    if (want > l.coords.capacity()) l.coords.reserve(std::max(want, 2 * l.coords.capacity()));
   }
   for (size_t k = first; k < stack_.size(); ++k) {
     const Value& v = stack_[k];
@@ -1445,7 +1493,15 @@ bool FastDecoder::Appends(size_t target, size_t first) {
     if (role == Role::kUnknown || (l.role != Role::kUnknown && l.role != role)) return false;
     l.role = role;
     if (role == Role::kChunks) {
-      l.chunks.push_back(std::move(chunks_[v.a]));
+      const ChunkMeta& c = chunks_[v.a];
+      if (l.dims < 0) l.dims = static_cast<int32_t>(c.offsets.size());
+      // Chunks of mixed ranks are an error the general path reports.
+      if (c.offsets.size() != static_cast<size_t>(l.dims) ||
+          c.sizes.size() != static_cast<size_t>(l.dims) || l.count == UINT32_MAX)
+        return false;
+      l.coords.insert(l.coords.end(), c.offsets.begin(), c.offsets.end());
+      l.coords.insert(l.coords.end(), c.sizes.begin(), c.sizes.end());
+      ++l.count;
       chunks_.Give(v.a);
     } else {
       l.values.push_back(v);
@@ -1487,8 +1543,14 @@ bool FastDecoder::FinishMetadata(Dict& f) {
 
 }  // namespace
 
-std::optional<Metadata> DecodeMetadataFast(std::span<const uint8_t> bytes) {
+std::optional<CompactMetadata> DecodeCompactMetadataFast(std::span<const uint8_t> bytes) {
   return FastDecoder(bytes).Run();
+}
+
+std::optional<Metadata> DecodeMetadataFast(std::span<const uint8_t> bytes) {
+  std::optional<CompactMetadata> md = FastDecoder(bytes).Run();
+  if (!md) return std::nullopt;
+  return Expand(std::move(*md));
 }
 
 }  // namespace dcpp::format::metadata_internal

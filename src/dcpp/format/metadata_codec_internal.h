@@ -9,6 +9,7 @@
 #include <span>
 #include <string_view>
 
+#include "dcpp/format/compact_metadata.h"
 #include "dcpp/metadata.h"
 #include "dcpp/status.h"
 
@@ -37,6 +38,11 @@ Result<Metadata> DecodeMetadataGeneral(std::span<const uint8_t> bytes);
 // chunks). Thread-safe; memory: the result plus a bit per memo entry and
 // a few KiB.
 std::optional<Metadata> DecodeMetadataFast(std::span<const uint8_t> bytes);
+
+// The same decoder without the final expansion: the compact form
+// (compact_metadata.h), and memory: that result plus the same small state.
+// Expand(*DecodeCompactMetadataFast(b)) == *DecodeMetadataFast(b).
+std::optional<CompactMetadata> DecodeCompactMetadataFast(std::span<const uint8_t> bytes);
 
 }  // namespace dcpp::format::metadata_internal
 

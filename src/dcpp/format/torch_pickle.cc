@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <new>
@@ -67,8 +68,12 @@ class TorchPickler {
  public:
   struct Storage {
     std::string key;
-    zip::Bytes bytes;
+    zip::Bytes bytes;  // data null for a placeholder (size still right)
+    const Tensor* placeholder = nullptr;
   };
+
+  // Lets tensors without data through as placeholders (EncodeObjectPickle).
+  void AllowPlaceholders() { allow_placeholders_ = true; }
 
   Status Save(const Value& v, int depth) {
     if (depth > kMaxDepth && (v.kind() == Value::Kind::kList || v.kind() == Value::Kind::kTuple ||
@@ -293,7 +298,12 @@ class TorchPickler {
       }
     }
     if (view.data == nullptr && view.numel() != 0) {
-      return InvalidArgumentError("tensor of shape " + ShapeToString(view.shape) + " has no data");
+      if (!allow_placeholders_)
+        return InvalidArgumentError("tensor of shape " + ShapeToString(view.shape) +
+                                    " has no data");
+      SaveDenseTensor(MakeView(nullptr, view.dtype, view.shape));
+      storages_.back().placeholder = &tensor;
+      return Status::Ok();
     }
     // One tensor object reached twice is pickled once, as Python does.
     TensorKey key{view.data, view.dtype, view.shape, view.strides};
@@ -333,6 +343,10 @@ class TorchPickler {
   std::map<TensorKey, uint32_t> tensor_memo_;
   std::vector<Storage> storages_;
   std::vector<Tensor> keep_alive_;  // contiguous copies of non-dense tensors
+  bool allow_placeholders_ = false;
+
+ public:
+  std::vector<Tensor> TakeKeepAlive() { return std::move(keep_alive_); }
 };
 
 std::vector<zip::RecordSpec> ArchiveRecords(std::string_view data_pkl,
@@ -372,6 +386,7 @@ struct StorageRef {
 };
 
 struct TensorSpec {
+  bool requires_grad = false;
   DType dtype = DType::kFloat32;
   Shape shape;
   Shape strides;
@@ -480,6 +495,7 @@ class GraphReader {
   // (possibly wrapped in _rebuild_parameter). Unimplemented for other tensor
   // kinds torch can pickle; DataLoss for malformed arguments.
   Result<TensorSpec> Tensor(pk::NodeId id) const {
+    std::optional<bool> parameter_requires_grad;
     for (int unwrap = 0;; ++unwrap) {
       DCPP_ASSIGN_OR_RETURN(const pk::Node* n, Get(id));
       if (n->kind != pk::Kind::kReduce || n->items.size() < 2) {
@@ -493,10 +509,14 @@ class GraphReader {
         if (n->state != pk::kNoNode || !n->dict_items.empty() || !n->list_items.empty()) {
           return Unrepresentable("a parameter with Python attributes");
         }
+        DCPP_ASSIGN_OR_RETURN(const pk::Node* rg, Get(args->items[1]));
+        parameter_requires_grad = rg->kind == pk::Kind::kBool && rg->b;
         id = args->items[0];
         continue;
       }
-      return RebuildTensor(*n);
+      DCPP_ASSIGN_OR_RETURN(TensorSpec spec, RebuildTensor(*n));
+      if (parameter_requires_grad) spec.requires_grad = *parameter_requires_grad;
+      return spec;
     }
   }
 
@@ -525,6 +545,8 @@ class GraphReader {
       return DataLossError("tensor storage offset is not a non-negative int");
     }
     spec.storage_offset = offset->i;
+    DCPP_ASSIGN_OR_RETURN(const pk::Node* rg, Get(a[4]));
+    spec.requires_grad = rg->kind == pk::Kind::kBool && rg->b;
     DCPP_ASSIGN_OR_RETURN(spec.shape, IntTuple(a[2], "tensor size"));
     DCPP_ASSIGN_OR_RETURN(spec.strides, IntTuple(a[3], "tensor stride"));
     if (v3) {
@@ -693,11 +715,15 @@ bool TensorArchiveGlobal(std::string_view module, std::string_view name) {
 // Builds Values from the pickle graph of a BYTE_IO item.
 class ValueBuilder {
  public:
-  ValueBuilder(const pk::Graph& g, const zip::Reader& reader, bool swap)
+  // With `refs`, tensors are not read: each becomes a stand-in whose data
+  // points at the StoredTensorRef appended to `refs` (DescribeObjectArchive).
+  ValueBuilder(const pk::Graph& g, const zip::Reader& reader, bool swap,
+               std::deque<StoredTensorRef>* refs = nullptr)
       : graph_(g),
         reader_(reader),
         swap_(swap),
-        budget_(std::min<size_t>(g.nodes.size() * 16 + 65536, size_t{1} << 24)) {}
+        budget_(std::min<size_t>(g.nodes.size() * 16 + 65536, size_t{1} << 24)),
+        refs_(refs) {}
 
   Result<Value> Build(pk::NodeId id, int depth) {
     if (++expanded_ > budget_) {
@@ -813,7 +839,10 @@ class ValueBuilder {
     }
     const bool mutated = !n.dict_items.empty() || !n.list_items.empty();
     if (module == "collections" && name == "OrderedDict") {
-      if (n.state != pk::kNoNode || !n.list_items.empty()) {
+      // A module's state_dict() carries a `_metadata` attribute (BUILD
+      // state), which DCP drops too: describing a state dict ignores it; a
+      // value keeps its bytes (Opaque) instead.
+      if ((n.state != pk::kNoNode && !refs_) || !n.list_items.empty()) {
         return Unrepresentable("an OrderedDict with attributes");
       }
       if (args->kind != pk::Kind::kTuple || args->items.size() > 1) {
@@ -923,6 +952,7 @@ class ValueBuilder {
   Result<dcpp::Tensor> BuildTensor(pk::NodeId id) {
     if (auto it = tensors_.find(id); it != tensors_.end()) return it->second;
     DCPP_ASSIGN_OR_RETURN(TensorSpec spec, graph_.Tensor(id));
+    if (refs_) return StandIn(id, std::move(spec));
     DCPP_ASSIGN_OR_RETURN(StorageCopy * storage, LoadStorage(spec));
     DCPP_RETURN_IF_ERROR(CheckExtent(spec, storage->nbytes));
     TensorView view;
@@ -935,6 +965,37 @@ class ValueBuilder {
                     ? base
                     : base + static_cast<size_t>(spec.storage_offset) * ElementSize(spec.dtype);
     dcpp::Tensor t = dcpp::Tensor::Adopt(std::move(view), storage->data);
+    tensors_.emplace(id, t);
+    return t;
+  }
+
+  // A tensor described, not read: its storage record's place and size are
+  // checked against the tensor.
+  Result<dcpp::Tensor> StandIn(pk::NodeId id, TensorSpec spec) {
+    const std::string name = "data/" + spec.storage.key;
+    Result<const zip::Entry*> record = reader_.Stat(name);
+    if (!record.ok() && record.status().code() == StatusCode::kNotFound)
+      return DataLossError("archive has no record " + name + " for a tensor storage");
+    DCPP_RETURN_IF_ERROR(record.status());
+    DCPP_RETURN_IF_ERROR(CheckExtent(spec, (*record)->compressed_size));
+    if (swap_ && ElementSize(spec.dtype) > 1 && NumElements(spec.shape) != 0)
+      return Unrepresentable("a tensor stored big-endian (it would need a byte-swapped copy)");
+    DCPP_ASSIGN_OR_RETURN(uint64_t offset, reader_.Offset(name));
+    StoredTensorRef& ref = refs_->emplace_back();
+    ref.dtype = spec.dtype;
+    ref.shape = spec.shape;
+    ref.strides = spec.strides;
+    ref.storage_offset = spec.storage_offset;
+    ref.storage_key = spec.storage.key;
+    ref.storage_record_offset = offset;
+    ref.storage_nbytes = (*record)->compressed_size;
+    ref.requires_grad = spec.requires_grad;
+    TensorView view;
+    view.data = &ref;
+    view.dtype = spec.dtype;
+    view.shape = std::move(spec.shape);
+    view.strides = std::move(spec.strides);
+    dcpp::Tensor t = dcpp::Tensor::Borrow(std::move(view));
     tensors_.emplace(id, t);
     return t;
   }
@@ -989,9 +1050,20 @@ class ValueBuilder {
   const bool swap_;
   const size_t budget_;
   size_t expanded_ = 0;
+  std::deque<StoredTensorRef>* const refs_;
   std::unordered_map<pk::NodeId, dcpp::Tensor> tensors_;
   std::unordered_map<std::string, StorageCopy> storages_;
 };
+
+// What a torch.save of a plain state dict may name (see DescribeObjectArchive).
+bool StateDictGlobal(std::string_view module, std::string_view name) {
+  if (TensorArchiveGlobal(module, name)) return true;
+  if (module == "_codecs") return name == "encode";
+  if (module == "builtins" || module == "__builtin__")
+    return name == "bytes" || name == "bytearray" || name == "set" || name == "frozenset" ||
+           name == "complex";
+  return false;
+}
 
 }  // namespace
 
@@ -1068,6 +1140,59 @@ Result<DecodedTensor> DecodeTensorArchive(zip::Bytes archive) {
   out.storage = archive.subspan(static_cast<size_t>(out.storage_record_offset),
                                 static_cast<size_t>(out.storage_nbytes));
   return out;
+}
+
+const StoredTensorRef* DescribedObject::Find(const Tensor& t) const {
+  if (!tensors) return nullptr;
+  for (const StoredTensorRef& ref : *tensors)
+    if (t.data() == &ref) return &ref;
+  return nullptr;
+}
+
+Result<DescribedObject> DescribeObjectArchive(const zip::Reader& reader) {
+  auto run = [&]() -> Result<DescribedObject> {
+    DCPP_ASSIGN_OR_RETURN(ArchiveInfo info, CheckArchive(reader));
+    pk::ParseOptions options;
+    options.allow_global = StateDictGlobal;
+    options.allow_persistent_id = true;
+    Result<pk::Graph> graph = pk::Parse(info.data_pkl, options);
+    if (!graph.ok()) return graph.status().WithContext("data.pkl");
+    auto refs = std::make_shared<std::deque<StoredTensorRef>>();
+    ValueBuilder builder(*graph, reader, info.swap, refs.get());
+    DescribedObject out;
+    DCPP_ASSIGN_OR_RETURN(out.root, builder.Build(graph->root, 0));
+    out.tensors = std::move(refs);
+    return out;
+  };
+  Result<DescribedObject> r = run();
+  if (!r.ok()) return r.status().WithContext("torch.save archive");
+  return r;
+}
+
+Result<PickledObject> EncodeObjectPickle(const Value& value) {
+  TorchPickler pickler;
+  pickler.AllowPlaceholders();
+  DCPP_RETURN_IF_ERROR(pickler.Save(value, 0));
+  PickledObject out;
+  out.data_pkl = pickler.Finish();
+  for (const auto& st : pickler.storages())
+    out.storages.push_back({st.key, st.bytes.size(), st.placeholder,
+                            st.placeholder ? zip::Bytes() : st.bytes});
+  out.keep_alive = pickler.TakeKeepAlive();
+  return out;
+}
+
+std::vector<zip::RecordSpec> TorchSaveRecords(std::string_view data_pkl,
+                                              std::vector<zip::RecordSpec> storages) {
+  std::vector<zip::RecordSpec> records;
+  records.reserve(storages.size() + 5);
+  records.push_back({"data.pkl", zip::AsBytes(data_pkl)});
+  records.push_back({".format_version", zip::AsBytes("1")});
+  records.push_back({".storage_alignment", zip::AsBytes("64")});
+  records.push_back({"byteorder", zip::AsBytes(kHostByteOrder)});
+  for (auto& s : storages) records.push_back(std::move(s));
+  records.push_back({"version", zip::AsBytes("3\n")});
+  return records;
 }
 
 Result<Value> DecodeValueArchive(zip::Bytes archive, std::string_view fqn_for_errors) {

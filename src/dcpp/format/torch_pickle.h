@@ -11,8 +11,11 @@
 #define DCPP_FORMAT_TORCH_PICKLE_H_
 
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "dcpp/dtype.h"
 #include "dcpp/format/zip.h"
@@ -131,6 +134,89 @@ Result<std::string> EncodeValueArchive(const Value& value);
 // size cap is hit or a storage copy cannot be allocated). Allocates at most
 // the sizes of the records it reads plus the parsed graph. Thread-safe.
 Result<Value> DecodeValueArchive(zip::Bytes archive, std::string_view fqn_for_errors);
+
+
+// ---- Whole torch.save files (a state dict saved with torch.save) ----
+
+// One tensor of a torch.save object as its pickle describes it; its bytes
+// are not read. Element idx is at byte storage_record_offset +
+// (storage_offset + sum(idx[d] * strides[d])) * ElementSize(dtype) of the
+// archive (checked to lie inside the storage record).
+struct StoredTensorRef {
+  DType dtype = DType::kFloat32;
+  Shape shape;
+  Shape strides;               // in elements, non-negative
+  int64_t storage_offset = 0;  // in elements of `dtype`
+  std::string storage_key;     // the record is "data/<storage_key>"
+  uint64_t storage_record_offset = 0;  // where the record's data starts in the archive
+  uint64_t storage_nbytes = 0;
+  bool requires_grad = false;
+};
+
+// What DescribeObjectArchive found: the object torch.load would return, in
+// which every tensor is a stand-in, and what each stand-in stands for.
+struct DescribedObject {
+  // Dicts (OrderedDict too), lists, tuples and plain values as
+  // DecodeValueArchive builds them. Each tensor is a stand-in Tensor with
+  // the saved dtype, shape and strides whose data() points at its
+  // StoredTensorRef in `tensors` (NOT at elements: a stand-in's elements
+  // must never be read; Find maps it back). A tensor object reached twice
+  // (tied weights) gives two stand-ins for one StoredTensorRef.
+  Value root;
+  // In order of first appearance in the pickle.
+  std::shared_ptr<const std::deque<StoredTensorRef>> tensors;
+
+  // The ref `t` stands for, or null if `t` is not one of this object's
+  // stand-ins.
+  const StoredTensorRef* Find(const Tensor& t) const;
+};
+
+// Parses the data.pkl of a torch.save archive read through `reader`
+// (e.g. piecewise from a file) without reading any storage record.
+// The pickle is parsed with the globals torch.load(weights_only=True)
+// needs for plain state dicts (torch._utils._rebuild_tensor_v2/_v3 and
+// _rebuild_parameter, storage classes, dtypes, torch.Size,
+// collections.OrderedDict, _codecs.encode, builtins bytes/bytearray);
+// any other global is InvalidArgument naming it (nothing is ever called).
+// An OrderedDict's attributes (nn.Module.state_dict()'s `_metadata`) are
+// dropped, as DCP's flattening drops them.
+// Checks as DescribeTensorArchive for each tensor: its storage record
+// exists, has the persistent id's size and holds every element the tensor
+// addresses (DataLoss otherwise). Unimplemented, naming what, for objects
+// dcpp has no Value for (sets, complex numbers, torch.device, sparse or
+// quantized tensors, tensors with conj/neg flags or Python attributes,
+// big-endian archives with multi-byte tensors, shared references too many
+// to expand). Other malformed input is DataLoss. Thread-safe.
+Result<DescribedObject> DescribeObjectArchive(const zip::Reader& reader);
+
+// The data.pkl of torch.save(value) for a writer that streams tensor bytes
+// itself: as EncodeValueArchive pickles `value`, except that a tensor whose
+// data() is null and numel() > 0 is a placeholder: it is pickled as a
+// contiguous CPU tensor of its dtype and shape on a storage of its own
+// whose bytes the caller supplies. Every tensor gets its own storage record
+// data/N, N = 0, 1, ... in pickling order (tensors with data that occur
+// twice are pickled once, as in EncodeValueArchive).
+struct PickledObject {
+  std::string data_pkl;
+  struct Storage {
+    std::string key;           // record "data/<key>"
+    uint64_t nbytes = 0;
+    const Tensor* placeholder = nullptr;  // the placeholder (in `value`), or null
+    zip::Bytes bytes;          // a tensor with data: its bytes (kept alive below)
+  };
+  std::vector<Storage> storages;
+  std::vector<Tensor> keep_alive;  // contiguous copies of non-dense tensors
+};
+// Errors as EncodeValueArchive's.
+Result<PickledObject> EncodeObjectPickle(const Value& value);
+
+// The records of a torch.save archive in torch.save's order: data.pkl,
+// .format_version, .storage_alignment, byteorder, data/<key> for each of
+// `storages` (name and bytes as given), version. The strings in the
+// result's data spans are static or borrowed from `data_pkl` and
+// `storages`, which must outlive it.
+std::vector<zip::RecordSpec> TorchSaveRecords(std::string_view data_pkl,
+                                              std::vector<zip::RecordSpec> storages);
 
 }  // namespace dcpp::format
 

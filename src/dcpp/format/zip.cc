@@ -1,6 +1,7 @@
 #include "dcpp/format/zip.h"
 
 #include <algorithm>
+#include <optional>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -163,6 +164,10 @@ Status CheckLayOut(const std::vector<RecordSpec>& records, const WriteOptions& o
     return InvalidArgumentError("zip alignment " + Str(options.alignment) + " is outside [1, " +
                                 Str(kMaxAlignment) + "]");
   }
+  if (!options.record_crc32.empty() && options.record_crc32.size() != records.size()) {
+    return InvalidArgumentError("zip layout has " + Str(options.record_crc32.size()) +
+                                " CRCs for " + Str(records.size()) + " records");
+  }
   if (records.size() >= kMax32) {
     return InvalidArgumentError("too many zip records: " + Str(records.size()));
   }
@@ -186,7 +191,8 @@ Status CheckLayOut(const std::vector<RecordSpec>& records, const WriteOptions& o
       return InvalidArgumentError("zip record " + Quote(r.name) +
                                   " ends in '/' (a directory) but has data");
     }
-    const bool reads_data = options.compute_crc32 || r.data.size() < options.copy_threshold;
+    const bool reads_data = (options.compute_crc32 && options.record_crc32.empty()) ||
+                            r.data.size() < options.copy_threshold;
     if (r.data.data() == nullptr && !r.data.empty() && reads_data) {
       return InvalidArgumentError("zip record " + Quote(r.name) + " has a null data pointer with " +
                                   Str(r.data.size()) + " bytes, and LayOut would read them");
@@ -222,12 +228,19 @@ Layout LayOut(const std::vector<RecordSpec>& records, const WriteOptions& option
   PieceBuilder out;
   std::string cd;  // the central directory, appended after the last record
   uint64_t cursor = 0;
-  for (const RecordSpec& r : records) {
+  for (size_t index = 0; index < records.size(); ++index) {
+    const RecordSpec& r = records[index];
     const std::string full_name = prefix + r.name;
     const uint64_t size = r.data.size();
     const RecordGeometry g = Geometry(cursor, full_name.size(), size, options.alignment);
     const uint16_t flags = size == 0 ? kFlagUtf8 : (kFlagUtf8 | kFlagDataDescriptor);
-    const uint32_t crc = options.compute_crc32 ? Crc32(r.data) : 0;
+    std::optional<uint32_t> known;
+    if (!options.record_crc32.empty()) {
+      known = options.record_crc32[index];
+    } else if (options.compute_crc32 && options.known_crc32) {
+      known = options.known_crc32(r.data);
+    }
+    const uint32_t crc = known ? *known : options.compute_crc32 ? Crc32(r.data) : 0;
 
     // Local header: miniz writes zero CRC and sizes here (they follow in the
     // data descriptor), and version-needed 0 for stored entries.

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -71,6 +72,17 @@ struct WriteOptions {
   // CRC-32 of each record, as torch writes by default. false writes 0, which
   // torch also accepts (its reader never checks CRCs).
   bool compute_crc32 = true;
+  // Empty, or one CRC-32 per record, used instead of computing them: for a
+  // writer that streams record data (checksumming it on the way) and then
+  // lays the archive out again to write the descriptors and the central
+  // directory. A record's data is then read only if it is copied (size <
+  // copy_threshold). Any other size is refused by CheckLayOut.
+  std::vector<uint32_t> record_crc32;
+  // With compute_crc32: if set and it returns a value for a record's data,
+  // that value is the record's CRC-32 and its bytes are not read (a writer
+  // that checksummed them as they went to the file, while they were in the
+  // CPU cache). Must return the true CRC-32 of the bytes or nothing.
+  std::function<std::optional<uint32_t>(Bytes data)> known_crc32;
 };
 
 // Largest WriteOptions::alignment: the FB field's padding (< alignment) plus

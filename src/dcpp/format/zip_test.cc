@@ -273,6 +273,38 @@ TEST(Crc32, CombineWithLargeLengthMatchesZlib) {
 
 // ---- Writer: byte-exact against torch.save ----
 
+// A CRC the caller already knows is written where LayOut would have put
+// the one it computes, and records the hook declines are computed as usual.
+TEST(ZipWriter, KnownCrcReplacesTheComputedOne) {
+  const std::string big(100000, 'b'), small = "small record";
+  const std::vector<RecordSpec> records = {{"data/0", AsBytes(big)}, {"x", AsBytes(small)}};
+  WriteOptions computed;
+  const std::string want = LayOut(records, computed).Flatten();
+  WriteOptions known = computed;
+  int asked = 0;
+  known.known_crc32 = [&](Bytes data) -> std::optional<uint32_t> {
+    ++asked;
+    if (data.data() == reinterpret_cast<const uint8_t*>(big.data())) return Crc32(AsBytes(big));
+    return std::nullopt;
+  };
+  EXPECT_EQ(LayOut(records, known).Flatten(), want);
+  EXPECT_EQ(asked, 2);
+  // A wrong value shows up in the archive: the hook's value is what is used.
+  known.known_crc32 = [&](Bytes data) -> std::optional<uint32_t> {
+    if (data.data() == reinterpret_cast<const uint8_t*>(big.data())) return 0x12345678u;
+    return std::nullopt;
+  };
+  EXPECT_NE(LayOut(records, known).Flatten(), want);
+  // With CRCs off the hook is not consulted.
+  known.compute_crc32 = false;
+  known.known_crc32 = [&](Bytes) -> std::optional<uint32_t> {
+    ADD_FAILURE() << "asked with compute_crc32 off";
+    return std::nullopt;
+  };
+  computed.compute_crc32 = false;
+  EXPECT_EQ(LayOut(records, known).Flatten(), LayOut(records, computed).Flatten());
+}
+
 TEST(ZipWriter, MatchesCommittedTorchArchives) {
   for (const char* name :
        {"zip_torch_4x4", "zip_torch_nocrc", "zip_torch_multi", "zip_torch_align100"}) {
@@ -1116,6 +1148,35 @@ TEST(ZipReader, ArgumentChecks) {
   Result<EndRecord> classic = ParseEnd(all.last(22), all.size());
   ASSERT_TRUE(classic.ok()) << classic.status().ToString();
   EXPECT_EQ(classic->cd_offset, end->cd_offset);
+}
+
+
+TEST(ZipLayout, GivenCrcsAreUsedAndDataIsNotRead) {
+  const std::string big(100000, 'x');
+  std::vector<RecordSpec> records = {{"data.pkl", AsBytes("pkl")}, {"data/0", AsBytes(big)}};
+  WriteOptions o;
+  o.copy_threshold = 0;
+  o.compute_crc32 = false;
+  o.record_crc32 = {0x11111111u, 0x22222222u};
+  // The streamed record needs no data: only its size.
+  records[1].data = Bytes(static_cast<const uint8_t*>(nullptr), big.size());
+  ASSERT_TRUE(CheckLayOut(records, o).ok());
+  Layout layout = LayOut(records, o);
+  ASSERT_FALSE(layout.pieces.empty());
+  std::string archive;
+  for (const Piece& p : layout.pieces)
+    archive += p.is_borrowed && p.borrowed.data() == nullptr
+                   ? std::string(p.borrowed.size(), 'x')
+                   : (p.is_borrowed ? std::string(reinterpret_cast<const char*>(p.borrowed.data()),
+                                                  p.borrowed.size())
+                                    : p.owned);
+  auto reader = Reader::Open(AsBytes(archive));
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  EXPECT_EQ((*reader->Stat("data.pkl"))->crc32, 0x11111111u);
+  EXPECT_EQ((*reader->Stat("data/0"))->crc32, 0x22222222u);
+  // One CRC per record, or none.
+  o.record_crc32 = {1};
+  EXPECT_EQ(CheckLayOut(records, o).code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

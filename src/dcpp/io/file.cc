@@ -227,6 +227,19 @@ Status File::WriteVAt(uint64_t offset, std::span<const std::span<const uint8_t>>
   return Status::Ok();
 }
 
+void File::StartWriteback(uint64_t offset, uint64_t length) {
+#if defined(__linux__)
+  if (fd_ < 0 || length == 0 || !OffsetFits(offset, length)) return;
+  // Errors are ignored on purpose: the Sync() that follows reports any
+  // failure to write these pages.
+  (void)::sync_file_range(fd_, static_cast<off64_t>(offset), static_cast<off64_t>(length),
+                          SYNC_FILE_RANGE_WRITE);
+#else
+  (void)offset;
+  (void)length;
+#endif
+}
+
 Status File::Sync() {
   if (fd_ < 0) return InternalError(path_ + ": Sync() on a closed file");
 #if defined(__APPLE__)
@@ -265,17 +278,6 @@ Result<uint64_t> File::CopyFrom(const File& src, uint64_t src_offset, uint64_t o
   }
 #endif
   return done;
-}
-
-void File::StartWriteback(uint64_t offset, uint64_t length) {
-#if defined(__linux__)
-  if (fd_ >= 0 && length > 0)
-    (void)::sync_file_range(fd_, static_cast<off64_t>(offset), static_cast<off64_t>(length),
-                            SYNC_FILE_RANGE_WRITE);
-#else
-  (void)offset;
-  (void)length;
-#endif
 }
 
 Status File::Close() {

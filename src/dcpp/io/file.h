@@ -77,9 +77,10 @@ class File {
   Result<uint64_t> CopyFrom(const File& src, uint64_t src_offset, uint64_t offset,
                             uint64_t length);
 
-  // Starts writing back the dirty pages of [offset, offset + length) without
-  // waiting (Linux sync_file_range(SYNC_FILE_RANGE_WRITE); elsewhere
-  // nothing), so that a later Sync() finds less to do. A hint: no errors.
+  // Starts write-back of [offset, offset + length) without waiting for it
+  // (Linux: sync_file_range(SYNC_FILE_RANGE_WRITE)), so that a later Sync()
+  // has less left to wait for. A hint: durability still needs Sync(), and
+  // where the OS has no such call, or the call fails, nothing happens.
   void StartWriteback(uint64_t offset, uint64_t length);
 
   // Closes the descriptor and reports a failing close (on some file systems

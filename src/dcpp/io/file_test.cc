@@ -125,6 +125,26 @@ TEST_F(FileTest, CopyFromCopiesARangeOrSaysHowMuchItDid) {
   }
 }
 
+// StartWriteback is a hint: it changes no byte, is harmless on any range
+// (empty, past the end, on a closed file), and Sync still works after it.
+TEST_F(FileTest, StartWritebackChangesNothing) {
+  auto f = File::CreateForWrite(P("wb"));
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  std::string data(3 << 20, 'x');
+  for (size_t i = 0; i < data.size(); i += 4096) data[i] = static_cast<char>(i / 4096);
+  ASSERT_TRUE(f->WriteAt(0, B(data)).ok());
+  f->StartWriteback(0, 1 << 20);
+  f->StartWriteback(1 << 20, data.size());  // past the end
+  f->StartWriteback(5, 0);
+  f->StartWriteback(UINT64_MAX - 1, 10);  // offset overflow: ignored
+  ASSERT_TRUE(f->Sync().ok());
+  ASSERT_TRUE(f->Close().ok());
+  f->StartWriteback(0, 10);  // closed: ignored
+  auto whole = ReadWholeFile(P("wb"), 10 << 20);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_TRUE(*whole == data);
+}
+
 TEST_F(FileTest, ReadPastEndIsDataLoss) {
   ASSERT_TRUE(WriteFileAtomically(P("short"), B("0123456789"), false).ok());
   auto r = File::OpenForRead(P("short"));

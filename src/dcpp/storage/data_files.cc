@@ -1,6 +1,7 @@
 #include "dcpp/storage/data_files.h"
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <mutex>
 
@@ -266,38 +267,154 @@ std::string SavingWhere(const StoreItem& item, const std::string& path) {
   return "saving " + Quoted(item.name) + " to " + path;
 }
 
-// Untransformed items on several threads: every item's size is known before
-// a byte is written (the archive's headers do not depend on the data), so
-// each goes straight to its own offset.
-Status WriteInParallel(WritableFile& file, const std::string& path,
-                       std::span<const StoreItem> items,
-                       const StoreOptions& options, std::vector<StorageInfo>& infos,
-                       const std::function<void(size_t, uint64_t)>& on_item) {
-  format::zip::WriteOptions sizing;
-  sizing.compute_crc32 = false;  // a CRC is a fixed-size field: same layout
-  uint64_t offset = 0;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const uint64_t size = items[i].is_tensor
-                              ? format::EncodeTensorArchive(items[i].tensor, sizing).total_size
-                              : items[i].bytes.size();
-    infos[i].offset = offset;
-    infos[i].length = size;
-    offset += size;
+// Untransformed items: every item's size is known before a byte is written
+// (the archive's headers do not depend on the data), so each goes straight
+// to its own offset, and a large tensor's bytes are split into ranges that
+// any thread may write. Each range is checksummed in cache-sized slices just
+// before the slice is written, so the tensor's bytes come from memory once
+// (the CRC and the copy into the file share the pass) and the CRC-32 of one
+// large tensor is spread over the threads (pieces joined with Crc32Combine).
+// The archive's own bytes around the tensor data (headers, data descriptor,
+// central directory: the only places the CRC appears) are written by the
+// thread that finishes the item's last range. Each write holds the file's
+// inode lock for one slice, not for a whole tensor, so threads sharing a
+// file take turns copying while the others checksum.
+constexpr uint64_t kWriteRangeBytes = uint64_t{16} << 20;  // one task
+constexpr uint64_t kWriteSliceBytes = uint64_t{512} << 10;  // CRC'd, then written
+
+struct PlannedItem {
+  Bytes data;                    // the tensor bytes written in ranges (empty: whole item)
+  uint64_t data_at = 0;          // their offset in the item's archive
+  std::vector<uint32_t> range_crcs;
+  std::atomic<size_t> ranges_left{0};
+};
+
+// Where the archive `b` holds `data` (borrowed): the piece's index and its
+// offset in the archive; SIZE_MAX if no borrowed piece is exactly `data`.
+std::pair<size_t, uint64_t> FindData(const ItemBytes& b, Bytes data) {
+  uint64_t at = 0;
+  for (size_t k = 0; k < b.pieces.size(); ++k) {
+    if (b.layout.pieces[k].is_borrowed && b.pieces[k].data() == data.data() &&
+        b.pieces[k].size() == data.size())
+      return {k, at};
+    at += b.pieces[k].size();
   }
+  return {SIZE_MAX, 0};
+}
+
+Status WriteUntransformed(WritableFile& file, const std::string& path,
+                          std::span<const StoreItem> items, const StoreOptions& options,
+                          std::vector<StorageInfo>& infos,
+                          const std::function<void(size_t, uint64_t)>& on_item) {
+  // Sizing borrows every record it can (no copies of small tensors) and
+  // skips the CRCs: neither changes the layout's size or offsets.
+  format::zip::WriteOptions sizing;
+  sizing.compute_crc32 = false;
+  sizing.copy_threshold = 1;
+  // Tensor data the final layout borrows (at least its copy_threshold) is
+  // written in ranges; smaller items in one write.
   format::zip::WriteOptions zip_options;
   zip_options.compute_crc32 = options.checksums;
-  std::mutex mu;  // on_item is called one item at a time
-  return ParallelFor(items.size(), options.threads, [&](size_t i) -> Status {
-    const ItemBytes b = BytesOf(items[i], zip_options);
-    if (b.size != infos[i].length)
-      return InternalError(SavingWhere(items[i], path) + ": the archive's size changed");
-    DCPP_RETURN_IF_ERROR(
-        file.WriteVAt(infos[i].offset, b.pieces).WithContext(SavingWhere(items[i], path)));
-    if (items[i].stored_crc32) *items[i].stored_crc32 = CrcOfPieces(b.pieces);
-    if (on_item) {
-      std::lock_guard<std::mutex> lock(mu);
-      on_item(i, b.in_bytes);
+  const uint64_t ranged_bytes = zip_options.copy_threshold;
+  std::vector<PlannedItem> planned(items.size());
+  struct Task {
+    size_t item;
+    size_t range;  // SIZE_MAX: the whole item in one write
+  };
+  std::vector<Task> tasks;
+  uint64_t offset = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    PlannedItem& p = planned[i];
+    infos[i].offset = offset;
+    if (!items[i].is_tensor) {
+      infos[i].length = items[i].bytes.size();
+    } else {
+      const ItemBytes sized = BytesOf(items[i], sizing);
+      infos[i].length = sized.size;
+      const Bytes data(static_cast<const uint8_t*>(items[i].tensor.data),
+                       items[i].tensor.nbytes());
+      if (data.size() >= ranged_bytes) {
+        const auto [piece, at] = FindData(sized, data);
+        if (piece != SIZE_MAX) {
+          p.data = data;
+          p.data_at = at;
+        }
+      }
     }
+    offset += infos[i].length;
+    if (p.data.empty()) {
+      tasks.push_back({i, SIZE_MAX});
+      continue;
+    }
+    const size_t ranges = static_cast<size_t>((p.data.size() + kWriteRangeBytes - 1) / kWriteRangeBytes);
+    p.range_crcs.assign(ranges, 0);
+    p.ranges_left = ranges;
+    for (size_t r = 0; r < ranges; ++r) tasks.push_back({i, r});
+  }
+  std::mutex mu;  // on_item is called one item at a time
+  auto done = [&](size_t i, uint64_t in_bytes) {
+    if (!on_item) return;
+    std::lock_guard<std::mutex> lock(mu);
+    on_item(i, in_bytes);
+  };
+  return ParallelFor(tasks.size(), options.threads, [&](size_t t) -> Status {
+    const size_t i = tasks[t].item;
+    const StoreItem& item = items[i];
+    PlannedItem& p = planned[i];
+    if (tasks[t].range == SIZE_MAX) {
+      const ItemBytes b = BytesOf(item, zip_options);
+      if (b.size != infos[i].length)
+        return InternalError(SavingWhere(item, path) + ": the archive's size changed");
+      DCPP_RETURN_IF_ERROR(
+          file.WriteVAt(infos[i].offset, b.pieces).WithContext(SavingWhere(item, path)));
+      if (item.stored_crc32) *item.stored_crc32 = CrcOfPieces(b.pieces);
+      done(i, b.in_bytes);
+      return Status();
+    }
+    const Bytes data = p.data;
+    const uint64_t begin = tasks[t].range * kWriteRangeBytes;
+    const uint64_t end = std::min<uint64_t>(begin + kWriteRangeBytes, data.size());
+    uint32_t crc = 0;
+    for (uint64_t at = begin; at < end; at += kWriteSliceBytes) {
+      const Bytes slice = data.subspan(at, std::min(kWriteSliceBytes, end - at));
+      if (options.checksums) crc = Crc32(slice, crc);
+      DCPP_RETURN_IF_ERROR(file.WriteAt(infos[i].offset + p.data_at + at, slice)
+                               .WithContext(SavingWhere(item, path)));
+    }
+    if (options.sync && options.start_writeback)
+      file.StartWriteback(infos[i].offset + p.data_at + begin, end - begin);
+    p.range_crcs[tasks[t].range] = crc;
+    if (p.ranges_left.fetch_sub(1) != 1) return Status();
+    // The item's last range: its CRC is known, so the archive's other bytes
+    // can be laid out (with it) and written around the data.
+    uint32_t whole = p.range_crcs[0];
+    for (size_t r = 1; r < p.range_crcs.size(); ++r) {
+      const uint64_t len = std::min<uint64_t>(kWriteRangeBytes, data.size() - r * kWriteRangeBytes);
+      whole = Crc32Combine(whole, p.range_crcs[r], len);
+    }
+    format::zip::WriteOptions final_options = zip_options;
+    final_options.known_crc32 = [&](Bytes record) -> std::optional<uint32_t> {
+      if (record.data() == data.data() && record.size() == data.size()) return whole;
+      return std::nullopt;
+    };
+    const ItemBytes b = BytesOf(item, final_options);
+    const auto [data_piece, data_at] = FindData(b, data);
+    if (b.size != infos[i].length || data_piece == SIZE_MAX || data_at != p.data_at)
+      return InternalError(SavingWhere(item, path) + ": the archive's layout changed");
+    uint64_t at = infos[i].offset;
+    std::vector<Bytes> run;  // consecutive pieces other than the data
+    for (size_t k = 0; k <= b.pieces.size(); ++k) {
+      if (k == b.pieces.size() || k == data_piece) {
+        if (!run.empty())
+          DCPP_RETURN_IF_ERROR(file.WriteVAt(at, run).WithContext(SavingWhere(item, path)));
+        for (const Bytes& r : run) at += r.size();
+        run.clear();
+        if (k < b.pieces.size()) at += b.pieces[k].size();
+        continue;
+      }
+      run.push_back(b.pieces[k]);
+    }
+    done(i, b.in_bytes);
     return Status();
   });
 }
@@ -416,8 +533,8 @@ Result<std::vector<StorageInfo>> WriteDataFile(
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> created, storage.CreateForWrite(name));
   WritableFile& file = *created;
   std::vector<StorageInfo> infos(items.size(), StorageInfo{name, 0, 0, {}});
-  if (options.transforms.empty() && options.threads > 1 && items.size() > 1) {
-    DCPP_RETURN_IF_ERROR(WriteInParallel(file, path, items, options, infos, on_item));
+  if (options.transforms.empty()) {
+    DCPP_RETURN_IF_ERROR(WriteUntransformed(file, path, items, options, infos, on_item));
   } else {
     // One item after another: transformed sizes are known only once written.
     format::zip::WriteOptions zip_options;
@@ -532,7 +649,37 @@ Status ReadChunk(Storage& storage, std::string_view name, DType dtype, const Chu
     // Not laid out as DCP writers lay archives out: read it whole below,
     // which either succeeds or says what is wrong.
   }
-  if (!chunk.storage.transform_descriptors.empty() || chunk.storage.length <= kWholeReadBelow) {
+  if (chunk.storage.transform_descriptors.empty() && chunk.storage.length <= kWholeReadBelow) {
+    // A small untransformed chunk: read whole into this thread's scratch,
+    // which is reused from chunk to chunk (already faulted in, and in
+    // cache), rather than into fresh memory zero-filled first and then
+    // overwritten by the read.
+    DCPP_ASSIGN_OR_RETURN(ItemFile f, OpenItem(storage, chunk.storage, name));
+    thread_local std::unique_ptr<uint8_t[]> scratch;
+    thread_local uint64_t scratch_size = 0;
+    const uint64_t n = chunk.storage.length;
+    if (scratch_size < n) {
+      scratch.reset(new (std::nothrow) uint8_t[kWholeReadBelow]);
+      scratch_size = scratch ? kWholeReadBelow : 0;
+      if (!scratch) return ResourceExhaustedError("cannot allocate a read buffer").WithContext(where);
+    }
+    const std::span<uint8_t> blob(scratch.get(), static_cast<size_t>(n));
+    DCPP_RETURN_IF_ERROR(f.file->ReadAt(chunk.storage.offset, blob));
+    if (verify)
+      DCPP_RETURN_IF_ERROR(format::CheckArchiveBytes(blob).WithContext(
+          Quoted(name) + " in " + ItemAt(f.path, chunk.storage)));
+    auto decoded = format::DecodeTensorArchive(blob);
+    if (!decoded.ok()) return decoded.status().WithContext(where);
+    DCPP_RETURN_IF_ERROR(CheckDecoded(*decoded, dtype, chunk, where));
+    TensorView src;
+    src.dtype = decoded->dtype;
+    src.shape = decoded->shape;
+    src.strides = decoded->strides;
+    src.data = const_cast<uint8_t*>(decoded->storage.data()) +
+               decoded->storage_offset * static_cast<int64_t>(ElementSize(src.dtype));
+    return copy_from(src);
+  }
+  if (!chunk.storage.transform_descriptors.empty()) {
     ReadChecks whole;
     whole.verify_checksums = verify;
     DCPP_ASSIGN_OR_RETURN(std::string blob,

@@ -41,6 +41,11 @@ struct StoreItem {
 struct StoreOptions {
   bool checksums = true;                // CRC-32 in the tensor archives
   bool sync = true;                     // fsync the file before returning
+  // With sync: ask the storage to start writing each large tensor's bytes
+  // to the device as soon as they are in the file (WritableFile::
+  // StartWriteback), so the final fsync overlaps the copying instead of
+  // following it. Changes no byte and no guarantee.
+  bool start_writeback = true;
   std::vector<std::string> transforms;  // descriptors, in application order
   int compression_level = 1;
   // zstd threads per item (transform::EncodeOptions::zstd_workers): 0 picks
@@ -48,8 +53,13 @@ struct StoreOptions {
   int zstd_workers = 0;
   // Threads writing the file's items at once (>= 1). Untransformed items
   // go straight to offsets computed beforehand, so several threads fill one
-  // file; transformed items are written one after another (their sizes are
-  // known only once compressed; zstd_workers parallelizes those).
+  // file: small items whole, a large tensor's bytes in 16 MiB ranges that
+  // any thread takes (each checksummed slice by slice as it is written, the
+  // CRCs combined). Buffered writes to one file serialize on its inode
+  // lock, so extra threads here overlap checksumming with copying; separate
+  // files are what run copies in parallel. Transformed items are written
+  // one after another (their sizes are known only once compressed;
+  // zstd_workers parallelizes those).
   int threads = 1;
 };
 
@@ -67,8 +77,10 @@ WriterThreads SplitWriterThreads(size_t files, int threads);
 // (relative_path = name). Calls on_item(i, bytes_in) after item i is
 // written, one call at a time (from this thread, or from a writing thread
 // when options.threads > 1). Memory: the caller's tensors are not copied
-// (zip headers and tensor bytes leave in one vectored write); with
-// transforms, a few MiB of buffers per call. On error the partial file is
+// (small items leave with their zip headers in one vectored write, large
+// tensors straight from the caller's memory in 512 KiB slices, read once
+// for the CRC and the copy); with transforms, a few MiB of buffers per
+// call. The bytes are the same whatever options.threads. On error the partial file is
 // left for the caller to remove, and the error names the item and the file
 // (storage.Describe(name)); InvalidArgument when options.threads < 1.
 // Thread-safe for distinct names (the storage is shared).

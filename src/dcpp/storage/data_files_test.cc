@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/file.h"
 #include "temp_dir_test_base.h"
 
@@ -148,6 +149,59 @@ TEST_F(StorageTest, SeveralThreadsWriteTheSameFileAsOne) {
   parallel.threads = 0;
   EXPECT_EQ(WriteDataFile(*st_, "none.distcp", items, parallel).status().code(),
             StatusCode::kInvalidArgument);
+}
+
+// Tensors above the write range size are written range by range on any
+// thread, each range checksummed as it goes: the file must still be, byte
+// for byte, the archives torch.save lays out (CRCs included), whatever the
+// thread count, and with checksums off the CRC fields must be 0.
+TEST_F(StorageTest, LargeTensorsWrittenInRangesAreTheArchivesByteForByte) {
+  // 40 MiB (three 16 MiB ranges), a transposed 17 MiB view (dense, not
+  // contiguous: its storage is written as is) and a small tensor.
+  std::vector<uint32_t> big((40u << 20) / 4), wide((17u << 20) / 4), small(100);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint32_t>(i * 2654435761u);
+  for (size_t i = 0; i < wide.size(); ++i) wide[i] = static_cast<uint32_t>(i ^ 0x5a5a5a5a);
+  std::iota(small.begin(), small.end(), 7u);
+  TensorView transposed = MakeView(wide.data(), DType::kInt32, {1024, int64_t(wide.size()) / 1024});
+  std::swap(transposed.shape[0], transposed.shape[1]);
+  std::swap(transposed.strides[0], transposed.strides[1]);
+  const std::string blob = "pickled value";
+  std::vector<StoreItem> items = {
+      {true, MakeView(big.data(), DType::kInt32, {int64_t(big.size())}), {}, "big"},
+      {false, {}, {reinterpret_cast<const uint8_t*>(blob.data()), blob.size()}, "blob"},
+      {true, transposed, {}, "transposed"},
+      {true, MakeView(small.data(), DType::kInt32, {100}), {}, "small"}};
+  for (bool checksums : {true, false}) {
+    format::zip::WriteOptions zo;
+    zo.compute_crc32 = checksums;
+    std::string expected;
+    for (const StoreItem& item : items)
+      expected += item.is_tensor ? format::EncodeTensorArchive(item.tensor, zo).Flatten()
+                                 : std::string(blob);
+    for (int threads : {1, 3}) {
+      StoreOptions so;
+      so.checksums = checksums;
+      so.threads = threads;
+      so.sync = false;
+      std::vector<uint64_t> reported(items.size(), 0);
+      auto infos = WriteDataFile(*st_, "f.distcp", items, so,
+                                 [&](size_t i, uint64_t bytes) { reported[i] += bytes; });
+      ASSERT_TRUE(infos.ok()) << infos.status().ToString();
+      EXPECT_EQ(reported[0], big.size() * 4);
+      EXPECT_EQ(reported[2], wide.size() * 4);
+      auto got = io::ReadWholeFile(root_ + "/f.distcp", 1 << 30);
+      ASSERT_TRUE(got.ok());
+      ASSERT_EQ(got->size(), expected.size());
+      EXPECT_TRUE(*got == expected) << "checksums " << checksums << ", threads " << threads;
+      // Read back through the checking path: CRCs verified on the way.
+      std::vector<uint32_t> back(big.size());
+      ChunkTarget t{MakeView(back.data(), DType::kInt32, {int64_t(big.size())}), {0},
+                    {int64_t(big.size())}};
+      ChunkMeta chunk = ChunkOf((*infos)[0], {int64_t(big.size())});
+      ASSERT_TRUE(ReadChunk(*st_, "big", DType::kInt32, chunk, {&t, 1}).ok());
+      EXPECT_TRUE(back == big);
+    }
+  }
 }
 
 TEST(SplitWriterThreadsTest, FilesFirstThenThreadsWithinFiles) {

@@ -64,15 +64,15 @@ class PosixWritable final : public WritableFile {
     return file_.WriteVAt(offset, pieces);
   }
   Status Sync() override { return file_.Sync(); }
+  void StartWriteback(uint64_t offset, uint64_t length) override {
+    file_.StartWriteback(offset, length);
+  }
   Status Close() override { return file_.Close(); }
   Result<uint64_t> CopyFrom(const ReadableFile& src, uint64_t src_offset, uint64_t offset,
                             uint64_t length) override {
     const auto* posix = dynamic_cast<const PosixReadable*>(&src);
     if (!posix) return uint64_t{0};
     return file_.CopyFrom(posix->file(), src_offset, offset, length);
-  }
-  void StartWriteback(uint64_t offset, uint64_t length) override {
-    file_.StartWriteback(offset, length);
   }
 
  private:

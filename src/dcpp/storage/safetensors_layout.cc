@@ -8,6 +8,7 @@
 #include "dcpp/format/json.h"
 #include "dcpp/format/safetensors.h"
 #include "dcpp/storage/dcp_layout.h"
+#include "dcpp/storage/torch_save_layout.h"
 
 namespace dcpp::storage {
 namespace {
@@ -170,6 +171,8 @@ Result<CheckpointFormat> DetectCheckpointFormat(Storage& storage) {
   DCPP_ASSIGN_OR_RETURN(std::vector<std::string> names, storage.List());
   for (const auto& n : names)
     if (EndsWith(n, kSafetensorsSuffix)) return CheckpointFormat::kSafetensors;
+  for (const auto& n : names)
+    if (n == kTorchSaveValuesName) return CheckpointFormat::kTorchSave;
   return CheckpointFormat::kNone;
 }
 
@@ -249,6 +252,7 @@ Result<Metadata> ReadAnyCheckpointMetadata(Storage& storage) {
   auto format = DetectCheckpointFormat(storage);
   if (format.ok() && *format == CheckpointFormat::kSafetensors)
     return ReadSafetensorsMetadata(storage);
+  if (format.ok() && *format == CheckpointFormat::kTorchSave) return ReadTorchSaveMetadata(storage);
   return ReadCheckpointMetadata(storage);
 }
 

@@ -42,11 +42,13 @@ inline constexpr std::string_view kSafetensorsSuffix = ".safetensors";
 inline constexpr std::string_view kDcpShardingInfoKey = "DCP_SHARDING_INFO";
 
 // What a location holds.
-enum class CheckpointFormat { kNone, kDcp, kSafetensors };
+enum class CheckpointFormat { kNone, kDcp, kSafetensors, kTorchSave };
 
 // kDcp if `.metadata` is there (it wins: a DCP checkpoint may sit beside
 // exported weights); else kSafetensors if a top-level entry ends in
-// ".safetensors"; else kNone. NotFound if the location does not exist;
+// ".safetensors"; else kTorchSave if it is a single torch.save file opened
+// through NewTorchSaveStorage (storage/torch_save_layout.h: the location
+// shows kTorchSaveValuesName); else kNone. NotFound if the location does not exist;
 // InvalidArgument if it is not directory-like.
 Result<CheckpointFormat> DetectCheckpointFormat(Storage& storage);
 
@@ -61,7 +63,8 @@ Result<CheckpointFormat> DetectCheckpointFormat(Storage& storage);
 Result<Metadata> ReadSafetensorsMetadata(Storage& storage);
 
 // The metadata of whatever checkpoint `storage` holds: .metadata decoded
-// (storage::ReadCheckpointMetadata) or ReadSafetensorsMetadata; neither:
+// (storage::ReadCheckpointMetadata), ReadSafetensorsMetadata or
+// ReadTorchSaveMetadata; none:
 // ReadCheckpointMetadata's NotFound.
 Result<Metadata> ReadAnyCheckpointMetadata(Storage& storage);
 

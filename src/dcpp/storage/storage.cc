@@ -3,6 +3,7 @@
 #include "dcpp/io/file.h"
 #include "dcpp/storage/s3_storage.h"
 #include "dcpp/storage/safetensors_layout.h"
+#include "dcpp/storage/torch_save_layout.h"
 
 namespace dcpp::storage {
 
@@ -42,6 +43,26 @@ std::unique_ptr<Storage> OpenPosixLocation(const std::string& path) {
       std::string parent = slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
       return NewSingleFileStorage(NewPosixStorage(std::move(parent)),
                                   slash == std::string::npos ? p : p.substr(slash + 1));
+    }
+  }
+  // Any other existing file that starts like a zip archive (or a pickle,
+  // torch's legacy format, so that the error says so): a torch.save file.
+  auto dir = io::IsDirectory(p);
+  auto exists = io::Exists(p);
+  if (dir.ok() && !*dir && exists.ok() && *exists) {
+    auto file = io::File::OpenForRead(p);
+    std::string head(4, '\0');
+    if (file.ok()) {
+      auto size = file->Size();
+      if (size.ok() && *size >= 4 &&
+          file->ReadAt(0, {reinterpret_cast<uint8_t*>(head.data()), head.size()}).ok() &&
+          (LooksLikeZip(head) || static_cast<unsigned char>(head[0]) == 0x80)) {
+        const size_t slash = p.rfind('/');
+        std::string parent =
+            slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
+        return NewTorchSaveStorage(NewPosixStorage(std::move(parent)),
+                                   slash == std::string::npos ? p : p.substr(slash + 1));
+      }
     }
   }
   return NewPosixStorage(path);

@@ -72,9 +72,15 @@ class WritableFile {
     (void)src, (void)src_offset, (void)offset, (void)length;
     return uint64_t{0};
   }
-  // Optional hint: begin making [offset, offset + length) durable now, so
-  // that Sync() later waits less (the default does nothing). No errors.
-  virtual void StartWriteback(uint64_t offset, uint64_t length) { (void)offset, (void)length; }
+  // A hint that [offset, offset + length) is written and will be synced:
+  // the storage may start sending it to the device now, so that the Sync()
+  // at the end waits for less. Never makes anything durable by itself, and
+  // a storage that cannot act on it ignores it (the default). Thread-safe
+  // as WriteAt is.
+  virtual void StartWriteback(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+  }
   // Ends writing; reports a failing close. Closing twice is OK.
   virtual Status Close() = 0;
 };

@@ -65,7 +65,7 @@ struct BenchOptions {
 };
 
 struct BenchResult {
-  std::string op;      // "save", "load" or "memcpy"
+  std::string op;      // "save", "load", "loadall" or "memcpy"
   double seconds = 0;  // the timed part; with ranks, the slowest rank's
   uint64_t bytes = 0;  // bytes of the state (sum of tensor sizes) or copied
   size_t tensors = 0;
@@ -89,6 +89,12 @@ Result<BenchResult> BenchSave(const BenchOptions& options);
 // options.checkpoint_dir. With options.verify, DataLoss naming the tensor
 // and byte when a loaded byte differs from the image.
 Result<BenchResult> BenchLoad(const BenchOptions& options);
+
+// Times dcpp::LoadAll of options.checkpoint_dir on one rank (ranks must be
+// 1: InvalidArgument otherwise): the library allocates every tensor inside
+// the clock. With options.verify, every tensor of the index must be a key
+// of the result holding the image's bytes (DataLoss naming it otherwise).
+Result<BenchResult> BenchLoadAll(const BenchOptions& options);
 
 // Times one memcpy of `bytes` bytes between two buffers allocated and
 // touched beforehand: the memory bandwidth a single copy of the state gets.

@@ -10,7 +10,11 @@
 #include "dcpp/base/exception_barrier.h"
 #include "dcpp/engine/engine.h"
 #include "dcpp/engine/safetensors_save.h"
+#include "dcpp/engine/torch_save_write.h"
+#include "dcpp/format/torch_pickle.h"
+#include "dcpp/io/file.h"
 #include "dcpp/plan/flatten.h"
+#include "dcpp/plan/reshard.h"
 #include "dcpp/plan/validate.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/storage.h"
@@ -321,6 +325,111 @@ Result<Metadata> ToDcp(storage::Storage& src, const Metadata& src_md,
   return engine::Save(state, *out, o.save, copy_properties);
 }
 
+// Hands `put` the elements of tensor `e` of `src` in row-major order, in row
+// bands of at most kBandBytes (one row at least; a tensor with compressed
+// chunks whole, up to 1 GiB, so each chunk is decoded once), each band
+// filled from the chunks it crosses and cast to `to` if that differs.
+Status ProduceRowBands(storage::Storage& src, const EntryMeta& e, DType to,
+                       const engine::BandSink& put) {
+  const DType from = e.properties.dtype;
+  const size_t nd = e.size.size();
+  if (NumElements(e.size) == 0) return Status();
+  const int64_t rows = nd == 0 ? 1 : e.size[0];
+  const uint64_t row_bytes =
+      (nd == 0 ? 1 : static_cast<uint64_t>(NumElements(Shape(e.size.begin() + 1, e.size.end())))) *
+      ElementSize(from);
+  bool transformed = false;
+  for (const ChunkMeta& c : e.chunks) transformed |= !c.storage.transform_descriptors.empty();
+  int64_t step = std::max<int64_t>(1, static_cast<int64_t>(kBandBytes / std::max<uint64_t>(row_bytes, 1)));
+  if (nd == 0 || (transformed && row_bytes * static_cast<uint64_t>(rows) <= (uint64_t{1} << 30)))
+    step = rows;
+  for (int64_t r0 = 0; r0 < rows; r0 += step) {
+    plan::Box band{Shape(nd, 0), e.size};
+    if (nd > 0) {
+      band.offsets[0] = r0;
+      band.sizes[0] = std::min(step, rows - r0);
+    }
+    const int64_t n = NumElements(band.sizes);
+    const TensorView view = MakeView(Buffer(0, n * ElementSize(from)), from, band.sizes);
+    if (!view.data) return ResourceExhaustedError("cannot allocate a read buffer");
+    for (const ChunkMeta& c : e.chunks) {
+      auto overlap = plan::Intersect({c.offsets, c.sizes}, band);
+      if (!overlap || NumElements(overlap->sizes) == 0) continue;
+      const storage::ChunkTarget target{plan::SubView(view, band, *overlap), overlap->offsets,
+                                        overlap->sizes};
+      DCPP_RETURN_IF_ERROR(storage::ReadChunk(src, e.fqn, from, c, {&target, 1}));
+    }
+    TensorView out = view;
+    if (to != from) {
+      out = MakeView(Buffer(1, n * ElementSize(to)), to, band.sizes);
+      if (!out.data) return ResourceExhaustedError("cannot allocate a cast buffer");
+      CastFloats(view, out);
+    }
+    DCPP_RETURN_IF_ERROR(put({static_cast<const uint8_t*>(out.data), out.nbytes()}));
+  }
+  return Status();
+}
+
+Result<Metadata> ToTorchSave(storage::Storage& src, const std::vector<const EntryMeta*>& entries,
+                             const std::string& dst, const ConvertOptions& o) {
+  std::vector<engine::TorchSaveEntry> out;
+  out.reserve(entries.size());
+  for (const EntryMeta* e : entries) {
+    engine::TorchSaveEntry t;
+    t.fqn = e->fqn;
+    t.path = e->path;
+    if (e->is_tensor()) {
+      std::vector<plan::Box> boxes;
+      for (const ChunkMeta& c : e->chunks) boxes.push_back({c.offsets, c.sizes});
+      DCPP_RETURN_IF_ERROR(plan::ValidateChunks(e->fqn, e->size, boxes, true));
+      const DType from = e->properties.dtype;
+      const DType to = o.dtype && IsFloat(from) ? *o.dtype : from;
+      t.is_tensor = true;
+      t.dtype = to;
+      t.shape = e->size;
+      t.produce = [&src, e, to](const engine::BandSink& put) {
+        return ProduceRowBands(src, *e, to, put);
+      };
+    } else {
+      const uint64_t cap =
+          std::min<uint64_t>(e->storage.length, uint64_t{1} << 32) * 64 + (uint64_t{64} << 20);
+      DCPP_ASSIGN_OR_RETURN(std::string blob, storage::ReadItem(src, e->storage, e->fqn, cap));
+      DCPP_ASSIGN_OR_RETURN(t.value,
+                            format::DecodeValueArchive(format::zip::AsBytes(blob), Quoted(e->fqn)));
+      if (t.value.kind() == Value::Kind::kOpaque)
+        return UnimplementedError(Quoted(e->fqn) + " is " + t.value.opaque().description +
+                                  ", which dcpp cannot write into a torch.save file; leave it "
+                                  "out with --keys");
+    }
+    out.push_back(std::move(t));
+  }
+  // DST is a file: its folder is the storage (created if missing).
+  std::string path = dst;
+  if (path.rfind("file://", 0) == 0) path = path.substr(7);
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const size_t slash = path.rfind('/');
+  const std::string parent =
+      slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (name.empty() || name == "." || name == "..")
+    return InvalidArgumentError("torch.save destination " + Quoted(dst) + " is not a file name");
+  if (auto dir = io::IsDirectory(path); dir.ok() && *dir)
+    return InvalidArgumentError("torch.save destination " + dst +
+                                " is a directory; name the file to write (e.g. " + path +
+                                "/model.pt)");
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> dir, storage::OpenStorage(parent));
+  DCPP_RETURN_IF_ERROR(dir->CreateLocation());
+  engine::TorchSaveWriteOptions wo;
+  wo.io_threads = o.save.io_threads;
+  wo.sync = o.save.sync_files;
+  wo.overwrite = o.save.overwrite;
+  wo.checksums = o.save.checksums;
+  DCPP_RETURN_IF_ERROR(engine::WriteTorchSave(out, *dir, name, wo));
+  // What was written, read back as a checkpoint (its data.pkl re-parsed).
+  DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> written, storage::OpenStorage(path));
+  return engine::ReadMetadata(*written);
+}
+
 Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
                              const ConvertOptions& o) {
   if (o.dtype && !IsFloat(*o.dtype))
@@ -329,11 +438,24 @@ Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> in, storage::OpenStorage(src));
   DCPP_ASSIGN_OR_RETURN(Metadata md, engine::ReadMetadata(*in));
   DCPP_ASSIGN_OR_RETURN(std::vector<const EntryMeta*> entries, Select(md, o.keys));
+  if (o.torch_save) return ToTorchSave(*in, entries, dst, o);
   if (o.save.format == SaveFormat::kSafetensors) return ToSafetensors(*in, entries, dst, o);
   return ToDcp(*in, md, entries, dst, o);
 }
 
 }  // namespace
+
+bool LooksLikeTorchSavePath(const std::string& dst) {
+  std::string p = dst;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  if (p.size() != dst.size()) return false;  // a trailing '/' names a directory
+  bool suffix = false;
+  for (std::string_view s : {".pt", ".pth", ".bin"})
+    suffix |= p.size() > s.size() && p.compare(p.size() - s.size(), s.size(), s) == 0;
+  if (!suffix || p.find("://") != std::string::npos) return false;
+  auto dir = io::IsDirectory(p);
+  return !(dir.ok() && *dir);
+}
 
 std::optional<DType> ParseFloatDType(std::string_view name) {
   if (name == "bf16" || name == "bfloat16") return DType::kBFloat16;

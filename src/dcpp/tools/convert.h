@@ -1,5 +1,5 @@
-// `dcpp convert`: rewrite a checkpoint with dcpp's writer, between DCP and
-// Hugging Face safetensors.
+// `dcpp convert`: rewrite a checkpoint with dcpp's writer, between DCP,
+// Hugging Face safetensors and torch.save files.
 #ifndef DCPP_TOOLS_CONVERT_H_
 #define DCPP_TOOLS_CONVERT_H_
 
@@ -23,10 +23,14 @@ struct ConvertOptions {
   // Cast floating tensors (float16, bfloat16, float32, float64) to this
   // floating dtype (rounding to nearest even); others are kept.
   std::optional<DType> dtype;
+  // Write one torch.save file at `dst` (what torch's dcp_to_torch_save
+  // writes) instead of save.format; see Convert.
+  bool torch_save = false;
 };
 
 // Reads the entries of the checkpoint at `src` (a DCP directory, a
-// safetensors directory or a single .safetensors file: detected) and writes
+// safetensors directory, a single .safetensors file or a torch.save file:
+// detected) and writes
 // them to `dst`, returning the metadata written.
 //  - To DCP: every selected entry as it is: pickled values are copied as
 //    their original bytes (a whole list or dict that an older torch pickled
@@ -37,8 +41,22 @@ struct ConvertOptions {
 //    read in row bands of at most 32 MiB per writer thread (a compressed
 //    chunk whole) and written to its place in the output, so memory stays
 //    bounded by the threads' bands, whatever the checkpoint's size.
+//  - To torch.save (options.torch_save): the file `dst` (its folder created
+//    if missing) holding the nested state dict torch's dcp_to_torch_save
+//    writes: entries placed by their paths (planner_data), each tensor a
+//    contiguous tensor of its own, values as they were (a value dcpp holds
+//    only as bytes, e.g. a user class instance, is Unimplemented naming it).
+//    Streams: each tensor is assembled in row bands of at most 32 MiB per
+//    writer thread from the chunks each band crosses and written to its
+//    place in the file; the file appears (atomically renamed) only when
+//    complete. Returns the metadata of the file read back.
 Result<Metadata> Convert(const std::string& src, const std::string& dst,
                          const ConvertOptions& options);
+
+// Whether `dst` names a torch.save file by its suffix (.pt, .pth, .bin)
+// and is not an existing directory: how the CLI picks --to torch-save
+// when --to is not given.
+bool LooksLikeTorchSavePath(const std::string& dst);
 
 // Convert with every entry and no cast.
 Result<Metadata> Convert(const std::string& src, const std::string& dst,

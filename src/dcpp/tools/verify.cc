@@ -94,11 +94,13 @@ Result<VerifyReport> Verify(const std::string& dir, const VerifyOptions& options
   // A safetensors checkpoint: its headers stand for .metadata (there is no
   // sidecar), and its tensors are checked for structure and bounds only.
   auto format = storage::DetectCheckpointFormat(st);
-  const bool safetensors = format.ok() && *format == storage::CheckpointFormat::kSafetensors;
+  // A torch.save file likewise: its data.pkl stands for .metadata.
+  const bool safetensors = format.ok() && (*format == storage::CheckpointFormat::kSafetensors ||
+                                           *format == storage::CheckpointFormat::kTorchSave);
   std::string md_bytes;
   Result<Metadata> decoded = InternalError("unset");
   if (safetensors) {
-    decoded = storage::ReadSafetensorsMetadata(st);
+    decoded = storage::ReadAnyCheckpointMetadata(st);
     if (!decoded.ok() && decoded.status().code() != StatusCode::kDataLoss &&
         decoded.status().code() != StatusCode::kUnimplemented)
       return decoded.status();
