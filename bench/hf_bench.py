@@ -12,8 +12,8 @@
       dcpp.torch.HuggingFaceStorageReader;
   (c) one process: safetensors.torch.load_file against dcpp.load.
 
-    python3 bench/hf_bench.py --dcpp build/tools/dcpp/dcpp [--mib 2048] \
-        [--dir /tmp/hf_bench] [--reps 2] [--write-docs docs/benchmarks.md]
+    python3 bench/hf_bench.py [--dcpp build/tools/dcpp/dcpp] [--mib 2048] \
+        [--dir /tmp/hf_bench] [--reps 2] [--write-docs docs/benchmarks.md] [--quick]
 
 Each (a) method runs in its own process under /usr/bin/time (wall clock,
 peak RSS), page cache warm (inputs read once first), best of --reps; the
@@ -246,7 +246,8 @@ def same_tensors(dir_a, dir_b):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dcpp", required=True)
+    ap.add_argument("--dcpp", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "..", "build", "tools", "dcpp", "dcpp"))
     ap.add_argument("--dcpp-before", help="an older dcpp CLI to time as well")
     ap.add_argument("--mib", type=int, default=2048)
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "hf_bench"))
@@ -254,7 +255,10 @@ def main():
     ap.add_argument("--only-inputs", action="store_true")
     ap.add_argument("--reuse-inputs", action="store_true")
     ap.add_argument("--write-docs")
+    ap.add_argument("--quick", action="store_true", help="256 MiB, one repeat")
     a = ap.parse_args()
+    if a.quick:
+        a.mib, a.reps = 256, 1
     hf_in, dcp_in = os.path.join(a.dir, "sharded"), os.path.join(a.dir, "dcp")
     if not a.reuse_inputs:
         shutil.rmtree(a.dir, ignore_errors=True)
