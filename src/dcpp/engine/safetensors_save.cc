@@ -195,6 +195,203 @@ Result<Metadata> SaveSafetensorsImpl(const Value& state_dict, storage::Storage& 
   return WriteSafetensors(sources, storage, o);
 }
 
+// This thread's reusable band buffer (fresh large bands would linger in
+// malloc's arenas and grow the resident size).
+void* BandBuffer(uint64_t bytes) {
+  thread_local std::unique_ptr<uint8_t[]> buf;
+  thread_local uint64_t size = 0;
+  static uint8_t empty[8];
+  if (bytes == 0) return empty;
+  if (size < bytes) {
+    buf.reset();
+    buf.reset(new (std::nothrow) uint8_t[static_cast<size_t>(bytes)]);
+    size = buf ? bytes : 0;
+  }
+  return buf.get();
+}
+
+// Rows of a saved chunk read at once through a buffer; a DCP chunk this
+// small or smaller is read whole, so its CRC-32 is checked.
+constexpr uint64_t kBandBytes = uint64_t{32} << 20;
+// A safetensors piece copied in the kernel: no buffer, so larger pieces of
+// work (still several per large tensor, for the threads to share).
+constexpr uint64_t kCopyBytes = uint64_t{64} << 20;
+// Output rows gathered from column-cut chunks before one write: a few MiB,
+// so the band stays in the CPU's cache between the gather and the write.
+constexpr uint64_t kGatherBytes = uint64_t{4} << 20;
+// Writeback is started once this much of a piece has been written.
+constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
+
+// A piece of the writer's work.
+struct Work {
+  enum class Kind { kProduce, kRows, kGather };
+  size_t tensor = 0;
+  Kind kind = Kind::kProduce;
+  size_t chunk = 0;   // kRows: the chunk
+  int64_t row = 0;    // kRows: first row, in the chunk; kGather: in the tensor
+  int64_t rows = 0;
+  uint64_t bytes = 0;
+};
+
+// Bytes of one index of dimension 0 (the whole tensor for a 0-d one).
+uint64_t RowBytes(const Shape& shape, DType dtype) {
+  uint64_t n = ElementSize(dtype);
+  for (size_t d = 1; d < shape.size(); ++d) n *= static_cast<uint64_t>(shape[d]);
+  return n;
+}
+
+Result<std::vector<Work>> PlanWork(std::span<const SafetensorsSource> tensors) {
+  std::vector<Work> work;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const SafetensorsSource& t = tensors[i];
+    const uint64_t nbytes = static_cast<uint64_t>(NumElements(t.shape)) * ElementSize(t.dtype);
+    bool copyable = t.chunk_storage != nullptr && !t.chunks.empty() && nbytes > 0;
+    bool row_bands = true;  // every chunk spans the tensor beyond dimension 0
+    for (const ChunkMeta& c : t.chunks) {
+      if (!copyable) break;
+      copyable = c.storage.transform_descriptors.empty() && c.sizes.size() == t.shape.size() &&
+                 c.offsets.size() == t.shape.size();
+      for (size_t d = 1; copyable && d < t.shape.size(); ++d)
+        row_bands &= c.offsets[d] == 0 && c.sizes[d] == t.shape[d];
+    }
+    if (!copyable) {
+      if (!t.produce) return InternalError(Quoted(t.fqn) + ": nothing produces its bytes");
+      work.push_back({i, Work::Kind::kProduce, 0, 0, 0, nbytes});
+      continue;
+    }
+    const uint64_t row_bytes = RowBytes(t.shape, t.dtype);
+    if (t.shape.empty() || row_bands) {
+      for (size_t c = 0; c < t.chunks.size(); ++c) {
+        const ChunkMeta& chunk = t.chunks[c];
+        const int64_t rows = t.shape.empty() ? 1 : chunk.sizes[0];
+        const bool raw = chunk.storage.encoding == StorageInfo::Encoding::kRawTensor;
+        const int64_t step = std::max<int64_t>(
+            1, static_cast<int64_t>((raw ? kCopyBytes : kBandBytes) / std::max<uint64_t>(row_bytes, 1)));
+        for (int64_t r = 0; r < rows; r += step) {
+          const int64_t n = std::min(step, rows - r);
+          work.push_back({i, Work::Kind::kRows, c, r, n, static_cast<uint64_t>(n) * row_bytes});
+        }
+      }
+      continue;
+    }
+    const int64_t step =
+        std::max<int64_t>(1, static_cast<int64_t>(kGatherBytes / std::max<uint64_t>(row_bytes, 1)));
+    for (int64_t r = 0; r < t.shape[0]; r += step) {
+      const int64_t n = std::min(step, t.shape[0] - r);
+      work.push_back({i, Work::Kind::kGather, 0, r, n, static_cast<uint64_t>(n) * row_bytes});
+    }
+  }
+  return work;
+}
+
+// Writes rows [item.row, + item.rows) of a chunk that spans the tensor
+// beyond dimension 0: one contiguous range of the output. A safetensors
+// piece is copied in the kernel where the storages allow it.
+Status CopyRows(const Work& item, const SafetensorsSource& t, uint64_t base,
+                storage::WritableFile& file) {
+  const ChunkMeta& c = t.chunks[item.chunk];
+  const uint64_t row_bytes = RowBytes(t.shape, t.dtype);
+  const uint64_t len = static_cast<uint64_t>(item.rows) * row_bytes;
+  const uint64_t out_at =
+      base + static_cast<uint64_t>((t.shape.empty() ? 0 : c.offsets[0]) + item.row) * row_bytes;
+  uint64_t done = 0;
+  if (c.storage.encoding == StorageInfo::Encoding::kRawTensor) {
+    const uint64_t chunk_bytes = static_cast<uint64_t>(NumElements(c.sizes)) * ElementSize(t.dtype);
+    if (c.storage.length != chunk_bytes)
+      return DataLossError(Quoted(t.fqn) + " chunk at offsets " + ShapeToString(c.offsets) + " (" +
+                           c.storage.relative_path + "): stores " +
+                           std::to_string(c.storage.length) + " bytes for " +
+                           std::to_string(chunk_bytes) + " bytes of elements");
+    DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::ReadableFile> src,
+                          t.chunk_storage->OpenForRead(c.storage.relative_path));
+    const uint64_t src_at = c.storage.offset + static_cast<uint64_t>(item.row) * row_bytes;
+    DCPP_ASSIGN_OR_RETURN(done, file.CopyFrom(*src, src_at, out_at, len));
+    // What the kernel did not copy goes through a band buffer.
+    while (done < len) {
+      const uint64_t n = std::min(len - done, kBandBytes);
+      auto* buf = static_cast<uint8_t*>(BandBuffer(n));
+      if (!buf) return ResourceExhaustedError("cannot allocate a copy buffer");
+      DCPP_RETURN_IF_ERROR(src->ReadAt(src_at + done, {buf, static_cast<size_t>(n)}));
+      DCPP_RETURN_IF_ERROR(file.WriteAt(out_at + done, {buf, static_cast<size_t>(n)}));
+      done += n;
+    }
+    return Status();
+  }
+  Shape offsets = c.offsets, sizes = c.sizes;
+  if (!t.shape.empty()) {
+    offsets[0] += item.row;
+    sizes[0] = item.rows;
+  }
+  const TensorView band = MakeView(BandBuffer(len), t.dtype, sizes);
+  if (!band.data) return ResourceExhaustedError("cannot allocate a read buffer");
+  const storage::ChunkTarget target{band, offsets, sizes};
+  DCPP_RETURN_IF_ERROR(storage::ReadChunk(*t.chunk_storage, t.fqn, t.dtype, c, {&target, 1}));
+  return file.WriteAt(out_at, {static_cast<const uint8_t*>(band.data), static_cast<size_t>(len)});
+}
+
+// Writes output rows [item.row, + item.rows) of a tensor cut by columns
+// (and maybe rows): every chunk crossing them fills its part of a band
+// buffer laid out as the output, then one write.
+Status GatherRows(const Work& item, const SafetensorsSource& t, uint64_t base,
+                  storage::WritableFile& file) {
+  const uint64_t esize = ElementSize(t.dtype);
+  const uint64_t row_bytes = RowBytes(t.shape, t.dtype);
+  const uint64_t len = static_cast<uint64_t>(item.rows) * row_bytes;
+  auto* band = static_cast<uint8_t*>(BandBuffer(len));
+  if (!band) return ResourceExhaustedError("cannot allocate a gather buffer");
+  const Shape strides = ContiguousStrides(t.shape);
+  const int64_t lo = item.row, hi = item.row + item.rows;
+  for (const ChunkMeta& c : t.chunks) {
+    const int64_t from = std::max(lo, c.offsets[0]), to = std::min(hi, c.offsets[0] + c.sizes[0]);
+    if (from >= to || NumElements(c.sizes) == 0) continue;
+    Shape offsets = c.offsets, sizes = c.sizes;
+    offsets[0] = from;
+    sizes[0] = to - from;
+    int64_t at = (from - lo) * strides[0];
+    for (size_t d = 1; d < t.shape.size(); ++d) at += c.offsets[d] * strides[d];
+    TensorView dst;
+    dst.data = band + static_cast<uint64_t>(at) * esize;
+    dst.dtype = t.dtype;
+    dst.shape = sizes;
+    dst.strides = strides;
+    const storage::ChunkTarget target{dst, offsets, sizes};
+    DCPP_RETURN_IF_ERROR(storage::ReadChunk(*t.chunk_storage, t.fqn, t.dtype, c, {&target, 1}));
+  }
+  return file.WriteAt(base + static_cast<uint64_t>(lo) * row_bytes,
+                      {band, static_cast<size_t>(len)});
+}
+
+Status RunWork(const Work& item, const SafetensorsSource& t, uint64_t base,
+               storage::WritableFile& file, bool sync) {
+  switch (item.kind) {
+    case Work::Kind::kProduce:
+      return t.produce([&](const Shape& offsets, const TensorView& view) -> Status {
+        if (view.dtype != t.dtype || offsets.size() != t.shape.size() ||
+            view.shape.size() != t.shape.size() || !view.is_contiguous())
+          return InternalError("a piece does not match its tensor");
+        for (size_t d = 0; d < offsets.size(); ++d)
+          if (offsets[d] < 0 || view.shape[d] < 0 || offsets[d] + view.shape[d] > t.shape[d])
+            return InternalError("a piece lies outside its tensor");
+        return WritePiece(file, base, t.shape, {offsets, view});
+      });
+    case Work::Kind::kRows:
+      DCPP_RETURN_IF_ERROR(CopyRows(item, t, base, file));
+      break;
+    case Work::Kind::kGather:
+      DCPP_RETURN_IF_ERROR(GatherRows(item, t, base, file));
+      break;
+  }
+  if (sync && item.bytes >= kWritebackBytes) {
+    // Rows pieces and bands are one range each: let the disk start on it.
+    const uint64_t row_bytes = RowBytes(t.shape, t.dtype);
+    const int64_t first = item.kind == Work::Kind::kRows
+                              ? (t.shape.empty() ? 0 : t.chunks[item.chunk].offsets[0]) + item.row
+                              : item.row;
+    file.StartWriteback(base + static_cast<uint64_t>(first) * row_bytes, item.bytes);
+  }
+  return Status();
+}
+
 Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors,
                                       storage::Storage& storage, const SaveOptions& o) {
   // Files: tensors in the given order, a new file when the cap is reached.
@@ -276,39 +473,67 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
         pl.file->WriteAt(0, {reinterpret_cast<const uint8_t*>(header.data()), header.size()});
     if (!s.ok()) return cleanup(s);
   }
-  // Every tensor in parallel: positional writes to distinct ranges.
+  // The work: pieces of tensors, each written to a distinct range.
+  DCPP_ASSIGN_OR_RETURN(std::vector<Work> work, PlanWork(tensors));
+  // Interleave the files (the k-th piece of every file, then the k+1-th),
+  // so that threads write different files, not one inode, where there are
+  // several; and count each file's pieces so it is synced once they are done.
+  {
+    std::vector<size_t> seen(files.size(), 0);
+    std::vector<std::pair<size_t, size_t>> key(work.size());
+    for (size_t w = 0; w < work.size(); ++w) {
+      const size_t f = where[work[w].tensor].first;
+      key[w] = {seen[f]++, f};
+    }
+    std::vector<size_t> order(work.size());
+    for (size_t w = 0; w < order.size(); ++w) order[w] = w;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return key[a] < key[b]; });
+    std::vector<Work> sorted;
+    sorted.reserve(work.size());
+    for (size_t w : order) sorted.push_back(std::move(work[w]));
+    work = std::move(sorted);
+  }
+  std::unique_ptr<std::atomic<size_t>[]> file_left(new std::atomic<size_t>[files.size()]);
+  std::unique_ptr<std::atomic<size_t>[]> tensor_left(new std::atomic<size_t>[tensors.size()]);
+  for (size_t f = 0; f < files.size(); ++f) file_left[f] = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) tensor_left[i] = 0;
+  for (const Work& w : work) {
+    file_left[where[w.tensor].first]++;
+    tensor_left[w.tensor]++;
+  }
+  std::vector<bool> has_work(files.size());
+  for (size_t f = 0; f < files.size(); ++f) has_work[f] = file_left[f] > 0;
   std::mutex mu;
   Progress p{"write", 0, total, 0, tensors.size()};
   const int threads = o.io_threads > 0 ? o.io_threads : DefaultThreadCount();
-  Status written = ParallelFor(tensors.size(), threads, [&](size_t i) -> Status {
-    const SafetensorsSource& t = tensors[i];
+  Status written = ParallelFor(work.size(), threads, [&](size_t w) -> Status {
+    const Work& item = work[w];
+    const SafetensorsSource& t = tensors[item.tensor];
     // Not a structured binding: clang 14 cannot capture one in the lambda below.
-    const size_t f = where[i].first;
-    const auto base = where[i].second;
+    const size_t f = where[item.tensor].first;
+    const auto base = where[item.tensor].second;
     storage::WritableFile& file = *planned[f].file;
     const std::string at = "writing " + Quoted(t.fqn) + " to " + storage.Describe(planned[f].name);
-    DCPP_RETURN_IF_ERROR(t.produce([&](const Shape& offsets, const TensorView& view) -> Status {
-                            if (view.dtype != t.dtype || offsets.size() != t.shape.size() ||
-                                view.shape.size() != t.shape.size() || !view.is_contiguous())
-                              return InternalError("a piece does not match its tensor");
-                            for (size_t d = 0; d < offsets.size(); ++d)
-                              if (offsets[d] < 0 || view.shape[d] < 0 ||
-                                  offsets[d] + view.shape[d] > t.shape[d])
-                                return InternalError("a piece lies outside its tensor");
-                            return WritePiece(file, base, t.shape, {offsets, view});
-                          }).WithContext(at));
+    DCPP_RETURN_IF_ERROR(RunWork(item, t, base, file, o.sync_files).WithContext(at));
+    if (--file_left[f] == 0 && o.sync_files) {
+      // This file is complete: its fdatasync overlaps the other files' writes.
+      DCPP_RETURN_IF_ERROR(file.Sync().WithContext(storage.Describe(planned[f].name)));
+    }
+    const bool tensor_done = --tensor_left[item.tensor] == 0;
     if (o.progress) {
       std::lock_guard<std::mutex> lock(mu);
-      p.bytes_done += nbytes[i];
-      p.items_done++;
+      p.bytes_done += item.bytes;
+      if (tensor_done) p.items_done++;
       o.progress(p);
     }
     return Status();
   });
   if (!written.ok()) return cleanup(written);
-  for (Planned& pl : planned) {
-    Status s = o.sync_files ? pl.file->Sync() : Status();
-    if (s.ok()) s = pl.file->Close();
+  for (size_t f = 0; f < planned.size(); ++f) {
+    // Files without work (headers alone) were not synced by the workers.
+    Status s = o.sync_files && !has_work[f] ? planned[f].file->Sync() : Status();
+    if (s.ok()) s = planned[f].file->Close();
     if (!s.ok()) return cleanup(s);
   }
   // The index, as torch's writer writes it (json.dump(indent=2)).
@@ -347,24 +572,6 @@ Result<Metadata> WriteSafetensorsImpl(std::span<const SafetensorsSource> tensors
 }
 
 // ---- Distributed: every rank's pieces, then one consolidation ----
-
-// Rows of a piece read at once while consolidating.
-constexpr uint64_t kBandBytes = uint64_t{32} << 20;
-
-// This thread's reusable band buffer (fresh large bands would linger in
-// malloc's arenas and grow the resident size).
-void* BandBuffer(uint64_t bytes) {
-  thread_local std::unique_ptr<uint8_t[]> buf;
-  thread_local uint64_t size = 0;
-  static uint8_t empty[8];
-  if (bytes == 0) return empty;
-  if (size < bytes) {
-    buf.reset();
-    buf.reset(new (std::nothrow) uint8_t[static_cast<size_t>(bytes)]);
-    size = buf ? bytes : 0;
-  }
-  return buf.get();
-}
 
 // Hands `put` the chunks of a tensor (bare elements in `storage`) in row
 // bands of at most kBandBytes.
@@ -568,10 +775,12 @@ Result<Metadata> SaveSafetensorsDistributed(const Value& state_dict, storage::St
             for (const ChunkMeta& c : g.chunks) boxes.push_back({c.offsets, c.sizes});
             // The ranks' shards together must tile each tensor.
             DCPP_RETURN_IF_ERROR(plan::ValidateChunks(g.fqn, g.shape, boxes, true));
-            sources.push_back({g.fqn, g.dtype, g.shape, [&storage, &g](const PieceSink& put) {
+            sources.push_back({g.fqn, g.dtype, g.shape,
+                               [&storage, &g](const PieceSink& put) {
                                  return ProduceFromRawChunks(storage, g.fqn, g.dtype, g.chunks,
                                                              put);
-                               }});
+                               },
+                               &storage, g.chunks});
           }
           return WriteSafetensorsImpl(sources, storage, o);
         });

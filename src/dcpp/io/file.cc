@@ -251,6 +251,35 @@ Status File::Sync() {
   return Status::Ok();
 }
 
+Result<uint64_t> File::CopyFrom(const File& src, uint64_t src_offset, uint64_t offset,
+                                uint64_t length) {
+  if (fd_ < 0 || src.fd_ < 0) return InternalError(path_ + ": CopyFrom() on a closed file");
+  if (!OffsetFits(offset, length)) return OffsetError(path_, offset, length);
+  if (!OffsetFits(src_offset, length)) return OffsetError(src.path_, src_offset, length);
+  uint64_t done = 0;
+#if defined(__linux__)
+  while (done < length) {
+    loff_t in = static_cast<loff_t>(src_offset + done), out = static_cast<loff_t>(offset + done);
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(length - done, kMaxIoChunk));
+    const ssize_t n = ::copy_file_range(src.fd_, &in, fd_, &out, want, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      // The kernel cannot copy between these two: the caller copies the rest.
+      if (errno == ENOSYS || errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP ||
+          errno == EBADF || errno == ETXTBSY || errno == EPERM)
+        return done;
+      return OsError("copy " + src.path_ + " to", path_);
+    }
+    if (n == 0)
+      return DataLossError(src.path_ + ": unexpected end of file: wanted " +
+                           std::to_string(length) + " bytes at offset " +
+                           std::to_string(src_offset));
+    done += static_cast<uint64_t>(n);
+  }
+#endif
+  return done;
+}
+
 Status File::Close() {
   if (fd_ < 0) return Status::Ok();
   int fd = std::exchange(fd_, -1);

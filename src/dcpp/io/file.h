@@ -67,6 +67,16 @@ class File {
   // storage (fdatasync).
   Status Sync();
 
+  // Copies up to `length` bytes at `src_offset` of `src` to `offset` of this
+  // file inside the kernel (copy_file_range: one copy through the page
+  // cache, none through user memory), retrying short copies and EINTR.
+  // Returns the bytes copied: fewer than `length` (possibly 0) when the
+  // kernel cannot copy between these files (no copy_file_range, different
+  // file systems, a special file), which the caller then copies itself from
+  // there on. DataLoss if `src` ends before `src_offset + length`.
+  Result<uint64_t> CopyFrom(const File& src, uint64_t src_offset, uint64_t offset,
+                            uint64_t length);
+
   // Starts write-back of [offset, offset + length) without waiting for it
   // (Linux: sync_file_range(SYNC_FILE_RANGE_WRITE)), so that a later Sync()
   // has less left to wait for. A hint: durability still needs Sync(), and

@@ -48,6 +48,7 @@ class PosixReadable final : public ReadableFile {
   Status ReadAt(uint64_t offset, std::span<uint8_t> out) const override {
     return file_.ReadAt(offset, out);
   }
+  const io::File& file() const { return file_; }
 
  private:
   io::File file_;
@@ -67,6 +68,12 @@ class PosixWritable final : public WritableFile {
     file_.StartWriteback(offset, length);
   }
   Status Close() override { return file_.Close(); }
+  Result<uint64_t> CopyFrom(const ReadableFile& src, uint64_t src_offset, uint64_t offset,
+                            uint64_t length) override {
+    const auto* posix = dynamic_cast<const PosixReadable*>(&src);
+    if (!posix) return uint64_t{0};
+    return file_.CopyFrom(posix->file(), src_offset, offset, length);
+  }
 
  private:
   io::File file_;

@@ -61,6 +61,17 @@ class WritableFile {
   virtual Status WriteVAt(uint64_t offset, std::span<const std::span<const uint8_t>> pieces) = 0;
   // Makes the bytes written so far durable.
   virtual Status Sync() = 0;
+  // Optional: copies `length` bytes at `src_offset` of `src` to `offset`
+  // without passing them through the caller's memory, where both files
+  // allow it (a POSIX file from a POSIX file on a Linux file system with
+  // copy_file_range). Returns the bytes copied; fewer than `length` (the
+  // default: 0) means the caller copies the rest itself. Errors as WriteAt's
+  // and src's ReadAt's.
+  virtual Result<uint64_t> CopyFrom(const ReadableFile& src, uint64_t src_offset,
+                                    uint64_t offset, uint64_t length) {
+    (void)src, (void)src_offset, (void)offset, (void)length;
+    return uint64_t{0};
+  }
   // A hint that [offset, offset + length) is written and will be synced:
   // the storage may start sending it to the device now, so that the Sync()
   // at the end waits for less. Never makes anything durable by itself, and

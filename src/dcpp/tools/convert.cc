@@ -163,6 +163,11 @@ Result<Metadata> ToSafetensors(storage::Storage& src, const std::vector<const En
            }
            return Status();
          }});
+    // Unchanged bytes: the writer copies the saved chunks itself.
+    if (to == from) {
+      sources.back().chunk_storage = &src;
+      sources.back().chunks = e->chunks;
+    }
   }
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> out, storage::OpenStorage(dst));
   SaveOptions so = o.save;
