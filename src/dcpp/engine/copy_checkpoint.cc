@@ -16,6 +16,7 @@
 #include "dcpp/engine/commit.h"
 #include "dcpp/format/torch_pickle.h"
 #include "dcpp/io/dcp_layout.h"
+#include "dcpp/plan/validate.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/transform/transform.h"
 
@@ -342,6 +343,29 @@ Status WriteFile(const Shared& s, const std::string& name, const std::vector<Wor
   return file->Close().WithContext(s.dst.Describe(name));
 }
 
+// DataLoss naming the entry if its chunks do not tile it exactly or a
+// chunk's stored item cannot hold the elements it claims.
+Status CheckStoredTensor(const storage::Storage& src, const EntryMeta& e) {
+  std::vector<plan::Box> boxes;
+  boxes.reserve(e.chunks.size());
+  for (const ChunkMeta& c : e.chunks) boxes.push_back({c.offsets, c.sizes});
+  Status tiled = plan::ValidateChunks(e.fqn, e.size, boxes, true);
+  if (!tiled.ok())
+    return DataLossError(src.Describe(io::kMetadataFileName) + ": " + tiled.message());
+  for (const ChunkMeta& c : e.chunks) {
+    const uint64_t needed =
+        static_cast<uint64_t>(NumElements(c.sizes)) * ElementSize(e.properties.dtype);
+    auto most = transform::MaxDecodedSize(c.storage.transform_descriptors, c.storage.length);
+    if (!most.ok()) return most.status().WithContext("'" + e.fqn + "'");
+    if (*most < needed)
+      return DataLossError(src.Describe(c.storage.relative_path) + ": '" + e.fqn +
+                           "' chunk at " + ShapeToString(c.offsets) + " claims " +
+                           std::to_string(needed) + " bytes of elements, but its item holds " +
+                           std::to_string(c.storage.length) + " stored bytes");
+  }
+  return Status();
+}
+
 Result<Metadata> CopyImpl(storage::Storage& src, std::span<const EntryMeta* const> entries,
                           storage::Storage& dst, const CopyOptions& o) {
   const SaveOptions& so = o.save;
@@ -382,6 +406,11 @@ Result<Metadata> CopyImpl(storage::Storage& src, std::span<const EntryMeta* cons
     if (!e.is_tensor()) {
       work.push_back({i, SIZE_MAX, &e.storage, copyable(e.storage), e.storage.length});
     } else {
+      // Stored bytes are copied without being decoded: what a load would
+      // check first is checked here, so a damaged .metadata (chunks that do
+      // not tile the tensor, items too short for what they claim) is not
+      // copied into a checkpoint that looks valid.
+      DCPP_RETURN_IF_ERROR(CheckStoredTensor(src, e));
       const DType from = e.properties.dtype;
       const bool cast = o.cast && IsCastableFloat(from) && *o.cast != from;
       for (size_t c = 0; c < e.chunks.size(); ++c) {
