@@ -21,6 +21,8 @@
 #include "dcpp/plan/validate.h"
 #include "dcpp/storage/data_files.h"
 #include "dcpp/storage/storage.h"
+#include "dcpp/storage/safetensors_layout.h"
+#include "dcpp/tools/verify.h"
 
 namespace dcpp::tools {
 namespace {
@@ -329,6 +331,26 @@ Result<Metadata> ConvertImpl(const std::string& src, const std::string& dst,
   DCPP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Storage> in, storage::OpenStorage(src));
   DCPP_ASSIGN_OR_RETURN(Metadata md, engine::ReadMetadata(*in));
   DCPP_ASSIGN_OR_RETURN(std::vector<const EntryMeta*> entries, Select(md, o.keys));
+  auto format = storage::DetectCheckpointFormat(*in);
+  if (o.verify_source && format.ok() && *format == storage::CheckpointFormat::kDcp) {
+    // Stored bytes are copied or streamed without a load's per-item checks:
+    // the source is checked first, so damage stops the convert before
+    // anything is written.
+    VerifyOptions vo;
+    vo.io_threads = o.save.io_threads;
+    vo.progress = o.progress;
+    DCPP_ASSIGN_OR_RETURN(VerifyReport report, Verify(src, vo));
+    if (!report.ok()) {
+      const VerifyProblem& p = report.problems.front();
+      std::string more;
+      if (report.problems.size() > 1)
+        more = " (and " + std::to_string(report.problems.size() - 1) +
+               " more problems: run `dcpp verify " + src + "`)";
+      return DataLossError("cannot convert " + src + ": it is damaged: " +
+                           (p.fqn.empty() ? "" : Quoted(p.fqn) + " ") + "in " + p.file + ": " +
+                           p.message + more);
+    }
+  }
   if (o.torch_save) return ToTorchSave(*in, entries, dst, o);
   if (o.save.format == SaveFormat::kSafetensors) return ToSafetensors(*in, entries, dst, o);
   return ToDcp(*in, entries, dst, o);

@@ -23,6 +23,12 @@ struct ConvertOptions {
   // Cast floating tensors (float16, bfloat16, float32, float64) to this
   // floating dtype (rounding to nearest even); others are kept.
   std::optional<DType> dtype;
+  // A DCP source is checked first as `dcpp verify` checks it (every item's
+  // bytes against its CRC-32s and the archive's structure against the
+  // metadata): copied bytes are not decoded, so without this damage would
+  // be copied into a checkpoint that looks intact. One extra read of the
+  // source (usually from the page cache). DataLoss names the first problem.
+  bool verify_source = true;
   // Called as the conversion advances, in every direction: phase
   // "convert", bytes_done/bytes_total counted on the source side (the
   // selected entries' tensor elements, or a copied item's stored bytes),
