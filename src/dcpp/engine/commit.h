@@ -8,6 +8,8 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -45,6 +47,32 @@ Status CommitSave(storage::Storage& storage, Metadata& md,
                   std::vector<format::ItemChecksum> sidecar_items, const SaveOptions& options,
                   const std::string& tag, const std::function<Status(Metadata&)>& before_commit,
                   bool* committed, std::string* encoded = nullptr);
+
+// Reports a writer's progress in one phase: Add may be called from any
+// thread (calls are serialized); nothing is reported when `cb` is empty.
+// `cb` must outlive the reporter.
+class ProgressReporter {
+ public:
+  ProgressReporter(const ProgressCallback& cb, std::string_view phase, uint64_t bytes_total,
+                   size_t items_total)
+      : cb_(cb) {
+    p_.phase = phase;
+    p_.bytes_total = bytes_total;
+    p_.items_total = items_total;
+  }
+  void Add(uint64_t bytes, size_t items) {
+    if (!cb_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    p_.bytes_done += bytes;
+    p_.items_done += items;
+    cb_(p_);
+  }
+
+ private:
+  const ProgressCallback& cb_;
+  std::mutex mu_;
+  Progress p_;
+};
 
 }  // namespace dcpp::engine
 

@@ -59,34 +59,13 @@ class Scratch {
   uint64_t size_ = 0;
 };
 
-class Progressor {
- public:
-  Progressor(const ProgressCallback& cb, uint64_t bytes_total, size_t items_total) : cb_(cb) {
-    p_.phase = "convert";
-    p_.bytes_total = bytes_total;
-    p_.items_total = items_total;
-  }
-  void Add(uint64_t bytes, size_t items) {
-    if (!cb_) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    p_.bytes_done += bytes;
-    p_.items_done += items;
-    cb_(p_);
-  }
-
- private:
-  const ProgressCallback& cb_;
-  std::mutex mu_;
-  Progress p_;
-};
-
 struct Shared {
   storage::Storage& src;
   storage::Storage& dst;
   std::span<const EntryMeta* const> entries;
   const CopyOptions& o;
   std::vector<std::string> recorded;  // descriptors the output's transforms record
-  Progressor& progress;
+  ProgressReporter& progress;
 };
 
 // One output data file, written front to back by one thread.
@@ -448,7 +427,7 @@ Result<Metadata> CopyImpl(storage::Storage& src, std::span<const EntryMeta* cons
       acc += work[k].bytes;
     }
   }
-  Progressor counted(o.progress, total, work.size());
+  ProgressReporter counted(o.progress, "convert", total, work.size());
   const Shared shared{src, dst, entries, o, std::move(recorded), counted};
 
   const std::string tag = NewSaveTag();

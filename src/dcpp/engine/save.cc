@@ -86,34 +86,11 @@ std::vector<std::vector<size_t>> AssignFiles(const std::vector<engine::WriteItem
   return files;
 }
 
-class ProgressReporter {
- public:
-  ProgressReporter(const ProgressCallback& cb, std::string_view phase, uint64_t bytes_total,
-                   size_t items_total)
-      : cb_(cb) {
-    p_.phase = phase;
-    p_.bytes_total = bytes_total;
-    p_.items_total = items_total;
-  }
-  void Add(uint64_t bytes, size_t items) {
-    if (!cb_) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    p_.bytes_done += bytes;
-    p_.items_done += items;
-    cb_(p_);
-  }
-
- private:
-  const ProgressCallback& cb_;
-  std::mutex mu_;
-  Progress p_;
-};
-
 // Writes one data file: its items back to back, each a torch.save archive.
 Status WriteOneFile(storage::Storage& storage, const std::string& name,
                     const std::vector<size_t>& item_ids,
                     const std::vector<engine::WriteItem*>& items, const SaveOptions& o,
-                    storage::WriterThreads threads, ProgressReporter& progress) {
+                    storage::WriterThreads threads, engine::ProgressReporter& progress) {
   std::vector<storage::StoreItem> store(item_ids.size());
   for (size_t k = 0; k < item_ids.size(); ++k) {
     const engine::WriteItem& item = *items[item_ids[k]];
@@ -276,7 +253,7 @@ Status WriteAssigned(storage::Storage& storage, int rank, const std::string& tag
   const auto files = AssignFiles(mine, o);
   uint64_t total_bytes = 0;
   for (const auto* item : mine) total_bytes += item->nbytes();
-  ProgressReporter progress(o.progress, "write", total_bytes, mine.size());
+  engine::ProgressReporter progress(o.progress, "write", total_bytes, mine.size());
   std::vector<std::string> names(files.size());
   for (size_t f = 0; f < files.size(); ++f)
     names[f] = io::DataFileName(rank, static_cast<int>(f), tag);

@@ -37,14 +37,6 @@ bool IsFloat(DType d) {
          d == DType::kFloat64;
 }
 
-[[maybe_unused]] Result<Tensor> CastTensor(const Tensor& t, DType to) {
-  DCPP_ASSIGN_OR_RETURN(Tensor src, Tensor::Empty(t.dtype(), t.shape()));
-  DCPP_RETURN_IF_ERROR(CopyTensor(t.view(), src.view()));  // contiguous
-  DCPP_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(to, t.shape()));
-  CastFloats(src.view(), out.view());
-  return out;
-}
-
 // The entries selected by `keys` (all when empty); InvalidArgument for a
 // pattern that matches nothing.
 Result<std::vector<const EntryMeta*>> Select(const Metadata& md,
